@@ -1,0 +1,110 @@
+"""Bulk replay of queued events from a file: JSON Lines or one JSON array, ``-`` for stdin.
+
+The whole file is validated before anything is published; an invalid file is refused with
+the line (or array index) and the field of every problem.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO
+
+import redis
+
+from producers.publish import BATCH_SIZE, PublishResult, publish
+from worker.events import Event, EventError, parse_events
+
+MAX_REPORTED = 20
+
+
+class ReplayError(ValueError):
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        super().__init__("; ".join(lines))
+
+
+def read_events(path: str) -> list[Event]:
+    raw = sys.stdin.buffer.read() if path == "-" else _read(path)
+    text = raw.decode("utf-8", errors="strict") if isinstance(raw, bytes) else raw
+    if text.lstrip().startswith("["):
+        try:
+            return parse_events(text)
+        except EventError as error:
+            raise ReplayError([_where_in_array(p) for p in error.problems][:MAX_REPORTED]) from None
+    return _read_lines(text)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise ReplayError([f"cannot read {path}: {error.strerror}"]) from None
+
+
+def _where_in_array(problem: dict[str, str]) -> str:
+    pointer = problem["pointer"]
+    index, _, rest = pointer.lstrip("/").partition("/")
+    if index.isdigit():
+        return f"event #{int(index) + 1} (index {index}): /{rest}: {problem['reason']}"
+    return f"{pointer or '/'}: {problem['reason']}"
+
+
+def _read_lines(text: str) -> list[Event]:
+    documents: list[str] = []
+    line_numbers: list[int] = []
+    problems: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        documents.append(line)
+        line_numbers.append(number)
+    events: list[Event] = []
+    for number, line in zip(line_numbers, documents, strict=True):
+        try:
+            document = json.loads(line)
+            if isinstance(document, list):
+                raise EventError([{"pointer": "", "reason": "one event per line, not an array"}])
+            events.extend(parse_events(line))
+        except EventError as error:
+            problems += [
+                f"line {number}: {p['pointer'] or '/'}: {p['reason']}" for p in error.problems
+            ]
+        except ValueError as error:
+            problems.append(f"line {number}: malformed JSON: {error}")
+        if len(problems) >= MAX_REPORTED:
+            break
+    if problems:
+        raise ReplayError(problems[:MAX_REPORTED])
+    return events
+
+
+def replay(
+    client: redis.Redis, events: Sequence[Event], *, progress: IO[str] | None = None
+) -> PublishResult:
+    """Publish in batches, showing progress (a bar on a terminal, plain lines in a pipe)."""
+    total = PublishResult()
+    started = time.monotonic()
+    tty = bool(progress and progress.isatty())
+    last_line = 0.0
+    chunk = BATCH_SIZE * 10
+    for start in range(0, len(events), chunk):
+        result = publish(client, events[start : start + chunk])
+        total.accepted += result.accepted
+        total.duplicates += result.duplicates
+        total.batches += result.batches
+        done = min(start + chunk, len(events))
+        now = time.monotonic()
+        if progress and (tty or now - last_line >= 2 or done == len(events)):
+            last_line = now
+            rate = done / max(now - started, 1e-9)
+            eta = (len(events) - done) / rate if rate else 0
+            line = f"replay {done}/{len(events)} events, {rate:,.0f}/s, ETA {eta:.0f}s"
+            progress.write(("\r" + line) if tty else line + "\n")
+            progress.flush()
+    if progress and tty:
+        progress.write("\n")
+    return total

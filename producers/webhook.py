@@ -1,0 +1,467 @@
+"""The webhook receiver: ``POST /v1/events`` (DESIGN §2, §5, §7), ``/healthz``, ``/readyz``.
+
+A request is checked in this order, and nothing of a refused request is published:
+content type (415), declared size (413), credentials (401), body read up to 1 MiB (413),
+JSON (400), event count (413), the v1 contract (422). It is answered 202 only once ``publish``
+returned, i.e. the events are journaled and their batch is pending in Redis; a Redis outage
+answers 503 and the request can be sent again as it is.
+
+A signature is accepted once: its digest is remembered in Redis (``SET NX``) until the
+timestamp leaves the window, so a replayed request is refused even though duplicate event ids
+would be harmless.
+
+| variable | default | meaning |
+|---|---|---|
+| ``PROVISIONER_WEBHOOK_SECRET`` | none | comma-separated secrets (first signs, any verifies) |
+| ``PROVISIONER_WEBHOOK_SECRET_FILE`` | none | a file holding more comma-separated secrets |
+| ``PROVISIONER_WEBHOOK_ALLOW_BEARER`` | ``0`` | ``1``: also accept ``Authorization: Bearer`` |
+| ``PROVISIONER_WEBHOOK_INSECURE`` | ``0`` | ``1``: no secret needed, requests without auth pass |
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hmac
+import json
+import logging
+import logging.config
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import redis
+from kombu.exceptions import OperationalError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from producers import signing
+from producers.publish import PublishResult, publish
+from worker import config, keys
+from worker.events import Event, EventError, parse_events
+
+log = logging.getLogger("provisioner.webhook")
+
+MAX_BODY = 1024 * 1024  # bytes
+MAX_EVENTS = 1000  # events per request
+INLINE_PARSE = 64 * 1024  # bodies above this are validated off the event loop
+SIGNATURE_KEY_PREFIX = keys.PREFIX + "webhook:sig:"
+READY_TIMEOUT = 2.0  # seconds /readyz waits for Redis
+
+ALLOW_BEARER_ENV = "PROVISIONER_WEBHOOK_ALLOW_BEARER"
+INSECURE_ENV = "PROVISIONER_WEBHOOK_INSECURE"
+
+_UNAVAILABLE = (redis.RedisError, OperationalError, ConnectionError, TimeoutError)
+
+
+class ConfigurationError(RuntimeError):
+    """The receiver cannot start as configured (the message never holds a secret)."""
+
+
+class Refused(Exception):
+    """A refused request: the status, a short code, a detail and the problems to answer."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: str,
+        problems: list[dict[str, str]],
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+        self.problems, self.headers = problems, headers or {}
+
+    def response(self) -> JSONResponse:
+        body = {"error": self.error, "detail": self.detail, "problems": self.problems}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def env_flag(name: str) -> bool:
+    """A boolean environment variable: ``1``, ``true``, ``yes`` or ``on``."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- authentication --------------------------------------------------------------------------
+
+
+class Authenticator:
+    """Checks a request's credentials: an HMAC signature, or a bearer secret when enabled."""
+
+    def __init__(self, secrets: Sequence[bytes], allow_bearer: bool, insecure: bool, window: int):
+        self.secrets = list(secrets)
+        self.allow_bearer = allow_bearer
+        self.insecure = insecure
+        self.window = window
+
+    @property
+    def challenge(self) -> str:
+        value = f'HMAC-SHA256 realm="provisioner", header="{signing.HEADER}"'
+        return value + (', Bearer realm="provisioner"' if self.allow_bearer else "")
+
+    def refuse(self, reason: str, header: str = signing.HEADER) -> Refused:
+        problem = {"pointer": "", "header": header, "reason": reason}
+        return Refused(401, "unauthorized", reason, [problem], {"WWW-Authenticate": self.challenge})
+
+    def before_body(self, request: Request) -> bool:
+        """Check what the headers alone decide; True when the body's signature must be checked."""
+        header = request.headers.get(signing.HEADER)
+        if not self.secrets:  # insecure mode without secrets: nothing to check against
+            return False
+        if header is not None:
+            try:
+                signing.parse_header(header)
+            except signing.SignatureError as error:
+                raise self.refuse(error.reason) from None
+            return True
+        authorization = request.headers.get("authorization")
+        if authorization is not None:
+            self.check_bearer(authorization)
+            return False
+        if self.insecure:
+            return False
+        raise self.refuse("missing signature")
+
+    def check_bearer(self, authorization: str) -> None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise self.refuse("unsupported authorization scheme", "Authorization")
+        if not self.allow_bearer:
+            raise self.refuse("bearer authentication is not enabled", "Authorization")
+        token_bytes = token.strip().encode()
+        matches = [hmac.compare_digest(token_bytes, s) for s in self.secrets]
+        if not any(matches):
+            raise self.refuse("wrong bearer secret", "Authorization")
+
+    def check_signature(self, request: Request, body: bytes) -> signing.Signature:
+        header = request.headers.get(signing.HEADER)
+        try:
+            return signing.check(header, body, self.secrets, time.time(), self.window)
+        except signing.SignatureError as error:
+            raise self.refuse(error.reason) from None
+
+
+# --- reading and validating --------------------------------------------------------------------
+
+
+def check_content_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        shown = media_type or "none"
+        raise Refused(
+            415,
+            "unsupported_media_type",
+            f"content type must be application/json, not {shown}",
+            [{"pointer": "", "header": "Content-Type", "reason": "expected application/json"}],
+        )
+
+
+def too_large(declared: str | None = None) -> Refused:
+    reason = f"request body exceeds the limit of {MAX_BODY} bytes (1 MiB)"
+    reason += f" (Content-Length: {declared})" if declared else ""
+    return Refused(413, "body_too_large", reason, [{"pointer": "", "reason": reason}])
+
+
+def check_content_length(request: Request) -> None:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_large(declared)
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused as soon as it grows past ``MAX_BODY`` (never buffered beyond)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        if len(body) + len(chunk) > MAX_BODY:
+            raise too_large()
+        body += chunk
+    return bytes(body)
+
+
+def decode(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError as error:  # UnicodeDecodeError is a ValueError
+        reason = f"malformed JSON: {error}"
+        raise Refused(400, "malformed_json", reason, [{"pointer": "", "reason": reason}]) from None
+
+
+def validate(body: bytes) -> list[Event]:
+    """Decode and validate the body: one event or an array of at most ``MAX_EVENTS``."""
+    document = decode(body)
+    if isinstance(document, list) and len(document) > MAX_EVENTS:
+        reason = f"{len(document)} events in one request; at most {MAX_EVENTS} are accepted"
+        raise Refused(413, "too_many_events", reason, [{"pointer": "", "reason": reason}])
+    try:
+        return parse_events(body)
+    except EventError as error:
+        detail = f"invalid events, nothing was accepted: {summary(error.problems)}"
+        raise Refused(422, "invalid_events", detail, error.problems) from None
+
+
+def summary(problems: list[dict[str, str]], shown: int = 3) -> str:
+    """The first problems as ``pointer: reason``, for the detail line."""
+    text = "; ".join(f"{p['pointer'] or '/'}: {p['reason']}" for p in problems[:shown])
+    more = len(problems) - shown
+    return text + (f" (and {more} more)" if more > 0 else "")
+
+
+def unavailable(error: Exception) -> Refused:
+    reason = f"Redis is unavailable ({error.__class__.__name__}); nothing was accepted, retry"
+    return Refused(
+        503, "unavailable", reason, [{"pointer": "", "reason": reason}], {"Retry-After": "5"}
+    )
+
+
+# --- the application -------------------------------------------------------------------------
+
+
+class Receiver:
+    """The endpoints, bound to their authenticator and Redis client."""
+
+    def __init__(self, auth: Authenticator, client: Callable[[], redis.Redis]):
+        self.auth = auth
+        self.client = client
+
+    async def events(self, request: Request) -> Response:
+        request.state.events = 0
+        try:
+            events = await self.receive(request)
+            request.state.events = len(events)
+            result = await run_in_threadpool(self.store, events, request.state.signature)
+        except Refused as refused:
+            request.state.error = refused.error
+            return refused.response()
+        except ClientDisconnect:
+            request.state.error = "client_disconnected"
+            return Response(status_code=400)
+        body = {"accepted": result.accepted, "duplicates": result.duplicates}
+        return JSONResponse(body, status_code=202)
+
+    async def receive(self, request: Request) -> list[Event]:
+        """Everything that decides on the request's content, before anything is stored."""
+        request.state.signature = None
+        check_content_type(request)
+        check_content_length(request)
+        signed = self.auth.before_body(request)
+        body = await read_body(request)
+        if signed:
+            request.state.signature = self.auth.check_signature(request, body)
+        if len(body) <= INLINE_PARSE:
+            return validate(body)
+        return await run_in_threadpool(validate, body)
+
+    def store(self, events: list[Event], signature: signing.Signature | None) -> PublishResult:
+        """Claim the signature (a replay is refused), then publish; release it on failure."""
+        claimed = None
+        try:
+            client = self.client()
+            if signature is not None:
+                claimed = self.claim(client, signature)
+            return publish(client, events)
+        except _UNAVAILABLE as error:
+            if claimed is not None:
+                with contextlib.suppress(*_UNAVAILABLE):
+                    client.delete(claimed)
+            log.warning("publish failed: %s", error.__class__.__name__)
+            raise unavailable(error) from None
+
+    def claim(self, client: redis.Redis, signature: signing.Signature) -> str:
+        """Remember the signature until its timestamp leaves the window; refuse a replay."""
+        key = SIGNATURE_KEY_PREFIX + signature.digest
+        ttl = max(1, int(signature.timestamp + self.auth.window - time.time()) + 1)
+        if not client.set(key, 1, nx=True, ex=ttl):
+            raise self.auth.refuse("replayed signature: this request was already accepted")
+        return key
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        checks = {"redis": f"no answer within {READY_TIMEOUT:g} s", "workers": "unknown"}
+        with anyio.move_on_after(READY_TIMEOUT):  # the thread is abandoned, not waited for
+            checks = await anyio.to_thread.run_sync(self.readiness, abandon_on_cancel=True)
+        ready = all(value == "ok" for value in checks.values())
+        body = {"status": "ok" if ready else "unavailable", "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    def readiness(self) -> dict[str, str]:
+        try:
+            client = self.client()
+            client.ping()
+        except _UNAVAILABLE as error:
+            return {"redis": f"unreachable ({error.__class__.__name__})", "workers": "unknown"}
+        try:
+            pattern = keys.worker_heartbeat("*")
+            alive = next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+        except _UNAVAILABLE as error:
+            return {"redis": f"unreachable ({error.__class__.__name__})", "workers": "unknown"}
+        workers = "ok" if alive else f"no worker heartbeat ({pattern})"
+        return {"redis": "ok", "workers": workers}
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (404, 405) in the same JSON shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    body = {"error": code, "detail": exc.detail, "problems": []}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+class AccessLog:
+    """One log line per request: method, path, status, events, duration (no body, no secret)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.write(scope, status, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def write(scope: Scope, status: int, millis: float) -> None:
+        state = scope.get("state") or {}
+        probe = scope["path"] in ("/healthz", "/readyz")
+        level = logging.DEBUG if probe and status < 500 else logging.INFO
+        error = f" error={state['error']}" if state.get("error") else ""
+        log.log(
+            level,
+            "%s %s %d events=%d duration_ms=%.1f%s",
+            scope["method"],
+            scope["path"],
+            status,
+            state.get("events", 0),
+            millis,
+            error,
+        )
+
+
+def create_app(
+    *,
+    secrets: Sequence[bytes] | None = None,
+    allow_bearer: bool | None = None,
+    insecure: bool = False,
+    redis_client: redis.Redis | None = None,
+    window: int = signing.WINDOW,
+) -> Starlette:
+    """Build the receiver. ``None`` means: from the environment (secrets, bearer, Redis).
+
+    Raises ``ConfigurationError`` when no secret is configured, unless ``insecure``.
+    """
+    if secrets is None:
+        try:
+            secrets = signing.load_secrets()
+        except signing.SecretsError as error:
+            raise ConfigurationError(str(error)) from None
+    if allow_bearer is None:
+        allow_bearer = env_flag(ALLOW_BEARER_ENV)
+    if not secrets and not insecure:
+        raise ConfigurationError(
+            f"no webhook secret: set {signing.SECRET_ENV} (comma-separated for rotation) or "
+            f"{signing.SECRET_FILE_ENV}; for local use only, start with --insecure "
+            f"({INSECURE_ENV}=1)"
+        )
+    if insecure:
+        log.warning(
+            "webhook receiver in INSECURE mode: requests without authentication are "
+            "accepted; never expose it beyond this machine"
+        )
+    auth = Authenticator(secrets, allow_bearer, insecure, window)
+    client = (lambda: redis_client) if redis_client is not None else config.redis_client
+    receiver = Receiver(auth, client)
+    routes = [
+        Route("/v1/events", receiver.events, methods=["POST"]),
+        Route("/healthz", receiver.healthz, methods=["GET"]),
+        Route("/readyz", receiver.readyz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.add_middleware(AccessLog)  # type: ignore[arg-type]
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn's workers call: everything from the environment."""
+    return create_app(insecure=env_flag(INSECURE_ENV))
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration plus the receiver's logger (each worker applies it)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    conf = copy.deepcopy(LOGGING_CONFIG)
+    conf["loggers"]["provisioner"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return conf
+
+
+def serve(
+    host: str = "127.0.0.1", port: int = 8080, workers: int = 1, insecure: bool = False
+) -> None:
+    """Run the receiver with uvicorn (``workers`` processes); configuration from the env."""
+    import uvicorn
+
+    if insecure:
+        os.environ[INSECURE_ENV] = "1"  # the workers are spawned: they read it from the env
+    insecure = env_flag(INSECURE_ENV)
+    logging.config.dictConfig(log_config())
+    try:
+        create_app(insecure=insecure)  # refuse to start now, not in every worker
+        config.settings()
+    except ConfigurationError as error:
+        raise SystemExit(f"provisioner webhook: {error}") from None
+    uvicorn.run(
+        "producers.webhook:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=log_config(),
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``provisioner webhook [--host H] [--port P] [--workers N] [--insecure]``."""
+    parser = argparse.ArgumentParser(
+        prog="provisioner webhook", description="Run the webhook receiver (POST /v1/events)."
+    )
+    parser.add_argument("--host", default=os.environ.get("PROVISIONER_WEBHOOK_HOST", "127.0.0.1"))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_PORT", "8080"))
+    )
+    parser.add_argument(
+        "--workers", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_WORKERS", "1"))
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept requests without authentication (local use only)",
+    )
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.workers, args.insecure)
+    return 0

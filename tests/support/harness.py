@@ -1,0 +1,160 @@
+"""Driving the product as a user does: real worker processes, the CLI, the publish path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from producers.publish import publish
+from tests.support.scimserver import ScimServer
+from worker.events import parse_events
+from worker.status import snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_ENV = {
+    "PROVISIONER_LEASE_SECONDS": "5",  # a killed worker's key comes back within seconds
+    "PROVISIONER_STALE_SECONDS": "3",
+    "PYTHONPATH": str(ROOT),
+}
+
+
+class WorkerPool:
+    """Celery worker processes (``provisioner worker``), as an operator runs them."""
+
+    def __init__(self, redis_url: str, processes: int = 2, concurrency: int = 2):
+        self.env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url}
+        self.processes = processes
+        self.concurrency = concurrency
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._names = count()
+
+    def start_one(self) -> subprocess.Popen[bytes]:
+        name = f"test{next(self._names)}@%h"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker", "--concurrency",
+             str(self.concurrency), "--loglevel", "WARNING", "--hostname", name],
+            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        self.workers.append(process)
+        return process
+
+    def start(self) -> WorkerPool:
+        for _ in range(self.processes):
+            self.start_one()
+        return self
+
+    def kill_one(self) -> None:
+        """SIGKILL a whole worker (main process and children) and start a replacement."""
+        victim = self.workers.pop(0)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        self.start_one()
+
+    def stop(self) -> None:
+        for process in self.workers:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for process in self.workers:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.workers.clear()
+
+
+class Harness:
+    """One test's view: an app on a fresh SCIM server, events in, state out."""
+
+    _ids = count()
+
+    def __init__(self, client: redis.Redis, scim: ScimServer, tmp: Path):
+        self.redis = client
+        self.scim = scim
+        self.tmp = tmp
+        self.token_file = tmp / "scim.token"
+        self.token_file.write_text(scim.token)
+        self.clock = 1_800_000_000.0
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: E501
+        env = {**os.environ, **TEST_ENV}
+        result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+                                capture_output=True, text=True, input=input, timeout=120)  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"provisioner {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def activate(self, app_id: str = "zs", *options: str) -> None:
+        self.cli("apps", "activate", app_id, "--base-url", self.scim.base_url,
+                 "--token-file", str(self.token_file), *options)  # fmt: skip
+
+    def event(self, type_: str, **data: Any) -> dict[str, Any]:
+        """A v1 event with a fresh id and a later timestamp than the previous one."""
+        self.clock += 1
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.clock)) + "Z"
+        return {"id": f"evt-{next(self._ids)}", "type": type_, "occurred_at": stamp, "data": data}
+
+    def send(self, *documents: dict[str, Any], wait: bool = True) -> None:
+        publish(self.redis, parse_events(json.dumps(list(documents))))
+        if wait:
+            self.wait()
+
+    def wait(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not snapshot(self.redis)["idle"]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not idle after {timeout}s: {snapshot(self.redis)}")
+            time.sleep(0.05)
+
+    # the application's state, read over SCIM
+    def users(self) -> dict[str, dict[str, Any]]:
+        return {u["userName"]: u for u in self.scim.users()}
+
+    def groups(self) -> dict[str, dict[str, Any]]:
+        return {g["displayName"]: g for g in self.scim.groups()}
+
+    def members(self, group_name: str) -> set[str]:
+        """userNames of a group's members in the application."""
+        by_id = {u["id"]: u["userName"] for u in self.scim.users()}
+        group = self.groups()[group_name]
+        return {by_id.get(m["value"], m["value"]) for m in group.get("members") or []}
+
+    def writes(self) -> list[tuple[str, str]]:
+        return [r for r in self.scim.requests if r[0] in ("POST", "PUT", "PATCH", "DELETE")]
+
+    # directory helpers: events as the directory would send them
+    def user(self, uid: str, username: str | None = None, state: str = "active", **attrs: Any) -> dict[str, Any]:  # noqa: E501
+        record = {"id": uid, "username": username or f"{uid}@example.com", "state": state, **attrs}
+        return self.event("user.created", user=record)
+
+    def group(self, gid: str, name: str | None = None) -> dict[str, Any]:
+        return self.event("group.created", group={"id": gid, "name": name or gid})
+
+    def member(self, gid: str, uid: str, added: bool = True) -> dict[str, Any]:
+        kind = "group.member_added" if added else "group.member_removed"
+        return self.event(kind, group_id=gid, user_id=uid)
+
+    def associate(self, app: str, gid: str, associated: bool = True) -> dict[str, Any]:
+        kind = "app.group_associated" if associated else "app.group_disassociated"
+        return self.event(kind, app_id=app, group_id=gid)
+
+
+def shuffled(documents: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    import random
+
+    items = list(documents)
+    random.Random(seed).shuffle(items)
+    return items

@@ -1,0 +1,149 @@
+"""A real SCIM 2.0 application for tests: scim2-server in a background thread.
+
+``ScimServer`` serves scim2-server's ``BearerTokenApplication`` (RFC 7643 schemas, the
+enterprise User extension, every feature announced) on 127.0.0.1 and a free port, with
+a request log and a fault hook (``inject``) that lets a test answer a request itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import httpx
+import pytest
+from scim2_models import ScimProvider
+from scim2_server.memory import InMemoryStorage
+from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
+from scim2_server.testserver.cli import ThreadingWSGIServer
+from scim2_server.utils import (
+    load_default_resource_types,
+    load_default_schemas,
+    load_default_service_provider_config,
+)
+
+Fault = Callable[[dict[str, Any]], "tuple[int, dict[str, str], bytes] | None"]
+
+
+@functools.cache
+def _provider() -> ScimProvider:
+    """The default provider, announcing the bearer token scheme (so 401s carry a challenge)."""
+    config = load_default_service_provider_config()
+    config.authentication_schemes = [*(config.authentication_schemes or []), BEARER_TOKEN_SCHEME]
+    return ScimProvider.from_discovery(
+        load_default_schemas().values(), load_default_resource_types().values(), config=config
+    )
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class ScimServer:
+    """A scim2-server application on 127.0.0.1, served from a thread; use as a context manager."""
+
+    def __init__(self, token: str = "test-token-s3cr3t") -> None:
+        self.token = token
+        self.storage = InMemoryStorage()
+        self.app = BearerTokenApplication(self.storage, _provider(), bearer_tokens=[token])
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._fault: Fault | None = None
+        self._server: ThreadingWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> ScimServer:
+        server = make_server(
+            "127.0.0.1",
+            0,
+            self._wsgi,
+            server_class=ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+        self._server = server
+        self.base_url = f"http://127.0.0.1:{server.server_port}/v2"
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ScimServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- test hooks --------------------------------------------------------
+    def inject(self, fn: Fault | None) -> None:
+        """Let ``fn(environ)`` answer requests: it returns (status, headers, body) or None."""
+        self._fault = fn
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def reset(self) -> None:
+        """Empty the storage, the request log and the fault hook."""
+        with self.storage.operation():
+            self.storage.resources = []
+        self.inject(None)
+        self.clear_requests()
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user, as plain JSON, read over SCIM."""
+        return list(self._list("Users"))
+
+    def groups(self) -> list[dict[str, Any]]:
+        """Every group, as plain JSON, read over SCIM."""
+        return list(self._list("Groups"))
+
+    def _list(self, endpoint: str, count: int = 100) -> Iterator[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        with httpx.Client(base_url=self.base_url, headers=headers, timeout=10) as http:
+            start = 1
+            while True:
+                resp = http.get(f"/{endpoint}", params={"startIndex": start, "count": count})
+                resp.raise_for_status()
+                page = resp.json()
+                resources = page.get("Resources", [])
+                yield from resources
+                start += len(resources)
+                if not resources or start > page["totalResults"]:
+                    return
+
+    # -- WSGI --------------------------------------------------------------
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._lock:
+            self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        fault = self._fault
+        answer = fault(environ) if fault is not None else None
+        if answer is None:
+            return self.app(environ, start_response)  # type: ignore[arg-type]
+        status, headers, body = answer
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        start_response(f"{status} {phrase}", [*headers.items(), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+@pytest.fixture(name="scim_server")
+def scim_server_fixture() -> Iterator[ScimServer]:
+    """A fresh ScimServer, stopped after the test."""
+    with ScimServer() as server:
+        yield server

@@ -1,0 +1,551 @@
+"""The webhook receiver over HTTP: a real uvicorn server, a real Redis, no worker.
+
+Every refused request must leave Redis as it was: nothing journaled, nothing pending, no
+wake-up message in the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from producers import signing, webhook
+from producers.webhook import MAX_BODY, create_app
+from worker import keys
+from worker.redis_server import RedisServer, free_port
+
+NEW = b"new-secret-0123456789"
+OLD = b"old-secret-9876543210"
+WHEN = "2026-11-28T17:50:51.123Z"
+INGEST_QUEUE = "prov.ingest"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread on a free port; yield its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="off", access_log=False)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def event(n: int = 0, **changes: Any) -> dict[str, Any]:
+    document = {"id": f"evt-{uuid.uuid4().hex}-{n}", "type": "group.member_added",
+                "occurred_at": WHEN, "data": {"group_id": "g-1", "user_id": f"u-{n}"}}  # fmt: skip
+    document.update(changes)
+    return document
+
+
+def encode(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def signed(body: bytes, secret: bytes = NEW, timestamp: int | None = None) -> dict[str, str]:
+    stamp = int(time.time()) if timestamp is None else timestamp
+    return {"Content-Type": "application/json",
+            signing.HEADER: signing.sign(secret, body, stamp)}  # fmt: skip
+
+
+def post(base: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{base}/v1/events", content=body, headers=headers, timeout=30)
+
+
+def broker_length(r: redis.Redis) -> int:
+    return int(r.llen(INGEST_QUEUE))
+
+
+def assert_nothing_stored(r: redis.Redis, broker_before: int) -> None:
+    assert r.xlen(keys.JOURNAL) == 0
+    assert r.zcard(keys.PENDING_BATCHES) == 0
+    assert r.scard(keys.SEEN_EVENTS) == 0
+    assert list(r.scan_iter(match=keys.batch("*"))) == []
+    assert broker_length(r) == broker_before
+
+
+def assert_refused(response: httpx.Response, status: int, error: str,
+                   reason: str = "", pointer: str | None = None) -> dict[str, Any]:  # fmt: skip
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error"] == error
+    assert reason.lower() in body["detail"].lower() or any(
+        reason.lower() in p["reason"].lower() for p in body["problems"]
+    ), body
+    assert body["problems"] and all({"pointer", "reason"} <= set(p) for p in body["problems"])
+    if pointer is not None:
+        assert pointer in [p["pointer"] for p in body["problems"]], body
+    return body
+
+
+# --- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def base(app_client: redis.Redis) -> Iterator[str]:
+    """The receiver with two secrets (a rotation in progress), bearer disabled."""
+    with running(create_app(secrets=[NEW, OLD], allow_bearer=False,
+                            redis_client=app_client)) as url:  # fmt: skip
+        yield url
+
+
+@pytest.fixture
+def before(r: redis.Redis) -> int:
+    """The broker's ingest queue length before the test (the broker keys are not wiped)."""
+    return broker_length(r)
+
+
+# --- accepted requests -------------------------------------------------------------------------
+
+
+def test_a_single_event_is_accepted_once_durable(base: str, r: redis.Redis, before: int) -> None:
+    document = event()
+    body = encode(document)
+    response = post(base, body, signed(body))
+    assert response.status_code == 202, response.text
+    assert response.json() == {"accepted": [document["id"]], "duplicates": []}
+    assert r.xlen(keys.JOURNAL) == 1
+    assert r.zcard(keys.PENDING_BATCHES) == 1
+    assert broker_length(r) == before + 1  # the wake-up message (no worker runs here)
+
+
+def test_a_batch_is_accepted_whole(base: str, r: redis.Redis) -> None:
+    documents = [event(n) for n in range(1000)]
+    body = encode(documents)
+    response = post(base, body, signed(body))
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == [d["id"] for d in documents]
+    assert r.xlen(keys.JOURNAL) == 1000
+
+
+def test_the_same_event_again_is_a_duplicate(base: str, r: redis.Redis) -> None:
+    document = event()
+    body = encode(document)
+    assert post(base, body, signed(body)).status_code == 202
+    body_again = encode([document, event(1)])  # another request, hence another signature
+    response = post(base, body_again, signed(body_again))
+    assert response.status_code == 202
+    assert response.json()["duplicates"] == [document["id"]]
+    assert r.xlen(keys.JOURNAL) == 2
+
+
+def test_content_type_with_charset_is_accepted(base: str) -> None:
+    body = encode(event())
+    headers = signed(body) | {"Content-Type": "application/json; charset=utf-8"}
+    assert post(base, body, headers).status_code == 202
+
+
+def test_rotation_old_and_new_secrets_are_both_accepted(base: str, r: redis.Redis) -> None:
+    for secret in (OLD, NEW):
+        body = encode(event())
+        assert post(base, body, signed(body, secret)).status_code == 202
+    assert r.xlen(keys.JOURNAL) == 2
+
+
+# --- the bad-input table -----------------------------------------------------------------------
+
+
+def bad_type() -> bytes:
+    return encode(event(type="user.exploded"))
+
+
+def unknown_field() -> bytes:
+    return encode([event(0), event(1, color="blue")])
+
+
+def missing_field() -> bytes:
+    return encode([event(0), event(1, data={"group_id": "g-1"})])
+
+
+def bad_timestamp() -> bytes:
+    return encode(event(occurred_at="2026-11-28T17:50:51"))
+
+
+def one_good_one_bad() -> bytes:
+    return encode([event(0), event(1, id="")])
+
+
+@pytest.mark.parametrize(("make", "status", "error", "pointer", "reason"), [
+    (lambda: b'{"id": "evt-1", "type": ', 400, "malformed_json", "", "malformed JSON"),
+    (lambda: b"\xff\xfe{", 400, "malformed_json", "", "malformed JSON"),
+    (bad_type, 422, "invalid_events", "/type", "unknown event type"),
+    (unknown_field, 422, "invalid_events", "/1/color", "unknown field"),
+    (missing_field, 422, "invalid_events", "/1/data/user_id", "required"),
+    (bad_timestamp, 422, "invalid_events", "/occurred_at", "zone"),
+    (one_good_one_bad, 422, "invalid_events", "/1/id", ""),
+    (lambda: encode([event(n) for n in range(1001)]), 413, "too_many_events", "", "1001 events"),
+])  # fmt: skip
+def test_bad_content_is_refused_and_changes_nothing(
+    base: str, r: redis.Redis, before: int, make: Any, status: int, error: str, pointer: str,
+    reason: str,
+) -> None:
+    body = make()
+    assert_refused(post(base, body, signed(body)), status, error, reason, pointer)
+    assert_nothing_stored(r, before)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type(base: str, r: redis.Redis, before: int,
+                            content_type: str | None) -> None:  # fmt: skip
+    body = encode(event())
+    headers = signed(body)
+    del headers["Content-Type"]
+    if content_type:
+        headers["Content-Type"] = content_type
+    assert_refused(post(base, body, headers), 415, "unsupported_media_type", "application/json")
+    assert_nothing_stored(r, before)
+
+
+def test_body_over_the_limit_by_content_length(base: str, r: redis.Redis, before: int) -> None:
+    body = b"[" + b" " * MAX_BODY + b"]"
+    response = post(base, body, signed(body))
+    assert_refused(response, 413, "body_too_large", f"1 MiB) (Content-Length: {MAX_BODY + 2})")
+    assert_nothing_stored(r, before)
+
+
+def test_body_over_the_limit_while_reading(base: str, r: redis.Redis, before: int) -> None:
+    body = b"[" + b" " * MAX_BODY + b"]"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer encoding
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    headers = signed(body)
+    response = httpx.post(f"{base}/v1/events", content=chunks(), headers=headers, timeout=30)
+    body_json = assert_refused(response, 413, "body_too_large", "1 MiB")
+    assert "Content-Length" not in body_json["detail"]  # refused while reading
+    assert_nothing_stored(r, before)
+
+
+def test_a_body_at_the_limit_is_read(base: str, r: redis.Redis) -> None:
+    document = event()
+    raw = encode(document)
+    body = raw + b" " * (MAX_BODY - len(raw))
+    assert post(base, body, signed(body)).status_code == 202
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+def test_missing_signature(base: str, r: redis.Redis, before: int) -> None:
+    response = post(base, encode(event()), {"Content-Type": "application/json"})
+    assert_refused(response, 401, "unauthorized", "missing signature")
+    assert "HMAC-SHA256" in response.headers["www-authenticate"]
+    assert_nothing_stored(r, before)
+
+
+@pytest.mark.parametrize("header", ["nonsense", "t=now,v1=abc", "v1=" + "0" * 64, "t=123"])
+def test_malformed_signature(base: str, r: redis.Redis, before: int, header: str) -> None:
+    headers = {"Content-Type": "application/json", signing.HEADER: header}
+    response = post(base, encode(event()), headers)
+    assert_refused(response, 401, "unauthorized", "malformed")
+    assert response.headers["www-authenticate"]
+    assert_nothing_stored(r, before)
+
+
+def test_wrong_secret(base: str, r: redis.Redis, before: int) -> None:
+    body = encode(event())
+    response = post(base, body, signed(body, b"not-a-configured-secret"))
+    assert_refused(response, 401, "unauthorized", "does not match")
+    assert_nothing_stored(r, before)
+
+
+def test_tampered_body(base: str, r: redis.Redis, before: int) -> None:
+    body = encode(event())
+    tampered = body.replace(b"u-0", b"u-9")
+    assert_refused(post(base, tampered, signed(body)), 401, "unauthorized", "does not match")
+    assert_nothing_stored(r, before)
+
+
+@pytest.mark.parametrize("offset", [-301, 301, -3600])
+def test_expired_signature(base: str, r: redis.Redis, before: int, offset: int) -> None:
+    """A request replayed after its window (or stamped far ahead) is refused."""
+    body = encode(event())
+    response = post(base, body, signed(body, timestamp=int(time.time()) + offset))
+    assert_refused(response, 401, "unauthorized", "expired")
+    assert_nothing_stored(r, before)
+
+
+def test_replayed_request_is_refused(base: str, r: redis.Redis) -> None:
+    body = encode(event())
+    headers = signed(body)
+    assert post(base, body, headers).status_code == 202
+    broker = broker_length(r)
+    response = post(base, body, headers)
+    assert_refused(response, 401, "unauthorized", "replayed signature")
+    assert r.xlen(keys.JOURNAL) == 1 and r.zcard(keys.PENDING_BATCHES) == 1
+    assert broker_length(r) == broker
+    digest = headers[signing.HEADER].split("v1=")[1]
+    ttl = r.ttl(webhook.SIGNATURE_KEY_PREFIX + digest)
+    assert 0 < ttl <= signing.WINDOW + 1
+
+
+def test_replay_with_a_reshuffled_header_is_refused(base: str, r: redis.Redis) -> None:
+    body = encode(event())
+    headers = signed(body)
+    assert post(base, body, headers).status_code == 202
+    timestamp, digest = headers[signing.HEADER].split(",")
+    reshuffled = f"v1={'0' * 64},v1={digest[3:].upper()},{timestamp}"
+    response = post(base, body, headers | {signing.HEADER: reshuffled})
+    assert_refused(response, 401, "unauthorized", "replayed")
+    assert r.xlen(keys.JOURNAL) == 1
+
+
+def test_bearer_is_refused_unless_enabled(base: str, r: redis.Redis, before: int) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {NEW.decode()}"}
+    assert_refused(post(base, encode(event()), headers), 401, "unauthorized", "not enabled")
+    assert_nothing_stored(r, before)
+
+
+def test_bearer_when_enabled(app_client: redis.Redis, r: redis.Redis, before: int) -> None:
+    app = create_app(secrets=[NEW, OLD], allow_bearer=True, redis_client=app_client)
+    with running(app) as url:
+        json_type = {"Content-Type": "application/json"}
+        wrong = post(url, encode(event()), json_type | {"Authorization": "Bearer nope"})
+        assert_refused(wrong, 401, "unauthorized", "wrong bearer secret")
+        assert "Bearer" in wrong.headers["www-authenticate"]
+        basic = post(url, encode(event()), json_type | {"Authorization": "Basic eDp5"})
+        assert_refused(basic, 401, "unauthorized", "unsupported")
+        assert_refused(post(url, encode(event()), json_type), 401, "unauthorized", "missing")
+        assert_nothing_stored(r, before)
+        for secret in (NEW, OLD):
+            bearer = json_type | {"Authorization": f"Bearer {secret.decode()}"}
+            assert post(url, encode(event()), bearer).status_code == 202
+        body = encode(event())  # a signature still works
+        assert post(url, body, signed(body)).status_code == 202
+    assert r.xlen(keys.JOURNAL) == 3
+
+
+def test_bearer_flag_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(webhook.ALLOW_BEARER_ENV, "1")
+    monkeypatch.setenv(signing.SECRET_ENV, NEW.decode())
+    monkeypatch.delenv(signing.SECRET_FILE_ENV, raising=False)
+    app = create_app()
+    with running(app) as url:
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer nope"}
+        assert post(url, encode(event()), headers).json()["detail"] == "wrong bearer secret"
+
+
+def test_no_secret_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(signing.SECRET_ENV, raising=False)
+    monkeypatch.delenv(signing.SECRET_FILE_ENV, raising=False)
+    with pytest.raises(webhook.ConfigurationError, match="no webhook secret"):
+        create_app()
+    with pytest.raises(webhook.ConfigurationError, match="no webhook secret"):
+        create_app(secrets=[])
+
+
+def test_insecure_mode_accepts_unauthenticated_requests(
+    app_client: redis.Redis, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="provisioner.webhook"):
+        app = create_app(secrets=[], insecure=True, redis_client=app_client)
+    assert "INSECURE" in caplog.text
+    with running(app) as url:
+        document = event()
+        response = post(url, encode(document), {"Content-Type": "application/json"})
+        assert response.status_code == 202
+        assert response.json()["accepted"] == [document["id"]]
+        refused = post(url, b"{", {"Content-Type": "application/json"})
+        assert_refused(refused, 400, "malformed_json", "malformed")
+    assert r.xlen(keys.JOURNAL) == 1
+
+
+# --- failures of Redis ---------------------------------------------------------------------------
+
+
+def test_redis_outage_answers_503(r: redis.Redis, before: int) -> None:
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    with running(create_app(secrets=[NEW], redis_client=dead)) as url:
+        body = encode(event())
+        response = post(url, body, signed(body))
+        assert_refused(response, 503, "unavailable", "Redis is unavailable")
+        assert response.headers["retry-after"]
+        started = time.monotonic()
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503
+        assert time.monotonic() - started < webhook.READY_TIMEOUT + 1
+        assert ready.json()["checks"]["redis"].startswith(("unreachable", "no answer"))
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+    assert_nothing_stored(r, before)
+
+
+def test_a_failed_publish_releases_the_signature(
+    base: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a 503 the same request can be sent again: it is not taken for a replay."""
+    real_publish = webhook.publish
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("connection lost")
+
+    body = encode(event())
+    headers = signed(body)
+    monkeypatch.setattr(webhook, "publish", failing)
+    assert_refused(post(base, body, headers), 503, "unavailable", "retry")
+    assert list(r.scan_iter(match=webhook.SIGNATURE_KEY_PREFIX + "*")) == []
+    monkeypatch.setattr(webhook, "publish", real_publish)
+    assert post(base, body, headers).status_code == 202
+    assert r.xlen(keys.JOURNAL) == 1
+
+
+# --- probes, errors, logs ----------------------------------------------------------------------
+
+
+def test_healthz_and_readyz(base: str, r: redis.Redis) -> None:
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"redis": "ok",
+                                      "workers": "no worker heartbeat (prov:workers:*)"}
+    r.set(keys.worker_heartbeat("test"), 1, ex=30)
+    ready = httpx.get(f"{base}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "checks": {"redis": "ok", "workers": "ok"}}
+
+
+def test_unknown_paths_and_methods_answer_json(base: str) -> None:
+    missing = httpx.get(f"{base}/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = httpx.get(f"{base}/v1/events")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+
+
+def test_one_log_line_per_request_without_body_or_secret(
+    base: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = encode([event(0), event(1)])
+    headers = signed(body)
+    with caplog.at_level(logging.INFO, logger="provisioner.webhook"):
+        assert post(base, body, headers).status_code == 202
+        post(base, body, signed(body, b"wrong-secret"))
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "provisioner.webhook"]
+    assert len(lines) == 2
+    assert lines[0].startswith("POST /v1/events 202 events=2 duration_ms=")
+    assert lines[1].startswith("POST /v1/events 401 events=0") and "unauthorized" in lines[1]
+    digest = headers[signing.HEADER].split("v1=")[1]
+    for line in lines:
+        assert digest not in line and NEW.decode() not in line and "u-1" not in line
+
+
+# --- the real serve() path in a subprocess ------------------------------------------------------
+
+
+def start_serve(port: int, env: dict[str, str], workers: int = 2,
+                insecure: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
+    code = ("from producers.webhook import serve; "
+            f"serve('127.0.0.1', {port}, {workers}, {insecure})")  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else b""
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError("the receiver did not become healthy")
+
+
+def stop(process: subprocess.Popen[bytes]) -> str:
+    process.terminate()
+    output, _ = process.communicate(timeout=20)
+    return output.decode(errors="replace")
+
+
+def serve_env(redis_server: RedisServer, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_WEBHOOK")}
+    return env | {"REDIS_URL": redis_server.url} | extra
+
+
+def test_serve_with_several_workers(redis_server: RedisServer, r: redis.Redis) -> None:
+    port = free_port()
+    env = serve_env(redis_server, PROVISIONER_WEBHOOK_SECRET=f"{NEW.decode()},{OLD.decode()}")
+    process = start_serve(port, env, workers=2)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        bodies = [encode(event(n)) for n in range(8)]
+        for n, body in enumerate(bodies):
+            response = post(url, body, signed(body, OLD if n % 2 else NEW))
+            assert response.status_code == 202, response.text
+        body = encode(event())
+        assert_refused(post(url, body, signed(body, b"wrong")), 401, "unauthorized", "match")
+        assert_refused(post(url, b"{", signed(b"{")), 400, "malformed_json", "malformed")
+    finally:
+        output = stop(process)
+    assert r.xlen(keys.JOURNAL) == 8
+    assert "POST /v1/events 202 events=1" in output
+    assert NEW.decode() not in output and OLD.decode() not in output
+
+
+def test_serve_refuses_to_start_without_a_secret(redis_server: RedisServer) -> None:
+    process = start_serve(free_port(), serve_env(redis_server), workers=1)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert b"no webhook secret" in output and b"--insecure" in output
+
+
+def test_serve_insecure(redis_server: RedisServer, r: redis.Redis) -> None:
+    port = free_port()
+    process = start_serve(port, serve_env(redis_server), workers=1, insecure=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        response = post(url, encode(event()), {"Content-Type": "application/json"})
+        assert response.status_code == 202
+    finally:
+        output = stop(process)
+    assert "INSECURE" in output
+    assert r.xlen(keys.JOURNAL) == 1
+
+
+def test_sign_command_output_is_accepted(
+    base: str, r: redis.Redis, tmp_path: Any
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(OLD.decode())
+    body = encode(event())
+    command = [sys.executable, "-m", "producers.signing", "--secret-file", str(secret_file)]
+    done = subprocess.run(command, input=body, capture_output=True, check=True)
+    name, _, value = done.stdout.decode().strip().partition(": ")
+    response = post(base, body, {"Content-Type": "application/json", name: value})
+    assert response.status_code == 202
+    assert r.xlen(keys.JOURNAL) == 1

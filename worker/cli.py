@@ -1,0 +1,330 @@
+"""``provisioner``: the one command line of the product (DESIGN §7).
+
+Every command reads ``REDIS_URL`` (or the local stack's Redis). Secrets are read from files
+or the environment, never from arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from worker import apps, audit, config
+from worker.apps import AppConfig, AppError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _redis():  # noqa: ANN202
+    return config.redis_client()
+
+
+# -- apps ------------------------------------------------------------------------------------
+def cmd_apps_activate(args: argparse.Namespace) -> int:
+    from worker.runner import full_sync
+    from worker.scim import ScimClient, ScimError, make_http_client, profile_by_name
+
+    client = _redis()
+    app_id = apps.check_app_id(args.app_id)
+    base_url = apps.check_base_url(args.base_url)
+    token_file = apps.token_file_path(args.token_file)
+    token = apps.read_token(token_file)
+    profile = profile_by_name(args.profile)
+    name = "idm_integration_activate"
+    try:
+        with make_http_client(base_url, token) as http:
+            scim = ScimClient(http, profile)
+            scim.service_provider_config()
+            scim.verify()
+    except ScimError as error:
+        audit.record(
+            client,
+            audit.AuditEntry(name, app_id, f"app:{app_id}", "failure", error.status, str(error)),
+        )
+        print(f"not activated: {base_url} refused the check: {error}", file=sys.stderr)
+        return EXIT_FAIL
+    existing = apps.load(client, app_id)
+    app = AppConfig(
+        id=app_id,
+        base_url=base_url,
+        token_file=token_file,
+        profile=args.profile,
+        group_management=args.group_management,
+        user_delete_policy=args.user_delete_policy or profile.user_delete,
+        excluded_attributes=existing.excluded_attributes if existing else (),
+        active=True,
+    )
+    apps.save(client, app)
+    count = full_sync(client, app_id)
+    audit.record(
+        client,
+        audit.AuditEntry(
+            name, app_id, f"app:{app_id}", "success", 200, f"verified; full sync of {count} objects"
+        ),
+    )
+    print(f"activated {app_id} ({args.profile}) against {base_url}; full sync of {count} objects")
+    return EXIT_OK
+
+
+def cmd_apps_deactivate(args: argparse.Namespace) -> int:
+    from worker.workqueue import Workqueue
+
+    client = _redis()
+    app = apps.update(client, args.app_id, active=False)
+    dropped = Workqueue(client).drop_app(app.id)
+    audit.record(
+        client,
+        audit.AuditEntry(
+            "idm_integration_delete",
+            app.id,
+            f"app:{app.id}",
+            "success",
+            None,
+            f"deactivated; {dropped} queued reconciles dropped",
+        ),
+    )
+    print(f"deactivated {app.id}: syncing stopped, nothing removed from the application")
+    return EXIT_OK
+
+
+def cmd_apps_list(args: argparse.Namespace) -> int:
+    rows = [_app_row(a) for a in apps.list_apps(_redis())]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no apps; add one with `provisioner apps activate`")
+    for row in rows:
+        print(
+            f"{row['id']:<20} {row['state']:<10} {row['profile']:<8} "
+            f"groups={'on' if row['group_management'] else 'off':<4} {row['base_url']}"
+        )
+    return EXIT_OK
+
+
+def _app_row(app: AppConfig) -> dict[str, Any]:
+    state = "paused" if app.paused else ("active" if app.active else "inactive")
+    return {
+        "id": app.id,
+        "state": state,
+        "profile": app.profile,
+        "base_url": app.base_url,
+        "group_management": app.group_management,
+        "paused": app.paused,
+    }
+
+
+# -- events ----------------------------------------------------------------------------------
+def cmd_replay(args: argparse.Namespace) -> int:
+    from producers.replay import ReplayError, read_events, replay
+
+    try:
+        events = read_events(args.file)
+    except ReplayError as error:
+        print(f"refused {args.file}: nothing was published", file=sys.stderr)
+        for line in error.lines:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.dry_run:
+        print(f"{len(events)} valid events; nothing published (--dry-run)")
+        return EXIT_OK
+    result = replay(_redis(), events, progress=sys.stderr)
+    print(f"published {len(result.accepted)} events ({len(result.duplicates)} duplicates skipped)")
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from worker.status import snapshot
+
+    deadline = time.monotonic() + args.timeout
+    client = _redis()
+    while True:
+        state = snapshot(client)
+        if state["idle"]:
+            return EXIT_OK
+        if time.monotonic() > deadline:
+            print(
+                f"still busy after {args.timeout}s: {json.dumps(state['queue'])}", file=sys.stderr
+            )
+            return EXIT_FAIL
+        time.sleep(0.1)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker.status import render, snapshot
+
+    state = snapshot(_redis())
+    print(json.dumps(state, indent=2) if args.json else render(state))
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    since = time.time() - args.since * 60 if args.since else None
+    entries = audit.read(
+        _redis(),
+        app=args.app,
+        name=args.name,
+        object_id=args.object,
+        since=since,
+        failed=args.failed,
+        limit=args.limit,
+    )
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry))
+            continue
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry["time"]))
+        print(
+            f"{when} {entry['app']} {entry['name']:<24} {entry['object']:<28} "
+            f"{entry['outcome']:<8} {entry['status'] or '-'} {entry['detail']}"
+        )
+    return EXIT_OK
+
+
+# -- processes -------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, celery
+
+    celery().worker_main(
+        [
+            "worker",
+            "--queues",
+            f"{INGEST_QUEUE},{RECONCILE_QUEUE}",
+            "--concurrency",
+            str(args.concurrency),
+            "--loglevel",
+            args.loglevel,
+            "--hostname",
+            args.hostname,
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )
+    return EXIT_OK
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from worker.stack import run_stack
+
+    return run_stack(once=args.once, concurrency=args.concurrency, sample=args.sample)
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    from producers.webhook import serve
+
+    serve(args.host, args.port, args.workers, args.insecure)
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from producers.signing import load_secrets, sign
+
+    if args.secret_file:
+        with open(args.secret_file, "rb") as f:
+            secret = f.read().strip().split(b",")[0]
+    else:
+        secrets = load_secrets()
+        if not secrets:
+            print(
+                "no secret: set PROVISIONER_WEBHOOK_SECRET or pass --secret-file", file=sys.stderr
+            )
+            return EXIT_USAGE
+        secret = secrets[0]
+    body = sys.stdin.buffer.read()
+    print(f"X-Provisioner-Signature: {sign(secret, body, int(time.time()))}")
+    return EXIT_OK
+
+
+# -- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provisioner",
+        description="Keep a directory's users and groups in step with SCIM 2.0 applications.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("stack", help="run the local stack: Redis, a SCIM app, workers, sample")
+    p.add_argument("--once", action="store_true", help="exit after the sample is provisioned")
+    p.add_argument("--concurrency", type=int, default=2)
+    p.add_argument("--sample", default=None, help="events to replay (default: examples/)")
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("worker", help="run a Celery worker (ingest and reconcile)")
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--hostname", default="provisioner@%h")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("webhook", help="run the webhook receiver (POST /v1/events)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--insecure", action="store_true", help="accept unsigned requests (local use only)"
+    )
+    p.set_defaults(func=cmd_webhook)
+
+    p = sub.add_parser("sign", help="print the signature header for a body read on stdin")
+    p.add_argument("--secret-file")
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("replay", help="publish v1 events from a file (JSON Lines or array)")
+    p.add_argument("file", help="a file, or - for standard input")
+    p.add_argument("--dry-run", action="store_true", help="validate and count only")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("wait", help="exit 0 once every published event is applied and reconciled")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_wait)
+
+    p = sub.add_parser("status", help="backlog, dirty keys, in flight, per app")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("audit", help="the provisioning audit log")
+    p.add_argument("--app")
+    p.add_argument("--name", help="an event name, e.g. user_create_provision")
+    p.add_argument("--object", help="a user or group id")
+    p.add_argument("--since", type=float, help="minutes back")
+    p.add_argument("--failed", action="store_true")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit)
+
+    apps_parser = sub.add_parser("apps", help="application integrations")
+    apps_sub = apps_parser.add_subparsers(dest="apps_command", required=True, metavar="ACTION")
+    p = apps_sub.add_parser("activate", help="verify an application and start syncing it")
+    p.add_argument("app_id")
+    p.add_argument("--base-url", required=True)
+    p.add_argument("--token-file", required=True, help="a file holding the bearer token")
+    p.add_argument("--profile", choices=["zscaler", "generic"], default="zscaler")
+    p.add_argument("--no-group-management", dest="group_management", action="store_false")
+    p.add_argument("--user-delete-policy", choices=["deactivate", "delete"])
+    p.set_defaults(func=cmd_apps_activate)
+    p = apps_sub.add_parser("deactivate", help="stop syncing; nothing is removed from the app")
+    p.add_argument("app_id")
+    p.set_defaults(func=cmd_apps_deactivate)
+    p = apps_sub.add_parser("list", help="the integrations and their state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apps_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AppError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

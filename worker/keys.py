@@ -1,0 +1,141 @@
+"""Names of every Redis key the product uses, in one place.
+
+A reconcile key names one object of one application: ``"<app> user <id>"`` or
+``"<app> group <id>"``. Ids never hold whitespace (the event contract refuses it), so a space
+is a safe separator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "prov:"
+
+Kind = Literal["user", "group"]
+
+# Producers and ingest
+SEEN_EVENTS = PREFIX + "ev:seen"  # SET of accepted event ids (a duplicate changes nothing)
+PENDING_BATCHES = PREFIX + "ingest:pending"  # ZSET batch id -> publish time (ms)
+PARKED_BATCHES = PREFIX + "ingest:parked"  # HASH batch id -> reason (a poison batch)
+COUNTERS = PREFIX + "counters"  # HASH published, applied, ignored, ...
+IGNORED_LOG = PREFIX + "ignored"  # capped LIST of events ignored after a deletion
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+# Workqueue (see workqueue.py)
+WQ_DIRTY = PREFIX + "wq:dirty"  # ZSET key -> time its reconcile was last scheduled (ms)
+WQ_OWNER = PREFIX + "wq:owner"  # HASH key -> lease token
+WQ_LEASES = PREFIX + "wq:leases"  # ZSET key -> lease expiry (ms)
+WQ_DELAYED = PREFIX + "wq:delayed"  # ZSET key -> time it may run again (ms)
+WQ_SWEEP_LOCK = PREFIX + "wq:sweep"
+
+# Applications
+APPS = PREFIX + "apps"  # SET of configured app ids
+APPS_ACTIVE = PREFIX + "apps:active"  # SET of app ids whose integration is active
+
+
+def app(app_id: str) -> str:
+    return f"{PREFIX}app:{app_id}"
+
+
+def app_token(app_id: str) -> str:
+    return f"{PREFIX}app:{app_id}:token"
+
+
+def mirror(app_id: str, kind: Kind) -> str:
+    """HASH directory id -> JSON of what the app holds for it (see mirror.py)."""
+    return f"{PREFIX}mirror:{app_id}:{kind}s"
+
+
+AUDIT = PREFIX + "audit"  # STREAM of provisioning attempts (see audit.py)
+JOURNAL = PREFIX + "journal"  # STREAM of accepted events
+WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)
+WQ_ATTEMPTS = PREFIX + "wq:attempts"  # HASH key -> consecutive transient failures
+
+
+def worker_heartbeat(name: str) -> str:
+    return f"{PREFIX}workers:{name}"
+
+
+# Projection (written by lua/ingest.lua; read by projection.py)
+def user(user_id: str) -> str:
+    return f"{PREFIX}u:{user_id}"
+
+
+def group(group_id: str) -> str:
+    return f"{PREFIX}g:{group_id}"
+
+
+def group_member_registers(group_id: str) -> str:
+    return f"{PREFIX}gm:{group_id}"
+
+
+def group_members(group_id: str) -> str:
+    return f"{PREFIX}gmc:{group_id}"
+
+
+def user_groups(user_id: str) -> str:
+    return f"{PREFIX}ug:{user_id}"
+
+
+def app_group_registers(app_id: str) -> str:
+    return f"{PREFIX}ag:{app_id}"
+
+
+def app_groups(app_id: str) -> str:
+    return f"{PREFIX}agc:{app_id}"
+
+
+def group_apps(group_id: str) -> str:
+    return f"{PREFIX}ga:{group_id}"
+
+
+def app_user_registers(app_id: str) -> str:
+    return f"{PREFIX}au:{app_id}"
+
+
+def app_users(app_id: str) -> str:
+    return f"{PREFIX}auc:{app_id}"
+
+
+def user_apps(user_id: str) -> str:
+    return f"{PREFIX}ua:{user_id}"
+
+
+PROJECTION_PATTERNS = tuple(
+    PREFIX + p
+    for p in (
+        "u:*",
+        "g:*",
+        "gm:*",
+        "gmc:*",
+        "ug:*",
+        "ag:*",
+        "agc:*",
+        "ga:*",
+        "au:*",
+        "auc:*",
+        "ua:*",
+    )
+)
+
+
+@dataclass(frozen=True, order=True)
+class ReconcileKey:
+    app: str
+    kind: Kind
+    id: str
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.kind} {self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> ReconcileKey:
+        app_id, kind, object_id = text.split(" ", 2)
+        if kind not in ("user", "group"):
+            raise ValueError(f"bad reconcile key {text!r}")
+        return cls(app_id, kind, object_id)  # type: ignore[arg-type]

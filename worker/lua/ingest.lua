@@ -1,0 +1,190 @@
+-- Apply one stored batch of events to the directory projection, atomically, and mark the
+-- reconcile keys whose desired state may have changed. ARGV: now_ms, batch_id.
+-- Every register is last-writer-wins by the event's version "<17-digit µs> <event id>";
+-- deletion is terminal: later events about a deleted id are recorded as ignored.
+-- Returns {applied, stale, ignored, key...} where key... need a reconcile message.
+local batch_id = ARGV[2]
+local raw = redis.call('GET', P .. 'batch:' .. batch_id)
+if not raw then
+  redis.call('ZREM', P .. 'ingest:pending', batch_id)
+  return {0, 0, 0}
+end
+
+local active = {}
+for _, a in ipairs(redis.call('SMEMBERS', P .. 'apps:active')) do active[a] = true end
+
+local applied, stale, ignored = 0, 0, 0
+
+local function user_deleted(u) return redis.call('HEXISTS', P .. 'u:' .. u, 'del') == 1 end
+local function group_deleted(g) return redis.call('HEXISTS', P .. 'g:' .. g, 'del') == 1 end
+
+local skipped = false
+local function ignore(ev, reason)
+  skipped = true
+  ignored = ignored + 1
+  redis.call('LPUSH', P .. 'ignored', cjson.encode({id = ev.id, type = ev.type, reason = reason}))
+  redis.call('LTRIM', P .. 'ignored', 0, 999)
+end
+
+-- Active apps that cover user u directly or through one of its groups.
+local function mark_user_everywhere(u)
+  local apps = {}
+  for _, a in ipairs(redis.call('SMEMBERS', P .. 'ua:' .. u)) do apps[a] = true end
+  for _, g in ipairs(redis.call('SMEMBERS', P .. 'ug:' .. u)) do
+    for _, a in ipairs(redis.call('SMEMBERS', P .. 'ga:' .. g)) do apps[a] = true end
+  end
+  for a in pairs(apps) do
+    if active[a] then mark(a, 'user', u) end
+  end
+end
+
+local function mark_group_and_members(a, g)
+  if not active[a] then return end
+  mark(a, 'group', g)
+  for _, u in ipairs(redis.call('SMEMBERS', P .. 'gmc:' .. g)) do mark(a, 'user', u) end
+end
+
+-- A flag register "<0|1><version>" in a hash field. Returns (newer, flag_changed).
+local function set_flag(hash, field, v, flag)
+  local old = redis.call('HGET', hash, field)
+  if old and v <= string.sub(old, 2) then return false, false end
+  redis.call('HSET', hash, field, flag .. v)
+  local was = old and string.sub(old, 1, 1) or '0'
+  return true, was ~= flag
+end
+
+-- A pair of index sets kept equal to the registers whose flag is 1.
+local function index(flag, set_a, member_a, set_b, member_b)
+  if flag == '1' then
+    redis.call('SADD', set_a, member_a)
+    redis.call('SADD', set_b, member_b)
+  else
+    redis.call('SREM', set_a, member_a)
+    redis.call('SREM', set_b, member_b)
+  end
+end
+
+-- A value register: fields `name` and `name_v` of a hash. Returns (newer, value_changed).
+local function set_value(hash, name, v, value)
+  local old_v = redis.call('HGET', hash, name .. '_v')
+  if old_v and v <= old_v then return false, false end
+  local old = redis.call('HGET', hash, name)
+  redis.call('HSET', hash, name, value, name .. '_v', v)
+  return true, old ~= value
+end
+
+local events = cjson.decode(raw)
+local known = {}
+for _, t in ipairs({'user.created', 'user.updated', 'user.suspended', 'user.activated',
+    'user.deleted', 'group.created', 'group.renamed', 'group.deleted', 'group.member_added',
+    'group.member_removed', 'app.group_associated', 'app.group_disassociated',
+    'app.user_associated', 'app.user_disassociated'}) do known[t] = true end
+-- A poison batch is refused whole, before anything is written.
+for i, ev in ipairs(events) do
+  if type(ev) ~= 'table' or not known[ev.type] or type(ev.data) ~= 'table'
+      or type(ev.v) ~= 'string' then
+    return redis.error_reply('poison batch: event #' .. i .. ' is not a v1 event')
+  end
+end
+
+redis.call('DEL', P .. 'batch:' .. batch_id)
+redis.call('ZREM', P .. 'ingest:pending', batch_id)
+for _, ev in ipairs(events) do
+  local t, d, v = ev.type, ev.data, ev.v
+  local newer, changed = false, false
+  skipped = false
+  if t == 'user.created' or t == 'user.updated' then
+    local u = d.user.id
+    if user_deleted(u) then ignore(ev, 'user deleted') else
+      local state = d.user.state
+      d.user.state = nil
+      local n1, c1 = set_value(P .. 'u:' .. u, 'rec', v, cjson.encode(d.user))
+      local n2, c2 = set_value(P .. 'u:' .. u, 'st', v, state)
+      newer, changed = n1 or n2, c1 or c2
+      if changed then mark_user_everywhere(u) end
+    end
+  elseif t == 'user.suspended' or t == 'user.activated' then
+    local u = d.user_id
+    if user_deleted(u) then ignore(ev, 'user deleted') else
+      local state = (t == 'user.suspended') and 'suspended' or 'active'
+      newer, changed = set_value(P .. 'u:' .. u, 'st', v, state)
+      if changed then mark_user_everywhere(u) end
+    end
+  elseif t == 'user.deleted' then
+    local u = d.user_id
+    if user_deleted(u) then ignore(ev, 'user deleted') else
+      newer, changed = true, true
+      redis.call('HSET', P .. 'u:' .. u, 'del', v)
+      -- Every active app: one that provisioned the user deactivates it, whatever the
+      -- associations say now (they may have arrived in any order).
+      for a in pairs(active) do mark(a, 'user', u) end
+      for _, g in ipairs(redis.call('SMEMBERS', P .. 'ug:' .. u)) do
+        for _, a in ipairs(redis.call('SMEMBERS', P .. 'ga:' .. g)) do
+          if active[a] then mark(a, 'group', g) end
+        end
+      end
+    end
+  elseif t == 'group.created' or t == 'group.renamed' then
+    local g = (t == 'group.created') and d.group.id or d.group_id
+    local name = (t == 'group.created') and d.group.name or d.name
+    if group_deleted(g) then ignore(ev, 'group deleted') else
+      newer, changed = set_value(P .. 'g:' .. g, 'name', v, name)
+      if changed then
+        for _, a in ipairs(redis.call('SMEMBERS', P .. 'ga:' .. g)) do
+          if active[a] then mark(a, 'group', g) end
+        end
+      end
+    end
+  elseif t == 'group.deleted' then
+    local g = d.group_id
+    if group_deleted(g) then ignore(ev, 'group deleted') else
+      newer, changed = true, true
+      redis.call('HSET', P .. 'g:' .. g, 'del', v)
+      for a in pairs(active) do mark(a, 'group', g) end
+      for _, a in ipairs(redis.call('SMEMBERS', P .. 'ga:' .. g)) do mark_group_and_members(a, g) end
+    end
+  elseif t == 'group.member_added' or t == 'group.member_removed' then
+    local g, u = d.group_id, d.user_id
+    if group_deleted(g) then ignore(ev, 'group deleted')
+    elseif user_deleted(u) then ignore(ev, 'user deleted') else
+      local flag = (t == 'group.member_added') and '1' or '0'
+      newer, changed = set_flag(P .. 'gm:' .. g, u, v, flag)
+      if changed then
+        index(flag, P .. 'gmc:' .. g, u, P .. 'ug:' .. u, g)
+        for _, a in ipairs(redis.call('SMEMBERS', P .. 'ga:' .. g)) do
+          if active[a] then
+            mark(a, 'group', g)
+            mark(a, 'user', u)
+          end
+        end
+      end
+    end
+  elseif t == 'app.group_associated' or t == 'app.group_disassociated' then
+    local a, g = d.app_id, d.group_id
+    if group_deleted(g) then ignore(ev, 'group deleted') else
+      local flag = (t == 'app.group_associated') and '1' or '0'
+      newer, changed = set_flag(P .. 'ag:' .. a, g, v, flag)
+      if changed then
+        index(flag, P .. 'agc:' .. a, g, P .. 'ga:' .. g, a)
+        mark_group_and_members(a, g)
+      end
+    end
+  elseif t == 'app.user_associated' or t == 'app.user_disassociated' then
+    local a, u = d.app_id, d.user_id
+    if user_deleted(u) then ignore(ev, 'user deleted') else
+      local flag = (t == 'app.user_associated') and '1' or '0'
+      newer, changed = set_flag(P .. 'au:' .. a, u, v, flag)
+      if changed then
+        index(flag, P .. 'auc:' .. a, u, P .. 'ua:' .. u, a)
+        if active[a] then mark(a, 'user', u) end
+      end
+    end
+  end
+  if newer then applied = applied + 1 elseif not skipped then stale = stale + 1 end
+end
+redis.call('HINCRBY', P .. 'counters', 'applied', applied)
+if stale > 0 then redis.call('HINCRBY', P .. 'counters', 'stale', stale) end
+if ignored > 0 then redis.call('HINCRBY', P .. 'counters', 'ignored', ignored) end
+local result = {applied, stale, ignored}
+for _, key in ipairs(schedule) do result[#result + 1] = key end
+return result

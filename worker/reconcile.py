@@ -1,0 +1,400 @@
+"""Reconcile one key: read the projection and the mirror, ask the rules and the planner, run
+the calls, record each outcome in the mirror and the audit log (STYLE: controller-runtime's
+``Reconcile(key)``).
+
+Errors of the application propagate as ``worker.scim`` errors after they are audited; the
+runner (``runner.py``) turns them into retries, parking or a pause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from worker import audit, projection, rules
+from worker.apps import AppConfig
+from worker.audit import AuditEntry
+from worker.keys import ReconcileKey
+from worker.mirror import Mirror
+from worker.model import MirrorGroup, MirrorUser
+from worker.plan import (
+    Call,
+    CreateGroup,
+    CreateUser,
+    DeleteUser,
+    LookupGroup,
+    LookupUser,
+    PatchMembers,
+    RemoveGroup,
+    RenameGroup,
+    ReplaceGroup,
+    SetActive,
+    UpdateUser,
+    plan_group,
+    plan_user,
+)
+from worker.scim import Conflict, NotFound, ScimClient, ScimError
+from worker.scim.profiles import Profile
+
+MAX_ROUNDS = 6  # plan -> run rounds; a lookup or a vanished object costs one more round
+
+
+class LeaseLost(RuntimeError):
+    """Our lease on the key expired and another worker may hold it: stop writing."""
+
+
+@dataclass
+class Outcome:
+    calls: int = 0
+    trace: list[str] = field(default_factory=list)
+    follow_up: list[str] = field(default_factory=list)  # keys to mark dirty afterwards
+
+
+class Reconciler:
+    """Reconciles keys of one application with one SCIM client."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        app: AppConfig,
+        scim: ScimClient,
+        profile: Profile,
+        *,
+        still_ours: Callable[[], bool] = lambda: True,
+    ):
+        self.redis = client
+        self.app = app
+        self.settings = app.settings()
+        self.scim = scim
+        self.profile = profile
+        self.mirror = Mirror(client, app.id)
+        self.still_ours = still_ours
+
+    def reconcile(self, key: ReconcileKey) -> Outcome:
+        outcome = Outcome()
+        if key.kind == "user":
+            self._user(key.id, outcome)
+        else:
+            self._group(key.id, outcome)
+        return outcome
+
+    # -- users ----------------------------------------------------------------------------
+    def _user(self, user_id: str, outcome: Outcome) -> None:
+        facts = projection.user_facts(self.redis, self.app.id, user_id)
+        entry = self.mirror.user(user_id)
+        had_remote_id = entry is not None
+        intent = rules.user_intent(facts, entry, self.settings)
+        outcome.trace.append(f"user {user_id}: {type(intent).__name__} ({_why(intent)})")
+        looked_up = False
+        for _ in range(MAX_ROUNDS):
+            calls = plan_user(intent, entry, self.profile, looked_up=looked_up)
+            if not calls:
+                break
+            for call in calls:
+                entry, replan = self._user_call(user_id, call, entry, outcome)
+                if isinstance(call, LookupUser):
+                    looked_up = True
+                if replan:
+                    break
+        if entry is not None and not had_remote_id and self.settings.group_management:
+            # The user now exists in the app: its groups can take it as a member.
+            outcome.follow_up += [f"{self.app.id} group {g}" for g in sorted(facts.covering_groups)]
+
+    def _user_call(
+        self, user_id: str, call: Call, entry: MirrorUser | None, outcome: Outcome
+    ) -> tuple[MirrorUser | None, bool]:
+        """Run one call; returns the new mirror entry and whether to plan again."""
+        obj = f"user:{user_id}"
+        match call:
+            case LookupUser(user_name=user_name):
+                found = self._send(
+                    outcome, "user_lookup_provision", obj, lambda: self.scim.find_user(user_name)
+                )
+                if found is None:
+                    outcome.trace.append(f"  lookup userName eq {user_name!r}: none")
+                    return None, True
+                outcome.trace.append(f"  lookup userName eq {user_name!r}: adopting {found.id}")
+                entry = MirrorUser(found.id, found.attributes)
+                self.mirror.save_user(user_id, entry)
+                return entry, True
+            case CreateUser(attributes=attributes):
+                try:
+                    remote = self._send(
+                        outcome,
+                        "user_create_provision",
+                        obj,
+                        lambda: self.scim.create_user(attributes),
+                        status=201,
+                    )
+                except Conflict:
+                    found = self._send(
+                        outcome,
+                        "user_lookup_provision",
+                        obj,
+                        lambda: self.scim.find_user(attributes["userName"]),
+                    )
+                    if found is None:
+                        raise
+                    outcome.trace.append(f"  409 on create: adopting {found.id}")
+                    entry = MirrorUser(found.id, found.attributes)
+                    self.mirror.save_user(user_id, entry)
+                    return entry, True
+                entry = MirrorUser(remote.id, attributes)
+                self.mirror.save_user(user_id, entry)
+                outcome.trace.append(f"  created {remote.id}")
+                return entry, False
+            case UpdateUser(remote_id=rid, changes=changes, full=full):
+                assert entry is not None
+                name = "user_update_provision"
+                if changes.get("active") is False:
+                    name = "user_deprovision"
+                if not self._on_remote(
+                    outcome,
+                    name,
+                    obj,
+                    user_id,
+                    "user",
+                    lambda: self.scim.update_user(rid, changes, full),
+                ):
+                    return None, True
+                attributes = {**entry.attributes, **changes}
+                entry = MirrorUser(rid, {k: v for k, v in attributes.items() if v is not None})
+                self.mirror.save_user(user_id, entry)
+                outcome.trace.append(f"  updated {sorted(changes)}")
+                return entry, False
+            case SetActive(remote_id=rid, active=active, full=full):
+                assert entry is not None
+                name = "user_update_provision" if active else "user_deprovision"
+                if not self._on_remote(
+                    outcome,
+                    name,
+                    obj,
+                    user_id,
+                    "user",
+                    lambda: self.scim.set_active(rid, active, full),
+                ):
+                    return None, True
+                entry = MirrorUser(rid, {**entry.attributes, "active": active})
+                self.mirror.save_user(user_id, entry)
+                outcome.trace.append(f"  active={active}")
+                return entry, False
+            case DeleteUser(remote_id=rid):
+                assert entry is not None
+                try:
+                    self._on_remote(
+                        outcome,
+                        "user_delete_provision",
+                        obj,
+                        user_id,
+                        "user",
+                        lambda: self.scim.delete_user(rid),
+                        status=204,
+                    )
+                except Conflict:
+                    # Zscaler refuses to delete admin-linked users: deactivate instead.
+                    outcome.trace.append("  409 on delete: deactivating instead")
+                    if entry.attributes.get("active") is not False:
+                        full = {**entry.attributes, "active": False}
+                        self._send(
+                            outcome,
+                            "user_deprovision",
+                            obj,
+                            lambda: self.scim.set_active(rid, False, full),
+                        )
+                        entry = MirrorUser(rid, full)
+                        self.mirror.save_user(user_id, entry)
+                    return entry, False
+                self.mirror.forget_user(user_id)
+                outcome.trace.append(f"  deleted {rid}")
+                return None, False
+        raise TypeError(f"not a user call: {call!r}")
+
+    # -- groups ---------------------------------------------------------------------------
+    def _group(self, group_id: str, outcome: Outcome) -> None:
+        if not self.settings.group_management:
+            outcome.trace.append(f"group {group_id}: group management disabled, no group call")
+            return
+        facts = projection.group_facts(self.redis, self.app.id, group_id)
+        entry = self.mirror.group(group_id)
+        remote_ids = self.mirror.remote_user_ids(facts.members)
+        intent = rules.group_intent(facts, entry, remote_ids, self.settings)
+        outcome.trace.append(f"group {group_id}: {type(intent).__name__} ({_why(intent)})")
+        looked_up = False
+        for _ in range(MAX_ROUNDS):
+            calls = plan_group(intent, entry, self.profile, looked_up=looked_up)
+            if not calls:
+                break
+            for call in calls:
+                entry, replan = self._group_call(group_id, call, entry, outcome)
+                if isinstance(call, LookupGroup):
+                    looked_up = True
+                if replan:
+                    break
+
+    def _group_call(
+        self, group_id: str, call: Call, entry: MirrorGroup | None, outcome: Outcome
+    ) -> tuple[MirrorGroup | None, bool]:
+        obj = f"group:{group_id}"
+        match call:
+            case LookupGroup(display_name=name):
+                found = self._send(
+                    outcome,
+                    "group_create_provision",
+                    obj,
+                    lambda: self.scim.find_group(name),
+                    detail="lookup",
+                )
+                if found is None:
+                    outcome.trace.append(f"  lookup displayName eq {name!r}: none")
+                    return None, True
+                entry = self._take_over(group_id, found)
+                outcome.trace.append(f"  lookup displayName eq {name!r}: taking over {found.id}")
+                return entry, True
+            case CreateGroup(display_name=name, members=members):
+                try:
+                    remote = self._send(
+                        outcome,
+                        "group_create_provision",
+                        obj,
+                        lambda: self.scim.create_group(name, members.values()),
+                        status=201,
+                    )
+                except Conflict:
+                    found = self.scim.find_group(name)
+                    if found is None:
+                        raise
+                    outcome.trace.append(f"  409 on create: taking over {found.id}")
+                    return self._take_over(group_id, found), True
+                entry = MirrorGroup(remote.id, name, dict(members))
+                self.mirror.save_group(group_id, entry)
+                outcome.trace.append(f"  created {remote.id} with {len(members)} members")
+                return entry, False
+            case RenameGroup(remote_id=rid, display_name=name):
+                assert entry is not None
+                if not self._on_remote(
+                    outcome,
+                    "group_update_provision",
+                    obj,
+                    group_id,
+                    "group",
+                    lambda: self.scim.rename_group(rid, name),
+                ):
+                    return None, True
+                entry = MirrorGroup(rid, name, entry.members)
+                self.mirror.save_group(group_id, entry)
+                outcome.trace.append(f"  renamed to {name!r}")
+                return entry, False
+            case PatchMembers(remote_id=rid, add=add, remove=remove):
+                assert entry is not None
+                detail = f"+{len(add)} -{len(remove)} members"
+                if not self._on_remote(
+                    outcome,
+                    "group_update_provision",
+                    obj,
+                    group_id,
+                    "group",
+                    lambda: self.scim.patch_members(rid, add.values(), remove.values()),
+                    detail=detail,
+                ):
+                    return None, True
+                members = {u: r for u, r in entry.members.items() if u not in remove}
+                members.update(add)
+                entry = MirrorGroup(rid, entry.display_name, members)
+                self.mirror.save_group(group_id, entry)
+                outcome.trace.append(f"  members {detail}")
+                return entry, False
+            case ReplaceGroup(remote_id=rid, display_name=name, members=members):
+                if not self._on_remote(
+                    outcome,
+                    "group_update_provision",
+                    obj,
+                    group_id,
+                    "group",
+                    lambda: self.scim.replace_group(rid, name, members.values()),
+                ):
+                    return None, True
+                entry = MirrorGroup(rid, name, dict(members))
+                self.mirror.save_group(group_id, entry)
+                outcome.trace.append(f"  replaced with {len(members)} members")
+                return entry, False
+            case RemoveGroup(remote_id=rid):
+                with contextlib.suppress(NotFound):
+                    self._send(
+                        outcome,
+                        "group_delete_provision",
+                        obj,
+                        lambda: self.scim.delete_group(rid),
+                        status=204,
+                    )
+                self.mirror.forget_group(group_id)
+                outcome.trace.append(f"  deleted {rid}")
+                return None, False
+        raise TypeError(f"not a group call: {call!r}")
+
+    def _take_over(self, group_id: str, found) -> MirrorGroup:  # noqa: ANN001
+        """Manage an existing group of the same name: its members become ours to sync."""
+        by_remote = self.mirror.directory_ids_by_remote_id()
+        members = {by_remote.get(rid, f"?{rid}"): rid for rid in found.member_ids}
+        entry = MirrorGroup(found.id, found.display_name, members)
+        self.mirror.save_group(group_id, entry)
+        return entry
+
+    # -- calls ----------------------------------------------------------------------------
+    def _on_remote(
+        self,
+        outcome: Outcome,
+        name: str,
+        obj: str,
+        object_id: str,
+        kind: str,
+        send: Callable[[], object],
+        **kw: object,
+    ) -> bool:
+        """Send a call about an object we hold; False (and forgotten) when the app lost it."""
+        try:
+            self._send(outcome, name, obj, send, **kw)  # type: ignore[arg-type]
+        except NotFound:
+            outcome.trace.append(f"  404: the application lost {obj}; it will be recreated")
+            if kind == "user":
+                self.mirror.forget_user(object_id)
+            else:
+                self.mirror.forget_group(object_id)
+            return False
+        return True
+
+    def _send(
+        self,
+        outcome: Outcome,
+        name: str,
+        obj: str,
+        send: Callable[[], object],
+        *,
+        status: int = 200,
+        detail: str = "",
+    ) -> object:
+        if not self.still_ours():
+            raise LeaseLost(obj)
+        outcome.calls += 1
+        try:
+            result = send()
+        except ScimError as error:
+            audit.record(
+                self.redis,
+                AuditEntry(name, self.app.id, obj, "failure", error.status, error.detail),
+            )
+            raise
+        remote_id = getattr(result, "id", None)
+        audit.record(
+            self.redis, AuditEntry(name, self.app.id, obj, "success", status, detail, remote_id)
+        )
+        return result
+
+
+def _why(intent: object) -> str:
+    reason = getattr(intent, "reason", None)
+    if reason:
+        return reason
+    return "in scope"

@@ -1,0 +1,514 @@
+"""A thin SCIM 2.0 client on httpx; every resource body is built and parsed with scim2-models.
+
+Users travel as a FLAT dict keyed by the SCIM attribute names of the integration article::
+
+    {"userName": str, "active": bool, "name.givenName": str, "name.familyName": str,
+     "displayName": str, "emails": str (the work email), "externalId": str, "department": str}
+
+An absent key is an attribute we do not manage; a ``None`` value clears the attribute.
+Every method sends one HTTP request (``list_users`` one per page) and raises the errors of
+``worker.scim.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import ValidationError
+from scim2_models import (
+    Context,
+    Email,
+    EnterpriseUser,
+    Error,
+    Group,
+    GroupMember,
+    ListResponse,
+    Name,
+    PatchOp,
+    PatchOperation,
+    Resource,
+    ServiceProviderConfig,
+    User,
+)
+
+from .errors import Invalid, Transient, error_for_status, parse_retry_after, scrub
+from .profiles import Profile
+
+ScimUser = User[EnterpriseUser]
+ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+SCIM_JSON = "application/scim+json"
+MAX_BODY_BYTES = 1 << 20
+
+FLAT_KEYS = (
+    "userName",
+    "active",
+    "name.givenName",
+    "name.familyName",
+    "displayName",
+    "emails",
+    "externalId",
+    "department",
+)
+_PATCH_PATHS = {key: key for key in FLAT_KEYS} | {"department": f"{ENTERPRISE_URN}:department"}
+
+M = TypeVar("M", bound=Any)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One HTTP exchange, for counting and timing (no token, no body)."""
+
+    method: str
+    path: str
+    status: int | None  # None when no response arrived (timeout, connection error)
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class RemoteUser:
+    id: str
+    attributes: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True)
+class RemoteGroup:
+    id: str
+    display_name: str
+    member_ids: frozenset[str]
+
+
+def make_http_client(
+    base_url: str,
+    token: str,
+    *,
+    timeout: float = 10.0,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """An httpx client for one application: bearer auth, SCIM JSON, explicit timeouts."""
+    return httpx.Client(
+        base_url=base_url,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Accept": SCIM_JSON,
+            "Content-Type": SCIM_JSON,
+        },
+        timeout=httpx.Timeout(connect=timeout, read=timeout, write=timeout, pool=timeout),
+        follow_redirects=False,
+        transport=transport,
+    )
+
+
+def escape_filter_value(value: str) -> str:
+    """A SCIM filter string literal (RFC 7644 §3.4.2.2): quoted, backslash and quote escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _build(model: Callable[..., M], **kwargs: Any) -> M:
+    """Build a model, turning a validation error of our own data into ``Invalid``."""
+    try:
+        return model(**kwargs)
+    except ValidationError as exc:
+        raise Invalid(
+            None, f"cannot build {getattr(model, '__name__', model)}: {_short(exc)}"
+        ) from None
+
+
+def _short(exc: ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc)[:300]
+    first = errors[0]
+    loc = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{loc}: {first.get('msg', '')}"[:300]
+
+
+def _email(value: str) -> list[Email]:
+    return [_build(Email, type="work", value=value, primary=True)]
+
+
+class ScimClient:
+    """SCIM calls for one application, shaped by its ``Profile``."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        profile: Profile,
+        on_request: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self.http = http
+        self.profile = profile
+        self.on_request = on_request
+
+    def __repr__(self) -> str:
+        return f"ScimClient({str(self.http.base_url)!r}, profile={self.profile.name!r})"
+
+    # -- discovery ---------------------------------------------------------
+    def service_provider_config(self) -> ServiceProviderConfig:
+        data = self._request("GET", "/ServiceProviderConfig")
+        return self._parse(ServiceProviderConfig, data, Context.RESOURCE_QUERY_RESPONSE)
+
+    def verify(self) -> None:
+        """Check the base URL and the token with an authenticated read."""
+        data = self._request("GET", "/Users", params={"startIndex": 1, "count": 1})
+        self._parse(ListResponse[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
+
+    # -- users -------------------------------------------------------------
+    def find_user(self, user_name: str) -> RemoteUser | None:
+        """The user whose ``userName`` equals ``user_name`` (filter ``userName eq``), or None."""
+        found = self._search(ScimUser, "/Users", f"userName eq {escape_filter_value(user_name)}")
+        if not found:
+            return None
+        exact = [u for u in found if u.user_name == user_name]
+        return self._remote_user((exact or found)[0])
+
+    def get_user(self, remote_id: str) -> RemoteUser:
+        data = self._request("GET", f"/Users/{_seg(remote_id)}")
+        return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_QUERY_RESPONSE))
+
+    def create_user(self, attrs: Mapping[str, Any]) -> RemoteUser:
+        """POST /Users; a 409 raises ``Conflict`` (look the user up and adopt it)."""
+        body = self._user(attrs).model_dump(scim_ctx=Context.RESOURCE_CREATION_REQUEST)
+        data = self._request("POST", "/Users", body=body)
+        return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_CREATION_RESPONSE))
+
+    def update_user(
+        self, remote_id: str, changes: Mapping[str, Any], full: Mapping[str, Any]
+    ) -> None:
+        """Send ``changes`` (PATCH, one operation each) or PUT ``full``; nothing if no change."""
+        if not changes:
+            return
+        if not self.profile.user_patch:
+            self._put_user(remote_id, full)
+            return
+        ops = [self._user_op(key, value) for key, value in changes.items()]
+        ops = [op for op in ops if op is not None]
+        if ops:
+            self._patch(ScimUser, f"/Users/{_seg(remote_id)}", ops)
+
+    def set_active(self, remote_id: str, active: bool, full: Mapping[str, Any]) -> None:
+        """Activate or deactivate (PATCH replace ``active``, or PUT ``full`` with it)."""
+        if self.profile.user_patch:
+            op = _build(PatchOperation[ScimUser], op="replace", path="active", value=active)
+            self._patch(ScimUser, f"/Users/{_seg(remote_id)}", [op])
+        else:
+            self._put_user(remote_id, {**full, "active": active})
+
+    def delete_user(self, remote_id: str) -> None:
+        """DELETE; 409 raises ``Conflict`` (deactivate instead), 404 raises ``NotFound``."""
+        self._request("DELETE", f"/Users/{_seg(remote_id)}")
+
+    def list_users(self, page_size: int = 100) -> Iterator[RemoteUser]:
+        """Every user of the application, paging with startIndex/count (a request per page)."""
+        start = 1
+        while True:
+            params = {"startIndex": start, "count": page_size}
+            data = self._request("GET", "/Users", params=params)
+            page = self._parse(ListResponse[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
+            resources = page.resources or []
+            for user in resources:
+                yield self._remote_user(user)
+            start += len(resources)
+            if not resources or start > (page.total_results or 0):
+                return
+
+    # -- groups ------------------------------------------------------------
+    def find_group(self, display_name: str) -> RemoteGroup | None:
+        """The group whose ``displayName`` equals ``display_name``, or None."""
+        scim_filter = f"displayName eq {escape_filter_value(display_name)}"
+        found = self._search(Group, "/Groups", scim_filter)
+        if not found:
+            return None
+        exact = [g for g in found if g.display_name == display_name]
+        return self._remote_group((exact or found)[0])
+
+    def get_group(self, remote_id: str) -> RemoteGroup:
+        data = self._request("GET", f"/Groups/{_seg(remote_id)}")
+        return self._remote_group(self._parse(Group, data, Context.RESOURCE_QUERY_RESPONSE))
+
+    def create_group(self, display_name: str, member_ids: Iterable[str]) -> RemoteGroup:
+        """POST /Groups with its first members (at most ``members_per_patch`` from the caller)."""
+        body = self._group(display_name, member_ids).model_dump(
+            scim_ctx=Context.RESOURCE_CREATION_REQUEST
+        )
+        data = self._request("POST", "/Groups", body=body)
+        return self._remote_group(self._parse(Group, data, Context.RESOURCE_CREATION_RESPONSE))
+
+    def rename_group(
+        self, remote_id: str, display_name: str, member_ids: Iterable[str] | None = None
+    ) -> None:
+        """PATCH replace ``displayName``; without group PATCH, PUT with ``member_ids`` (needed)."""
+        if self.profile.group_patch:
+            op = _build(PatchOperation[Group], op="replace", path="displayName", value=display_name)
+            self._patch(Group, f"/Groups/{_seg(remote_id)}", [op])
+            return
+        if member_ids is None:
+            raise ValueError("renaming without group PATCH needs the full member list (PUT)")
+        self.replace_group(remote_id, display_name, member_ids)
+
+    def patch_members(self, remote_id: str, add: Iterable[str], remove: Iterable[str]) -> None:
+        """ONE PATCH adding and removing members; the caller chunks to ``members_per_patch``."""
+        if not self.profile.group_patch:
+            raise ValueError(f"profile {self.profile.name!r} has no group PATCH: use replace_group")
+        add, remove = list(add), list(remove)
+        if not add and not remove:
+            return
+        if len(add) + len(remove) > self.profile.members_per_patch:
+            raise ValueError(
+                f"{len(add) + len(remove)} member changes exceed "
+                f"members_per_patch={self.profile.members_per_patch}"
+            )
+        op = PatchOperation[Group]
+        ops = []
+        if add:
+            ops.append(_build(op, op="add", path="members", value=_members(add)))
+        if remove and self.profile.member_remove_form == "value":
+            ops.append(_build(op, op="remove", path="members", value=_members(remove)))
+        else:
+            ops += [
+                _build(op, op="remove", path=f"members[value eq {escape_filter_value(member)}]")
+                for member in remove
+            ]
+        self._patch(Group, f"/Groups/{_seg(remote_id)}", ops)
+
+    def replace_group(self, remote_id: str, display_name: str, member_ids: Iterable[str]) -> None:
+        """PUT the whole group: name and every member."""
+        body = self._group(display_name, member_ids).model_dump(
+            scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST
+        )
+        self._request("PUT", f"/Groups/{_seg(remote_id)}", body=body)
+
+    def delete_group(self, remote_id: str) -> None:
+        self._request("DELETE", f"/Groups/{_seg(remote_id)}")
+
+    # -- models <-> flat dicts ---------------------------------------------
+    def _user(self, attrs: Mapping[str, Any]) -> ScimUser:
+        """A ``User[EnterpriseUser]`` from a flat attribute dict."""
+        unknown = set(attrs) - set(FLAT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown user attributes: {sorted(unknown)}")
+        if not attrs.get("userName"):
+            raise Invalid(None, "userName is required")
+        given, family = attrs.get("name.givenName"), attrs.get("name.familyName")
+        kwargs: dict[str, Any] = {
+            "user_name": attrs["userName"],
+            "active": attrs.get("active"),
+            "display_name": attrs.get("displayName"),
+            "external_id": attrs.get("externalId"),
+        }
+        if given is not None or family is not None:
+            kwargs["name"] = _build(Name, given_name=given, family_name=family)
+        if attrs.get("emails") is not None:
+            kwargs["emails"] = _email(attrs["emails"])
+        user = _build(ScimUser, **kwargs)
+        department = attrs.get("department")
+        if department is not None and self.profile.enterprise_department:
+            user[EnterpriseUser] = _build(EnterpriseUser, department=department)
+        return user
+
+    def _user_op(self, key: str, value: Any) -> PatchOperation[ScimUser] | None:
+        if key not in _PATCH_PATHS:
+            raise ValueError(f"unknown user attribute {key!r}")
+        if key == "department" and not self.profile.enterprise_department:
+            return None
+        op = PatchOperation[ScimUser]
+        path = _PATCH_PATHS[key]
+        if value is None:
+            if key in ("userName", "active"):
+                raise Invalid(None, f"{key} cannot be removed")
+            return _build(op, op="remove", path=path)
+        value = _email(value) if key == "emails" else value
+        return _build(op, op="replace", path=path, value=value)
+
+    def _put_user(self, remote_id: str, full: Mapping[str, Any]) -> None:
+        body = self._user(full).model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
+        self._request("PUT", f"/Users/{_seg(remote_id)}", body=body)
+
+    @staticmethod
+    def _group(display_name: str, member_ids: Iterable[str]) -> Group:
+        members = _members(member_ids)
+        return _build(Group, display_name=display_name, members=members or None)
+
+    @staticmethod
+    def _remote_user(user: ScimUser) -> RemoteUser:
+        if not user.id:
+            raise Invalid(None, "user without id in response")
+        flat: dict[str, Any] = {"userName": user.user_name, "active": user.active is not False}
+        if user.name is not None:
+            flat["name.givenName"] = user.name.given_name
+            flat["name.familyName"] = user.name.family_name
+        flat["displayName"] = user.display_name
+        flat["externalId"] = user.external_id
+        flat["emails"] = _work_email(user.emails or [])
+        extension = user[EnterpriseUser]
+        flat["department"] = extension.department if extension is not None else None
+        return RemoteUser(user.id, {k: v for k, v in flat.items() if v is not None})
+
+    @staticmethod
+    def _remote_group(group: Group) -> RemoteGroup:
+        if not group.id:
+            raise Invalid(None, "group without id in response")
+        members = frozenset(m.value for m in group.members or [] if m.value)
+        return RemoteGroup(group.id, group.display_name or "", members)
+
+    # -- HTTP --------------------------------------------------------------
+    def _search(self, model: type[Resource[Any]], path: str, scim_filter: str) -> list[Any]:
+        params = {"filter": scim_filter, "startIndex": 1, "count": 10}
+        data = self._request("GET", path, params=params)
+        page = self._parse(ListResponse[model], data, Context.RESOURCE_QUERY_RESPONSE)
+        return list(page.resources or [])
+
+    def _patch(self, model: type[Resource[Any]], path: str, ops: list[Any]) -> None:
+        patch = _build(PatchOp[model], operations=ops)
+        self._request("PATCH", path, body=patch.model_dump(scim_ctx=Context.RESOURCE_PATCH_REQUEST))
+
+    def _parse(self, model: type[M], data: Any, ctx: Context) -> M:
+        if not isinstance(data, dict):
+            raise Invalid(None, "empty or non-object response where a SCIM resource was expected")
+        _drop_bad_emails(data)
+        for resource in data.get("Resources") or []:
+            _drop_bad_emails(resource)
+        try:
+            return model.model_validate(data, scim_ctx=ctx)  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            raise Invalid(None, f"response is not SCIM: {self._scrub(_short(exc))}") from None
+
+    def _scrub(self, text: str) -> str:
+        auth = self.http.headers.get("Authorization", "")
+        return scrub(text, auth.partition(" ")[2] or None)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Send one request; return the parsed JSON body of a 2xx (None when empty)."""
+        content = None if body is None else json.dumps(body).encode()
+        headers = None if body is None else {"Content-Type": SCIM_JSON}
+        status: int | None = None
+        started = time.monotonic()
+        try:
+            with self.http.stream(
+                method, path, params=params, content=content, headers=headers
+            ) as response:
+                status = response.status_code
+                raw = _read_limited(response)
+                headers_in = response.headers
+        except httpx.TimeoutException as exc:
+            raise Transient(None, f"timeout ({type(exc).__name__}) on {method} {path}") from None
+        except httpx.TransportError as exc:
+            detail = self._scrub(f"{type(exc).__name__}: {exc}")
+            raise Transient(None, f"connection error on {method} {path}: {detail}") from None
+        finally:
+            if self.on_request is not None:
+                self.on_request(RequestRecord(method, path, status, time.monotonic() - started))
+        assert status is not None
+        if 300 <= status < 400:
+            raise Invalid(status, f"redirect not followed ({method} {path})")
+        if 200 <= status < 300:
+            if not raw.strip():
+                return None
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise Invalid(status, f"response is not SCIM JSON ({method} {path})") from None
+        detail, scim_type = _error_detail(raw, status)
+        retry_after = parse_retry_after(headers_in.get("Retry-After"))
+        raise error_for_status(status, self._scrub(detail), scim_type, retry_after)
+
+
+def _seg(remote_id: str) -> str:
+    """A remote id as one URL path segment."""
+    return quote(remote_id, safe="")
+
+
+def _members(member_ids: Iterable[str]) -> list[GroupMember]:
+    return [_build(GroupMember, value=member) for member in member_ids]
+
+
+def _drop_bad_emails(resource: Any) -> None:
+    """Drop the email entries scim2-models refuses, so one odd address never hides a user."""
+    emails = resource.get("emails") if isinstance(resource, dict) else None
+    if not isinstance(emails, list):
+        return
+    kept = []
+    for entry in emails:
+        try:
+            Email.model_validate(entry)
+        except ValidationError:
+            continue
+        kept.append(entry)
+    resource["emails"] = kept
+
+
+def _work_email(emails: list[Email]) -> str | None:
+    for pick in (
+        lambda e: e.type == "work",
+        lambda e: bool(e.primary),
+        lambda e: True,
+    ):
+        for email in emails:
+            if email.value and pick(email):
+                return str(email.value)
+    return None
+
+
+def _read_limited(response: httpx.Response) -> bytes:
+    """The body, refusing more than ``MAX_BODY_BYTES``."""
+    too_big = Invalid(response.status_code, f"response body over {MAX_BODY_BYTES} bytes refused")
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise too_big
+    buf = bytearray()
+    for chunk in response.iter_bytes():
+        buf += chunk
+        if len(buf) > MAX_BODY_BYTES:
+            raise too_big
+    return bytes(buf)
+
+
+def _error_detail(raw: bytes, status: int) -> tuple[str, str | None]:
+    """The detail and scimType of an error body (SCIM Error when possible)."""
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        try:
+            error = Error.model_validate(data)
+            return error.detail or _phrase(status), error.scim_type
+        except ValidationError:
+            detail = data.get("detail")
+            if isinstance(detail, str) and detail:
+                return detail[:500], None
+    text = raw[:200].decode("utf-8", "replace").strip()
+    return (f"{_phrase(status)}: {text}" if text else _phrase(status)), None
+
+
+def _phrase(status: int) -> str:
+    try:
+        return httpx.codes(status).phrase
+    except ValueError:
+        return "error"
+
+
+__all__ = [
+    "ENTERPRISE_URN",
+    "FLAT_KEYS",
+    "MAX_BODY_BYTES",
+    "RemoteGroup",
+    "RemoteUser",
+    "RequestRecord",
+    "ScimClient",
+    "ScimUser",
+    "escape_filter_value",
+    "make_http_client",
+]

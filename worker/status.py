@@ -1,0 +1,83 @@
+"""What the pool is doing: backlog, dirty keys, in-flight reconciles, per app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from worker import apps, keys
+from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
+from worker.mirror import Mirror
+from worker.workqueue import Workqueue
+
+
+def snapshot(client: redis.Redis) -> dict[str, Any]:
+    stats = Workqueue(client).stats()
+    pipe = client.pipeline(transaction=False)
+    pipe.zcard(keys.PENDING_BATCHES)
+    pipe.hlen(keys.PARKED_BATCHES)
+    pipe.hgetall(keys.COUNTERS)
+    pipe.llen(INGEST_QUEUE)
+    pipe.llen(RECONCILE_QUEUE)
+    pipe.zrange(keys.WQ_DIRTY, 0, -1)
+    pipe.hkeys(keys.WQ_OWNER)
+    pipe.hgetall(keys.WQ_PARKED)
+    pending, parked_batches, counters, ingest_messages, reconcile_messages, dirty, owned, parked = (
+        pipe.execute()
+    )
+    workers = sorted(
+        k.decode().split(":", 2)[-1] for k in client.scan_iter(keys.worker_heartbeat("*"))
+    )
+    per_app: dict[str, dict[str, Any]] = {}
+    for app in apps.list_apps(client):
+        prefix = f"{app.id} "
+        users, groups = Mirror(client, app.id).counts()
+        per_app[app.id] = {
+            "state": "paused" if app.paused else ("active" if app.active else "inactive"),
+            "paused": app.paused,
+            "dirty": sum(1 for k in dirty if k.decode().startswith(prefix)),
+            "in_flight": sum(1 for k in owned if k.decode().startswith(prefix)),
+            "parked": {
+                k.decode(): v.decode() for k, v in parked.items() if k.decode().startswith(prefix)
+            },
+            "users": users,
+            "groups": groups,
+        }
+    queue = {
+        "pending_batches": pending,
+        "parked_batches": parked_batches,
+        "dirty": stats.dirty,
+        "in_flight": stats.in_flight,
+        "delayed": stats.delayed,
+        "parked": stats.parked,
+        "messages": {"ingest": ingest_messages, "reconcile": reconcile_messages},
+    }
+    return {
+        "idle": pending == 0 and stats.idle,
+        "queue": queue,
+        "events": {k.decode(): int(v) for k, v in counters.items()},
+        "workers": workers,
+        "apps": per_app,
+    }
+
+
+def render(state: dict[str, Any]) -> str:
+    q, ev = state["queue"], state["events"]
+    lines = [
+        f"{'idle' if state['idle'] else 'busy'}; workers: {', '.join(state['workers']) or 'none'}",
+        f"events: {ev.get('published', 0)} published, {ev.get('applied', 0)} applied, "
+        f"{ev.get('stale', 0)} stale, {ev.get('ignored', 0)} ignored after a deletion",
+        f"backlog: {q['pending_batches']} batches; reconciles: {q['dirty']} dirty, "
+        f"{q['in_flight']} in flight, {q['delayed']} waiting to retry, {q['parked']} parked",
+    ]
+    for app_id, app in state["apps"].items():
+        lines.append(
+            f"app {app_id}: {app['state']}, {app['users']} users and {app['groups']} groups "
+            f"held, {app['dirty']} dirty, {app['in_flight']} in flight, {len(app['parked'])} parked"
+        )
+        if app["paused"]:
+            lines.append(f"  paused: {app['paused']}")
+        for key, reason in app["parked"].items():
+            lines.append(f"  parked {key}: {reason}")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The safety net, run by every worker's main process (one at a time, under a Redis lock).
+
+Messages are wake-ups and Redis holds the truth, so a message lost with a killed worker or a
+crashed producer is recovered here: expired leases and due backoffs are scheduled again; dirty
+keys and pending batches whose message is long gone while their queue is empty are sent again.
+Recovery after a crash therefore takes at most the lease (60 s) plus the stale delay (30 s),
+plus one sweep interval, whatever the broker's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+
+import redis
+
+from worker import keys, scripts
+from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, send_ingest, send_reconcile
+from worker.workqueue import Workqueue
+
+log = logging.getLogger("provisioner.sweeper")
+
+INTERVAL = 1.0
+STALE_SECONDS = float(os.environ.get("PROVISIONER_STALE_SECONDS", "30"))
+HEARTBEAT_TTL = 15
+
+
+def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> tuple[int, int]:
+    """One pass; returns (reconcile keys, ingest batches) sent again."""
+    queue = Workqueue(client)
+    reconcile_keys = queue.sweep(
+        stale_seconds=stale_seconds, resend_stale=client.llen(RECONCILE_QUEUE) == 0
+    )
+    send_reconcile(reconcile_keys)
+    batches: list[str] = []
+    if client.llen(INGEST_QUEUE) == 0:
+        now = scripts.now_ms()
+        stale = client.zrangebyscore(
+            keys.PENDING_BATCHES, "-inf", now - int(stale_seconds * 1000), start=0, num=1000
+        )
+        if stale:
+            client.zadd(keys.PENDING_BATCHES, {b: now for b in stale}, xx=True)
+            batches = [b.decode() for b in stale]
+            send_ingest(batches)
+    if reconcile_keys or batches:
+        log.info("sweep: %d keys and %d batches sent again", len(reconcile_keys), len(batches))
+    return len(reconcile_keys), len(batches)
+
+
+class Sweeper(threading.Thread):
+    """Heartbeat (for ``/readyz`` and ``status``) and ``sweep_once`` every ``INTERVAL``."""
+
+    def __init__(self, client: redis.Redis, name: str | None = None):
+        super().__init__(name="provisioner-sweeper", daemon=True)
+        self.redis = client
+        self.worker_name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(INTERVAL):
+            try:
+                self.redis.set(keys.worker_heartbeat(self.worker_name), "1", ex=HEARTBEAT_TTL)
+                if self.redis.set(
+                    keys.WQ_SWEEP_LOCK, self.worker_name, nx=True, px=int(INTERVAL * 1000)
+                ):
+                    sweep_once(self.redis)
+            except redis.RedisError as error:  # Redis restarting: try again next tick
+                log.warning("sweeper: %s", error)
+            except Exception:
+                log.exception("sweeper failed")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(redis.RedisError):
+            self.redis.delete(keys.worker_heartbeat(self.worker_name))

@@ -1,0 +1,69 @@
+"""Celery tasks: thin shells around ingest and ``runner.process_key``."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import signals
+
+from worker import keys, scripts
+from worker.celery_app import celery, send_reconcile
+from worker.config import redis_client, settings
+from worker.runner import CLIENTS, process_key
+
+log = logging.getLogger("provisioner.ingest")
+app = celery()
+
+
+@app.task(name="prov.ingest")
+def ingest(batch_id: str) -> None:
+    """Apply a stored batch to the projection and schedule the reconciles it calls for."""
+    client = redis_client()
+    try:
+        result = scripts.run(client, "ingest", batch_id)
+    except redis.ResponseError as error:
+        if "poison batch" not in str(error):
+            raise
+        park_batch(client, batch_id, str(error))
+        return
+    send_reconcile(v.decode() for v in result[3:])
+
+
+def park_batch(client: redis.Redis, batch_id: str, reason: str) -> None:
+    """A batch the projection refuses is set aside with the reason, never retried blindly."""
+    log.error("batch %s parked: %s", batch_id, reason)
+    pipe = client.pipeline()
+    pipe.hset(keys.PARKED_BATCHES, batch_id, reason)
+    pipe.zrem(keys.PENDING_BATCHES, batch_id)
+    pipe.execute()
+
+
+@app.task(name="prov.reconcile")
+def reconcile(key: str) -> None:
+    process_key(redis_client(), key)
+
+
+# -- worker lifecycle ------------------------------------------------------------------------
+_sweeper = None
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
+    global _sweeper
+    from worker.sweeper import Sweeper
+
+    _sweeper = Sweeper(redis.Redis.from_url(settings().redis_url), name=str(sender.hostname))
+    _sweeper.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
+
+
+@signals.worker_process_init.connect
+def _init_process(**_: object) -> None:
+    """A forked child builds its own Redis pool and HTTP clients on first use."""
+    CLIENTS.reset()
