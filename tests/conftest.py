@@ -62,6 +62,5 @@ def worker_pool(redis_server: RedisServer) -> Iterator[WorkerPool]:
 
 
 @pytest.fixture
-def harness(r: redis.Redis, worker_pool: WorkerPool, scim_server: ScimServer,
-            tmp_path) -> Harness:  # noqa: ANN001
+def harness(r: redis.Redis, worker_pool: WorkerPool, scim_server: ScimServer, tmp_path) -> Harness:  # noqa: ANN001
     return Harness(r, scim_server, tmp_path)

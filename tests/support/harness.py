@@ -89,7 +89,9 @@ class Harness:
         self.token_file.write_text(scim.token)
         self.clock = 1_800_000_000.0
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: E501
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:  # noqa: E501
         env = {**os.environ, **TEST_ENV}
         result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
                                 capture_output=True, text=True, input=input, timeout=120)  # fmt: skip
@@ -136,7 +138,9 @@ class Harness:
         return [r for r in self.scim.requests if r[0] in ("POST", "PUT", "PATCH", "DELETE")]
 
     # directory helpers: events as the directory would send them
-    def user(self, uid: str, username: str | None = None, state: str = "active", **attrs: Any) -> dict[str, Any]:  # noqa: E501
+    def user(
+        self, uid: str, username: str | None = None, state: str = "active", **attrs: Any
+    ) -> dict[str, Any]:  # noqa: E501
         record = {"id": uid, "username": username or f"{uid}@example.com", "state": state, **attrs}
         return self.event("user.created", user=record)
 

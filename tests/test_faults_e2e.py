@@ -1,0 +1,91 @@
+"""Faults the guarantees name: a worker SIGKILLed mid-reconcile, Redis restarted with AOF,
+bad input to replay. Nothing accepted is lost, nothing is duplicated."""
+
+import json
+import time
+
+import redis
+
+from producers.publish import publish
+from worker import keys
+from worker.events import parse_events
+from worker.redis_server import RedisServer
+
+
+def test_a_worker_killed_mid_reconcile_loses_nothing_and_duplicates_nothing(harness, worker_pool):
+    h = harness
+    h.activate("zs")
+
+    def slow(environ):  # every create takes a while, so the kill lands mid-reconcile
+        if environ["REQUEST_METHOD"] == "POST":
+            time.sleep(0.3)
+        return None
+
+    h.scim.inject(slow)
+    events = [h.group("g1", "eng"), h.associate("zs", "g1")]
+    for i in range(30):
+        events += [h.user(f"u{i}"), h.member("g1", f"u{i}")]
+    h.send(*events, wait=False)
+    time.sleep(1.5)
+    worker_pool.kill_one()
+    h.wait(timeout=120)
+    h.scim.inject(None)
+    users = h.scim.users()
+    names = [u["userName"] for u in users]
+    assert sorted(names) == sorted(f"u{i}@example.com" for i in range(30))
+    assert len(names) == len(set(names))  # adopt on 409 / lookup: no duplicate users
+    assert h.members("eng") == set(names)
+
+
+def test_published_events_survive_a_redis_crash_with_aof(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        document = {
+            "id": "e1",
+            "type": "user.suspended",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "data": {"user_id": "u1"},
+        }
+        result = publish(client, parse_events(json.dumps([document])), notify=False)
+        server.restart(kill=True)  # SIGKILL: no clean shutdown
+        client = redis.Redis.from_url(server.url)
+        assert client.zrange(keys.PENDING_BATCHES, 0, -1) == [result.batches[0].encode()]
+        assert client.xlen(keys.JOURNAL) == 1
+        assert client.exists(keys.batch(result.batches[0]))
+    finally:
+        server.stop()
+
+
+def test_replay_refuses_a_bad_file_whole_naming_line_and_field(harness, tmp_path):
+    h = harness
+    good = h.user("u1")
+    bad = {**h.member("g1", "u1"), "data": {"group_id": "g1"}}
+    path = tmp_path / "events.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps(bad) + "\n")
+    result = h.cli("replay", str(path), check=False)
+    assert result.returncode == 1
+    assert "line 3: /data/user_id: Field required" in result.stderr
+    assert h.redis.xlen(keys.JOURNAL) == 0 and h.redis.zcard(keys.PENDING_BATCHES) == 0
+    path.write_text(json.dumps([good, bad]))
+    result = h.cli("replay", str(path), check=False)
+    assert "event #2 (index 1): /data/user_id" in result.stderr
+
+
+def test_activation_is_refused_with_a_bad_token(harness, tmp_path):
+    h = harness
+    wrong = tmp_path / "wrong.token"
+    wrong.write_text("not-the-token")
+    result = h.cli(
+        "apps",
+        "activate",
+        "zs",
+        "--base-url",
+        h.scim.base_url,
+        "--token-file",
+        str(wrong),
+        check=False,
+    )
+    assert result.returncode == 1 and "401" in result.stderr
+    assert "not-the-token" not in result.stderr + result.stdout
+    assert h.cli("apps", "list", "--json").stdout.strip() == "[]"

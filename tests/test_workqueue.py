@@ -1,0 +1,57 @@
+"""Workqueue semantics (client-go's) against a real Redis."""
+
+import time
+
+from worker.workqueue import Workqueue
+
+
+def test_many_marks_before_a_run_cost_one_message(r):
+    queue = Workqueue(r)
+    assert queue.mark(["a user u1"]) == ["a user u1"]
+    assert queue.mark(["a user u1", "a user u1"]) == []
+    assert queue.claim("a user u1", "w1") == "claimed"
+    assert queue.release("a user u1", "w1") == "done"
+    assert queue.claim("a user u1", "w2") == "clean"  # a duplicate message costs nothing
+
+
+def test_a_key_is_never_held_twice_and_runs_again_when_dirtied_meanwhile(r):
+    queue = Workqueue(r)
+    queue.mark(["a group g1"])
+    assert queue.claim("a group g1", "w1") == "claimed"
+    assert queue.mark(["a group g1"]) == []  # the holder will reschedule it
+    assert queue.claim("a group g1", "w2") == "busy"
+    assert queue.release("a group g1", "w1") == "reschedule"
+    assert queue.claim("a group g1", "w2") == "claimed"
+
+
+def test_the_lease_of_a_dead_worker_lapses_and_the_key_comes_back(r):
+    queue = Workqueue(r, lease_seconds=0.2)
+    queue.mark(["a user u1"])
+    assert queue.claim("a user u1", "dead") == "claimed"
+    assert queue.sweep(stale_seconds=30, resend_stale=False) == []
+    time.sleep(0.3)
+    assert queue.sweep(stale_seconds=30, resend_stale=False) == ["a user u1"]
+    assert queue.release("a user u1", "dead") == "lost"  # it cannot write any more
+    assert queue.renew("a user u1", "dead") is False
+    assert queue.claim("a user u1", "alive") == "claimed"
+
+
+def test_a_backoff_keeps_the_key_dirty_until_due(r):
+    queue = Workqueue(r)
+    queue.mark(["a user u1"])
+    queue.claim("a user u1", "w1")
+    assert queue.release("a user u1", "w1", delay_seconds=0.2) == "delayed"
+    assert queue.mark(["a user u1"]) == []  # later changes coalesce into the retry
+    assert queue.claim("a user u1", "w2") == "delayed"
+    assert not queue.stats().idle
+    time.sleep(0.25)
+    assert queue.sweep(stale_seconds=30, resend_stale=False) == ["a user u1"]
+    assert queue.claim("a user u1", "w2") == "claimed"
+
+
+def test_a_lost_message_is_sent_again_when_its_queue_is_empty(r):
+    queue = Workqueue(r)
+    queue.mark(["a user u1"])  # its message never reaches the broker
+    time.sleep(0.05)
+    assert queue.sweep(stale_seconds=0.01, resend_stale=False) == []
+    assert queue.sweep(stale_seconds=0.01, resend_stale=True) == ["a user u1"]
