@@ -116,7 +116,13 @@ def ingest_events(n: int, *, seed: int = 1, app_id: str = "bench-inactive") -> I
             users.append(uid)
             records[uid] = user_record(uid, rng)
             yield event(kind, user=records[uid])
-        elif kind in ("user.suspended", "user.activated", "user.deleted"):
+        elif kind in ("user.suspended", "user.activated"):
+            yield event(kind, user_id=uid)
+        elif kind == "user.deleted":
+            # a deleted user sends no more events (the directory forgets it)
+            i = users.index(uid)
+            users[i] = users[-1]
+            users.pop()
             yield event(kind, user_id=uid)
         elif kind == "group.renamed":
             yield event(kind, group_id=gid, name=f"team-{gid[2:]}-{rng.randint(1, 9999)}")
@@ -125,6 +131,7 @@ def ingest_events(n: int, *, seed: int = 1, app_id: str = "bench-inactive") -> I
         elif kind in ("app.user_associated", "app.user_disassociated"):
             yield event(kind, app_id=app_id, user_id=uid)
         elif kind == "group.deleted":
+            groups.remove(gid)
             yield event(kind, group_id=gid)
             # the directory creates another group in its place
             gid = f"g-{next_group}"

@@ -48,6 +48,7 @@ from producers import signing
 from producers.publish import PublishResult, publish
 from worker import config, keys
 from worker.events import Event, EventError, parse_events
+from worker.sweeper import alive_workers
 
 log = logging.getLogger("provisioner.webhook")
 
@@ -302,11 +303,10 @@ class Receiver:
         except _UNAVAILABLE as error:
             return {"redis": f"unreachable ({error.__class__.__name__})", "workers": "unknown"}
         try:
-            pattern = keys.worker_heartbeat("*")
-            alive = next(iter(client.scan_iter(match=pattern, count=1000)), None) is not None
+            alive = alive_workers(client)
         except _UNAVAILABLE as error:
             return {"redis": f"unreachable ({error.__class__.__name__})", "workers": "unknown"}
-        workers = "ok" if alive else f"no worker heartbeat ({pattern})"
+        workers = "ok" if alive else "no worker heartbeat"
         return {"redis": "ok", "workers": workers}
 
 
@@ -418,7 +418,7 @@ def log_config() -> dict[str, Any]:
 
 
 def serve(
-    host: str = "127.0.0.1", port: int = 8080, workers: int = 1, insecure: bool = False
+    host: str = "127.0.0.1", port: int = 8000, workers: int = 1, insecure: bool = False
 ) -> None:
     """Run the receiver with uvicorn (``workers`` processes); configuration from the env."""
     import uvicorn
@@ -452,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--host", default=os.environ.get("PROVISIONER_WEBHOOK_HOST", "127.0.0.1"))
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_PORT", "8080"))
+        "--port", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_PORT", "8000"))
     )
     parser.add_argument(
         "--workers", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_WORKERS", "1"))

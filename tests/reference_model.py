@@ -73,7 +73,7 @@ class Registers:
         cell = self._cells.get(key)
         return default if cell is None else cell[1]
 
-    def keys(self) -> list[Any]:
+    def registers(self) -> list[Any]:
         return list(self._cells)
 
 
@@ -159,14 +159,14 @@ def directory(events: Iterable[Mapping[str, Any]]) -> Directory:
             d.user_ids.add(data["user_id"])
         else:
             raise ValueError(f"not a v1 event type: {t!r}")
-    d.records = {uid: record.get(uid) for uid in record.keys()}
-    d.suspended = {uid: state.get(uid) for uid in state.keys()}
-    d.names = {gid: name.get(gid) for gid in name.keys()}
-    for (gid, uid) in member.keys():
+    d.records = {uid: record.get(uid) for uid in record.registers()}
+    d.suspended = {uid: state.get(uid) for uid in state.registers()}
+    d.names = {gid: name.get(gid) for gid in name.registers()}
+    for gid, uid in member.registers():
         if member.get((gid, uid)):
             d.members.setdefault(gid, set()).add(uid)
-    d.group_associated = {key: group_assoc.get(key) for key in group_assoc.keys()}
-    d.user_associated = {key: user_assoc.get(key) for key in user_assoc.keys()}
+    d.group_associated = {key: group_assoc.get(key) for key in group_assoc.registers()}
+    d.user_associated = {key: user_assoc.get(key) for key in user_assoc.registers()}
     return d
 
 

@@ -25,6 +25,7 @@ import uvicorn
 
 from producers import signing, webhook
 from producers.webhook import MAX_BODY, create_app
+from worker.sweeper import beat
 from worker import keys
 from worker.redis_server import RedisServer, free_port
 
@@ -210,7 +211,13 @@ def one_good_one_bad() -> bytes:
     (lambda: encode([event(n) for n in range(1001)]), 413, "too_many_events", "", "1001 events"),
 ])  # fmt: skip
 def test_bad_content_is_refused_and_changes_nothing(
-    base: str, r: redis.Redis, before: int, make: Any, status: int, error: str, pointer: str,
+    base: str,
+    r: redis.Redis,
+    before: int,
+    make: Any,
+    status: int,
+    error: str,
+    pointer: str,
     reason: str,
 ) -> None:
     body = make()
@@ -430,9 +437,8 @@ def test_healthz_and_readyz(base: str, r: redis.Redis) -> None:
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"redis": "ok",
-                                      "workers": "no worker heartbeat (prov:workers:*)"}
-    r.set(keys.worker_heartbeat("test"), 1, ex=30)
+    assert ready.json()["checks"] == {"redis": "ok", "workers": "no worker heartbeat"}
+    beat(r, "test")
     ready = httpx.get(f"{base}/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "checks": {"redis": "ok", "workers": "ok"}}
@@ -450,15 +456,24 @@ def test_one_log_line_per_request_without_body_or_secret(
 ) -> None:
     body = encode([event(0), event(1)])
     headers = signed(body)
+
+    def lines() -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if rec.name == "provisioner.webhook"]
+
     with caplog.at_level(logging.INFO, logger="provisioner.webhook"):
         assert post(base, body, headers).status_code == 202
         post(base, body, signed(body, b"wrong-secret"))
-    lines = [rec.getMessage() for rec in caplog.records if rec.name == "provisioner.webhook"]
-    assert len(lines) == 2
-    assert lines[0].startswith("POST /v1/events 202 events=2 duration_ms=")
-    assert lines[1].startswith("POST /v1/events 401 events=0") and "unauthorized" in lines[1]
+        deadline = time.monotonic() + 5  # the line is written once the response is sent
+        while len(lines()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    messages = sorted(lines())  # 202 then 401
+    assert len(messages) == 2
+    assert messages[0].startswith("POST /v1/events 202 events=2 duration_ms=")
+    assert messages[1].startswith("POST /v1/events 401 events=0")
+    assert "unauthorized" in messages[1]
     digest = headers[signing.HEADER].split("v1=")[1]
-    for line in lines:
+    for line in messages:
         assert digest not in line and NEW.decode() not in line and "u-1" not in line
 
 
@@ -537,9 +552,7 @@ def test_serve_insecure(redis_server: RedisServer, r: redis.Redis) -> None:
     assert r.xlen(keys.JOURNAL) == 1
 
 
-def test_sign_command_output_is_accepted(
-    base: str, r: redis.Redis, tmp_path: Any
-) -> None:
+def test_sign_command_output_is_accepted(base: str, r: redis.Redis, tmp_path: Any) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text(OLD.decode())
     body = encode(event())

@@ -7,6 +7,7 @@ or the environment, never from arguments.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -17,6 +18,9 @@ from worker import apps, audit, config
 from worker.apps import AppConfig, AppError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+DELEGATED = {"webhook": "producers.webhook", "sign": "producers.signing"}
+# Modules whose ``register(commands, apps_commands)`` adds their own subcommands.
+EXTENSIONS = ("worker.cli_admin", "producers.cli_journal")
 
 
 def _redis():  # noqa: ANN202
@@ -213,32 +217,6 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return run_stack(once=args.once, concurrency=args.concurrency, sample=args.sample)
 
 
-def cmd_webhook(args: argparse.Namespace) -> int:
-    from producers.webhook import serve
-
-    serve(args.host, args.port, args.workers, args.insecure)
-    return EXIT_OK
-
-
-def cmd_sign(args: argparse.Namespace) -> int:
-    from producers.signing import load_secrets, sign
-
-    if args.secret_file:
-        with open(args.secret_file, "rb") as f:
-            secret = f.read().strip().split(b",")[0]
-    else:
-        secrets = load_secrets()
-        if not secrets:
-            print(
-                "no secret: set PROVISIONER_WEBHOOK_SECRET or pass --secret-file", file=sys.stderr
-            )
-            return EXIT_USAGE
-        secret = secrets[0]
-    body = sys.stdin.buffer.read()
-    print(f"X-Provisioner-Signature: {sign(secret, body, int(time.time()))}")
-    return EXIT_OK
-
-
 # -- parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -259,18 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", default="provisioner@%h")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("webhook", help="run the webhook receiver (POST /v1/events)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument(
-        "--insecure", action="store_true", help="accept unsigned requests (local use only)"
+    # Commands whose own parser lives with their code (see DELEGATED in main()).
+    sub.add_parser("webhook", help="run the webhook receiver (POST /v1/events)", add_help=False)
+    sub.add_parser(
+        "sign", help="print the signature header for a body read on stdin", add_help=False
     )
-    p.set_defaults(func=cmd_webhook)
-
-    p = sub.add_parser("sign", help="print the signature header for a body read on stdin")
-    p.add_argument("--secret-file")
-    p.set_defaults(func=cmd_sign)
 
     p = sub.add_parser("replay", help="publish v1 events from a file (JSON Lines or array)")
     p.add_argument("file", help="a file, or - for standard input")
@@ -311,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = apps_sub.add_parser("list", help="the integrations and their state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apps_list)
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub, apps_sub)
     return parser
 
 
@@ -318,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        module = __import__(DELEGATED[argv[0]], fromlist=["main"])
+        return module.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -57,8 +57,7 @@ WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)
 WQ_ATTEMPTS = PREFIX + "wq:attempts"  # HASH key -> consecutive transient failures
 
 
-def worker_heartbeat(name: str) -> str:
-    return f"{PREFIX}workers:{name}"
+WORKERS = PREFIX + "workers"  # ZSET worker name -> heartbeat expiry (ms)
 
 
 # Projection (written by lua/ingest.lua; read by projection.py)

@@ -118,8 +118,10 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         delay = queue.backoff(key_text)
         result.state = "retry"
         log.exception("%s failed; again in %.1fs", key_text, delay)
-    released = queue.release(key_text, token, delay)
+    # Follow-ups are marked while we still hold the lease: marked after it, there would be a
+    # moment with nothing dirty and nothing in flight, and `wait` would report idle too early.
     follow_up = queue.mark(result.outcome.follow_up)
+    released = queue.release(key_text, token, delay)
     to_send = follow_up + ([key_text] if released == "reschedule" else [])
     send_reconcile(to_send)
     return result

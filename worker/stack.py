@@ -51,7 +51,9 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
 
 def _wait_worker(client, timeout: float = 30.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
-    while not list(client.scan_iter("prov:workers:*")):
+    from worker.sweeper import alive_workers
+
+    while not alive_workers(client):
         if time.monotonic() > deadline:
             raise TimeoutError("no worker came up")
         time.sleep(0.2)

@@ -9,12 +9,14 @@ import redis
 from worker import apps, keys
 from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
 from worker.mirror import Mirror
-from worker.workqueue import Workqueue
+from worker.sweeper import alive_workers
+from worker.workqueue import QueueStats
 
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
-    stats = Workqueue(client).stats()
-    pipe = client.pipeline(transaction=False)
+    # One atomic read (MULTI): read in separate steps, a batch could be ingested between the
+    # read of the dirty set and that of the backlog, and "idle" would be seen mid-pipeline.
+    pipe = client.pipeline(transaction=True)
     pipe.zcard(keys.PENDING_BATCHES)
     pipe.hlen(keys.PARKED_BATCHES)
     pipe.hgetall(keys.COUNTERS)
@@ -23,12 +25,11 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
     pipe.zrange(keys.WQ_DIRTY, 0, -1)
     pipe.hkeys(keys.WQ_OWNER)
     pipe.hgetall(keys.WQ_PARKED)
-    pending, parked_batches, counters, ingest_messages, reconcile_messages, dirty, owned, parked = (
-        pipe.execute()
-    )
-    workers = sorted(
-        k.decode().split(":", 2)[-1] for k in client.scan_iter(keys.worker_heartbeat("*"))
-    )
+    pipe.zcard(keys.WQ_DELAYED)
+    (pending, parked_batches, counters, ingest_messages, reconcile_messages, dirty, owned, parked,
+     delayed) = pipe.execute()  # fmt: skip
+    stats = QueueStats(dirty=len(dirty), in_flight=len(owned), delayed=delayed, parked=len(parked))
+    workers = alive_workers(client)
     per_app: dict[str, dict[str, Any]] = {}
     for app in apps.list_apps(client):
         prefix = f"{app.id} "

@@ -28,6 +28,20 @@ STALE_SECONDS = float(os.environ.get("PROVISIONER_STALE_SECONDS", "30"))
 HEARTBEAT_TTL = 15
 
 
+def beat(client: redis.Redis, name: str) -> None:
+    """Say this worker is alive for the next ``HEARTBEAT_TTL`` seconds."""
+    now = scripts.now_ms()
+    pipe = client.pipeline()
+    pipe.zadd(keys.WORKERS, {name: now + HEARTBEAT_TTL * 1000})
+    pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
+    pipe.execute()
+
+
+def alive_workers(client: redis.Redis) -> list[str]:
+    members = client.zrangebyscore(keys.WORKERS, scripts.now_ms(), "+inf")
+    return sorted(m.decode() for m in members)
+
+
 def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> tuple[int, int]:
     """One pass; returns (reconcile keys, ingest batches) sent again."""
     queue = Workqueue(client)
@@ -62,7 +76,7 @@ class Sweeper(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(INTERVAL):
             try:
-                self.redis.set(keys.worker_heartbeat(self.worker_name), "1", ex=HEARTBEAT_TTL)
+                beat(self.redis, self.worker_name)
                 if self.redis.set(
                     keys.WQ_SWEEP_LOCK, self.worker_name, nx=True, px=int(INTERVAL * 1000)
                 ):
@@ -75,4 +89,4 @@ class Sweeper(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         with contextlib.suppress(redis.RedisError):
-            self.redis.delete(keys.worker_heartbeat(self.worker_name))
+            self.redis.zrem(keys.WORKERS, self.worker_name)

