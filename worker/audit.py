@@ -26,10 +26,12 @@ class AuditEntry:
     detail: str = ""
     remote_id: str | None = None
     time: float = 0.0
+    causes: tuple[str, ...] = ()  # ids of the directory events that led to this attempt
 
 
 def record(client: redis.Redis | redis.client.Pipeline, entry: AuditEntry) -> None:
     document = asdict(entry)
+    document["causes"] = list(entry.causes)
     document["time"] = entry.time or time.time()
     client.xadd(keys.AUDIT, {"e": json.dumps(document)}, maxlen=MAXLEN, approximate=True)
 

@@ -64,14 +64,22 @@ class Reconciler:
         profile: Profile,
         *,
         still_ours: Callable[[], bool] = lambda: True,
+        mirror: Mirror | None = None,
+        record: Callable[[AuditEntry], None] | None = None,
+        causes: tuple[str, ...] = (),
     ):
+        """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
+        passes an in-memory mirror and its own recorder. ``causes`` are the ids of the
+        directory events that dirtied the key, carried into every audit entry."""
         self.redis = client
         self.app = app
         self.settings = app.settings()
         self.scim = scim
         self.profile = profile
-        self.mirror = Mirror(client, app.id)
+        self.mirror = mirror or Mirror(client, app.id)
         self.still_ours = still_ours
+        self.record = record or (lambda entry: audit.record(client, entry))
+        self.causes = causes
 
     def reconcile(self, key: ReconcileKey) -> Outcome:
         outcome = Outcome()
@@ -263,7 +271,13 @@ class Reconciler:
                         status=201,
                     )
                 except Conflict:
-                    found = self.scim.find_group(name)
+                    found = self._send(
+                        outcome,
+                        "group_create_provision",
+                        obj,
+                        lambda: self.scim.find_group(name),
+                        detail="lookup after 409",
+                    )
                     if found is None:
                         raise
                     outcome.trace.append(f"  409 on create: taking over {found.id}")
@@ -381,14 +395,23 @@ class Reconciler:
         try:
             result = send()
         except ScimError as error:
-            audit.record(
-                self.redis,
-                AuditEntry(name, self.app.id, obj, "failure", error.status, error.detail),
+            self.record(
+                AuditEntry(
+                    name,
+                    self.app.id,
+                    obj,
+                    "failure",
+                    error.status,
+                    error.detail,
+                    causes=self.causes,
+                )
             )
             raise
         remote_id = getattr(result, "id", None)
-        audit.record(
-            self.redis, AuditEntry(name, self.app.id, obj, "success", status, detail, remote_id)
+        self.record(
+            AuditEntry(
+                name, self.app.id, obj, "success", status, detail, remote_id, causes=self.causes
+            )
         )
         return result
 

@@ -1,0 +1,302 @@
+"""``python -m benchmarks.run [--events N] [--quick]``: run the benchmarks, print the results
+and record them in BENCHMARKS.md (see its header for the method)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import churn, common, ingest, report
+from benchmarks.common import PoolShape
+from benchmarks.report import fmt_rate, table
+from benchmarks.workload import ingest_events, write_jsonl
+
+FULL_EVENTS = 1_000_000
+QUICK_EVENTS = 100_000
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p.add_argument("--events", type=int, help=f"ingest events (default {FULL_EVENTS:,})")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS:,} events")
+    p.add_argument("--only", choices=["ingest", "churn"], help="run one benchmark")
+    p.add_argument("--pool", default="2x1", type=PoolShape.parse,
+                   help="worker pool PROCESSESxCONCURRENCY for the ingest benchmark (2x1)")  # fmt: skip
+    p.add_argument("--variants", default="1x1,1x2,2x2",
+                   help="other pool shapes whose ingest drain is measured too ('' for none)")
+    p.add_argument("--variant-events", type=int, default=QUICK_EVENTS,
+                   help="events for the pool-shape variants (default 100,000)")
+    p.add_argument("--churn-pool", default="2x2", type=PoolShape.parse,
+                   help="worker pool for the churn benchmark (2x2, as the tests run)")
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile `provisioner replay` on the variant-size file")
+    p.add_argument("--workdir", help="where files and Redis data go (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    p.add_argument("--output", default=str(common.ROOT / "BENCHMARKS.md"))
+    return p.parse_args(argv)
+
+
+def events_file(workdir: Path, n: int) -> Path:
+    path = workdir / f"events-{n}.jsonl"
+    if not path.exists():
+        t0 = time.monotonic()
+        write_jsonl(path, ingest_events(n))
+        log(f"generated {n:,} events ({path.stat().st_size / 2**20:,.0f} MiB) "
+            f"in {time.monotonic() - t0:.1f}s")  # fmt: skip
+    return path
+
+
+def run_ingest(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"events": n, "pool": str(args.pool)}
+    path = events_file(workdir, n)
+    log(f"ingest: whole pipeline, pool {args.pool} ...")
+    out["pipeline"] = p = ingest.pipeline(path, n, workdir, args.pool)
+    log(f"  {fmt_rate(p.rate)}: {n:,} events applied {p.seconds:.1f}s after replay started "
+        f"(replay exited at {p.replay_seconds:.1f}s)")  # fmt: skip
+    log(f"ingest: replay with no worker, then the drain by pool {args.pool} ...")
+    out["split"] = s = ingest.split(path, n, workdir, args.pool)
+    log(f"  replay only {fmt_rate(s.replay_rate)} ({s.replay_seconds:.1f}s); ingest only "
+        f"{fmt_rate(s.drain_rate)} ({s.drain_steady_seconds:.1f}s after the first batch; "
+        f"{s.drain_seconds:.1f}s from the workers' start)")  # fmt: skip
+    variants: list[ingest.SplitResult] = []
+    shapes = [PoolShape.parse(v) for v in args.variants.split(",") if v.strip()]
+    vn = min(n, args.variant_events)
+    if vn == n:
+        variants.append(s)
+    for shape in shapes:
+        if shape == args.pool and vn == n:
+            continue
+        log(f"ingest: drain of {vn:,} events by pool {shape} ...")
+        v = ingest.split(events_file(workdir, vn), vn, workdir, shape)
+        log(f"  {fmt_rate(v.drain_rate)} after start-up ({fmt_rate(v.drain_rate_with_startup)} "
+            "with it)")  # fmt: skip
+        variants.append(v)
+    if vn != n and shapes:
+        log(f"ingest: drain of {vn:,} events by pool {args.pool} (for comparison) ...")
+        variants.insert(0, ingest.split(events_file(workdir, vn), vn, workdir, args.pool))
+    out["variants"] = variants
+    if args.profile:
+        pn = min(n, args.variant_events)
+        log(f"ingest: cProfile of `provisioner replay` on {pn:,} events ...")
+        out["profile"] = ingest.profile_replay(events_file(workdir, pn), pn, workdir)
+    return out
+
+
+def run_churn(args: argparse.Namespace, workdir: Path) -> churn.ChurnResult:
+    log(f"churn: provisioning 200 users in 10 groups, then the churn, pool {args.churn_pool} ...")
+    r = churn.run(workdir, args.churn_pool)
+    log(f"  {r.sent_total} write calls sent, {r.minimal.total} minimal: {r.ratio:.3f}; "
+        f"final state {'matches' if not r.final_problems else 'DIFFERS from'} the model")
+    return r
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def render(command: str, info: dict[str, str], started: datetime, elapsed: float,
+           ing: dict[str, Any] | None, ch: churn.ChurnResult | None) -> str:  # fmt: skip
+    lines = [
+        f"**Command:** `{command}`  ",
+        f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
+        f"Python {info['python']}; {info['redis']}  ",
+        f"**Date:** {started:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} min.",
+        "",
+        "### Summary",
+        "",
+    ]
+    rows = []
+    target = ingest.TARGET_EVENTS_PER_S
+    if ing:
+        p, s, n = ing["pipeline"], ing["split"], ing["events"]
+        for label, rate, detail in (
+            (f"ingest, whole pipeline (replay start → all applied), pool {p.shape}", p.rate,
+             f"{n:,} events in {p.seconds:.1f} s"),
+            ("replay only (`provisioner replay`, no worker running)", s.replay_rate,
+             f"{s.replay_seconds:.1f} s"),
+            (f"ingest only (drain by pool {s.shape}, after start-up)", s.drain_rate,
+             f"{s.drain_steady_seconds:.1f} s; {fmt_rate(s.drain_rate_with_startup)} counting "
+             f"the workers' {s.drain_startup_seconds:.1f} s start-up"),
+        ):  # fmt: skip
+            rows.append([label, f"**{fmt_rate(rate)}** ({detail})", f"≥ {target:,} events/s",
+                         f"{rate / target:.2f}", "yes" if rate >= target else "**no**"])  # fmt: skip
+    if ch:
+        rows.append([
+            "SCIM write calls on the churn workload, sent / minimal",
+            f"**{ch.ratio:.3f}** ({ch.sent_total} / {ch.minimal.total})", f"≤ {churn.TARGET_RATIO}",
+            f"{ch.ratio / churn.TARGET_RATIO:.3f}",
+            "yes" if ch.ratio <= churn.TARGET_RATIO and not ch.final_problems else "**no**",
+        ])  # fmt: skip
+    lines.append(table(["metric", "value", "target", "ratio to target", "met"], rows))
+    if ing:
+        lines += ["", *ingest_details(ing)]
+    if ch:
+        lines += ["", *churn_details(ch)]
+    if ing and ing.get("profile"):
+        lines += ["", *profile_details(ing["profile"], min(ing["events"], QUICK_EVENTS))]
+    return "\n".join(lines)
+
+
+def ingest_details(ing: dict[str, Any]) -> list[str]:
+    p, s, n = ing["pipeline"], ing["split"], ing["events"]
+    c = s.counters
+    out = [
+        f"### Ingest ({n:,} events: {c.get('applied', 0):,} applied, {c.get('stale', 0):,} stale, "
+        f"{c.get('ignored', 0):,} ignored after a deletion)",
+        "",
+        table(["phase", "wall s", "events/s", "CPU s: replay", "CPU s: workers", "CPU s: Redis"], [
+            [f"whole pipeline, pool {p.shape} (replay exits at {p.replay_seconds:.1f} s)",
+             f"{p.seconds:.1f}", f"{p.rate:,.0f}", f"{p.replay_cpu:.1f}", f"{p.workers_cpu:.1f}",
+             f"{p.redis_cpu:.1f}"],
+            ["replay only", f"{s.replay_seconds:.1f}", f"{s.replay_rate:,.0f}",
+             f"{s.replay_cpu:.1f}", "-", f"{s.replay_redis_cpu:.1f}"],
+            [f"ingest only, pool {s.shape} (from the workers' start)", f"{s.drain_seconds:.1f}",
+             f"{s.drain_rate_with_startup:,.0f}", "-", f"{s.drain_workers_cpu:.1f}",
+             f"{s.drain_redis_cpu:.1f}"],
+        ]),  # fmt: skip
+        "",
+        f"Redis time in Lua per 1,000-event batch (`INFO commandstats`, EVALSHA): "
+        f"`store_batch` {s.publish_lua_ms_per_batch:.1f} ms, `ingest` "
+        f"{s.ingest_lua_ms_per_batch:.1f} ms (SLOWLOG: median {s.ingest_lua_p50_ms:.1f} ms, max "
+        f"{s.ingest_lua_max_ms:.1f} ms). Redis runs one script at a time, so the two scripts "
+        f"alone cap the pipeline at "
+        f"{1e6 / max(1e-9, s.publish_lua_ms_per_batch + s.ingest_lua_ms_per_batch):,.0f} events/s, "
+        f"and every other client's command waits behind a running `ingest` script.",
+    ]
+    variants = ing.get("variants") or []
+    if variants:
+        out += [
+            "",
+            f"Worker pool shapes, ingest drain of {variants[0].events:,} events "
+            "(processes × concurrency):",
+            "",
+            table(["pool", "events/s after start-up", "events/s incl. start-up",
+                   "Lua ms / batch", "CPU s: workers", "CPU s: Redis"],
+                  [[v.shape, f"{v.drain_rate:,.0f}", f"{v.drain_rate_with_startup:,.0f}",
+                    f"{v.ingest_lua_ms_per_batch:.1f}", f"{v.drain_workers_cpu:.1f}",
+                    f"{v.drain_redis_cpu:.1f}"] for v in variants]),  # fmt: skip
+        ]
+    return out
+
+
+def churn_details(ch: churn.ChurnResult) -> list[str]:
+    kinds = sorted(set(ch.sent) | set(ch.minimal.by_kind))
+    label = {("Users", "POST"): "create user", ("Users", "PUT"): "update / deactivate user",
+             ("Users", "PATCH"): "update user (PATCH)", ("Users", "DELETE"): "delete user",
+             ("Groups", "POST"): "create group", ("Groups", "PATCH"): "rename / members",
+             ("Groups", "PUT"): "replace group", ("Groups", "DELETE"): "delete group"}  # fmt: skip
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(ch.ops.items(), key=lambda kv: -kv[1]))
+    out = [
+        f"### Churn (pool {ch.shape})",
+        "",
+        f"{ch.users} users in {ch.groups} groups: {ch.initial_events} events provisioned in "
+        f"{ch.initial_seconds:.1f} s; then {ch.churn_events} churn events ({ops}) published at "
+        f"once, applied and reconciled in {ch.seconds:.1f} s, with {ch.reads} reads (GET) besides "
+        f"the writes.",
+        "",
+        table(["write call", "sent", "minimal"],
+              [[f"{m} {r} ({label.get((r, m), '')})", ch.sent.get((r, m), 0),
+                ch.minimal.by_kind.get((r, m), 0)] for r, m in kinds]
+              + [["**total**", f"**{ch.sent_total}**", f"**{ch.minimal.total}**"]]),  # fmt: skip
+        "",
+        "Application state after the initial sync: "
+        + ("matches the model." if not ch.initial_problems else
+           f"{len(ch.initial_problems)} differences: {'; '.join(ch.initial_problems[:5])}")
+        + " After the churn: "
+        + ("matches the model." if not ch.final_problems else
+           f"**{len(ch.final_problems)} differences**: {'; '.join(ch.final_problems[:8])}"),
+    ]  # fmt: skip
+    if ch.excess:
+        out += ["", "Objects that received more write calls than the minimal plan, and the "
+                "calls each received (seconds after the churn was published):", ""]
+        rows = []
+        for obj, sent, minimal in ch.excess:
+            calls = [f"{t:.2f} s {m} {d or ''}".strip() for t, m, o, d in ch.timeline
+                     if o == obj and m in churn.WRITE_METHODS]  # fmt: skip
+            rows.append([obj, sent, minimal, "; ".join(_short(c) for c in calls)])
+        out.append(table(["object", "sent", "minimal", "calls"], rows))
+        creations = [t for t, m, o, _ in ch.timeline if m == "POST" and o == "Users"]
+        if creations:
+            out += ["", f"The {len(creations)} user creations (POST /Users) were sent between "
+                    f"{min(creations):.2f} s and {max(creations):.2f} s."]  # fmt: skip
+    return out
+
+
+def _short(call: str) -> str:
+    """Summarise a PATCH's operations: 'add:membersx40 remove:members[valx1 ...' -> counts."""
+    head, *ops = call.split(" PATCH ", 1)
+    if not ops:
+        return call
+    counts: dict[str, int] = {}
+    for op in ops[0].split():
+        name, _, n = op.rpartition("x")
+        kind = "rename" if "displayName" in name else name.split(":")[0] + " members"
+        counts[kind] = counts.get(kind, 0) + (int(n) if n.isdigit() else 1)
+    return f"{head} PATCH " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def profile_details(prof: ingest.ProfileResult, n: int) -> list[str]:
+    return [
+        f"### Profile: `python -m cProfile -m worker.cli replay FILE` ({n:,} events, no worker)",
+        "",
+        f"{prof.seconds:.1f} s under the profiler. Cumulative time by part:",
+        "",
+        table(["part", "seconds"], [[k, f"{v:.2f}"] for k, v in prof.groups.items()]),
+        "",
+        "Top functions by own time:",
+        "",
+        table(["function", "calls", "own s", "cumulative s"],
+              [[f"`{f}`", f"{c:,}", f"{t:.2f}", f"{cu:.2f}"] for f, c, t, cu in prof.top]),  # fmt: skip
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    n = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
+    key = "full" if n == FULL_EVENTS and not args.only else (
+        "quick" if n == QUICK_EVENTS and not args.only else f"events={n}-{args.only or 'all'}")
+    command = " ".join(["python -m benchmarks.run", *argv]).strip()
+    info = common.machine()
+    started = datetime.now(UTC)
+    print(f"command: {command}  (interpreter {sys.executable})")
+    print(f"machine: nproc {info['nproc']}; {info['cpu']}; {info['memory']}; {info['os']}; "
+          f"Python {info['python']}; {info['redis']}")  # fmt: skip
+    print(f"date:    {started:%Y-%m-%d %H:%M:%S} UTC", flush=True)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    ing = ch = None
+    try:
+        if args.only in (None, "ingest"):
+            ing = run_ingest(args, n, workdir)
+        if args.only in (None, "churn"):
+            ch = run_churn(args, workdir)
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - t0
+    body = render(command, info, started, elapsed, ing, ch)
+    print()
+    print(body)
+    if not args.no_write:
+        title = {"full": f"Results: full run ({FULL_EVENTS:,} events)",
+                 "quick": f"Results: quick run ({QUICK_EVENTS:,} events)"}.get(
+                     key, f"Results: {n:,} events" + (f", {args.only} only" if args.only else ""))  # fmt: skip
+        report.write_section(Path(args.output), key, title, body)
+        print(f"\n(recorded in {args.output})")
+    if n == FULL_EVENTS and elapsed > 300:
+        print(f"note: the full run took {elapsed / 60:.1f} min (more than 5 minutes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
