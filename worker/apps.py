@@ -37,6 +37,8 @@ class AppConfig:
     excluded_attributes: tuple[str, ...] = ()
     active: bool = False
     paused: str | None = None  # why syncing is paused (bad credentials), None when running
+    rate: float | None = None  # requests/s for the whole pool; None: the profile's
+    burst: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def settings(self) -> AppSettings:
@@ -120,7 +122,11 @@ def list_apps(client: redis.Redis) -> list[AppConfig]:
 
 def remove(client: redis.Redis, app_id: str) -> None:
     pipe = client.pipeline()
-    pipe.delete(keys.app(app_id), keys.mirror(app_id, "user"), keys.mirror(app_id, "group"))
+    pipe.delete(
+        keys.app(app_id),
+        *(keys.mirror(app_id, kind) for kind in ("user", "group")),
+        *(keys.mirror_absent(app_id, kind) for kind in ("user", "group")),
+    )
     pipe.srem(keys.APPS, app_id)
     pipe.srem(keys.APPS_ACTIVE, app_id)
     pipe.execute()

@@ -61,6 +61,8 @@ def cmd_apps_activate(args: argparse.Namespace) -> int:
         user_delete_policy=args.user_delete_policy or profile.user_delete,
         excluded_attributes=existing.excluded_attributes if existing else (),
         active=True,
+        rate=args.rate,
+        burst=args.burst,
     )
     apps.save(client, app)
     count = full_sync(client, app_id)
@@ -275,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["zscaler", "generic"], default="zscaler")
     p.add_argument("--no-group-management", dest="group_management", action="store_false")
     p.add_argument("--user-delete-policy", choices=["deactivate", "delete"])
+    p.add_argument("--rate", type=float, help="requests/s for the whole pool (default: profile)")
+    p.add_argument("--burst", type=int, help="requests allowed at once (default: profile)")
     p.set_defaults(func=cmd_apps_activate)
     p = apps_sub.add_parser("deactivate", help="stop syncing; nothing is removed from the app")
     p.add_argument("app_id")

@@ -51,6 +51,11 @@ def mirror(app_id: str, kind: Kind) -> str:
     return f"{PREFIX}mirror:{app_id}:{kind}s"
 
 
+def mirror_absent(app_id: str, kind: Kind) -> str:
+    """SET of directory ids whose lookup in the app found nothing (create comes next)."""
+    return f"{PREFIX}mirror:{app_id}:{kind}s:absent"
+
+
 AUDIT = PREFIX + "audit"  # STREAM of provisioning attempts (see audit.py)
 JOURNAL = PREFIX + "journal"  # STREAM of accepted events
 WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)

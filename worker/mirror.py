@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import redis
 
 from worker import keys
+from worker.keys import Kind
 from worker.model import MirrorGroup, MirrorUser
 
 
@@ -19,6 +20,14 @@ class Mirror:
         self.app_id = app_id
         self.users_key = keys.mirror(app_id, "user")
         self.groups_key = keys.mirror(app_id, "group")
+
+    # lookups that found nothing: kept until the object is created, so that a run cut short
+    # (throttled, crashed) between the lookup and the create does not look up again
+    def looked_up(self, kind: Kind, object_id: str) -> bool:
+        return bool(self.redis.sismember(keys.mirror_absent(self.app_id, kind), object_id))
+
+    def remember_absent(self, kind: Kind, object_id: str) -> None:
+        self.redis.sadd(keys.mirror_absent(self.app_id, kind), object_id)
 
     # users
     def user(self, user_id: str) -> MirrorUser | None:
@@ -30,7 +39,10 @@ class Mirror:
 
     def save_user(self, user_id: str, entry: MirrorUser) -> None:
         document = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
-        self.redis.hset(self.users_key, user_id, json.dumps(document))
+        pipe = self.redis.pipeline()
+        pipe.hset(self.users_key, user_id, json.dumps(document))
+        pipe.srem(keys.mirror_absent(self.app_id, "user"), user_id)
+        pipe.execute()
 
     def forget_user(self, user_id: str) -> None:
         self.redis.hdel(self.users_key, user_id)
@@ -66,14 +78,28 @@ class Mirror:
             "name": entry.display_name,
             "members": dict(entry.members),
         }
-        self.redis.hset(self.groups_key, group_id, json.dumps(document))
+        pipe = self.redis.pipeline()
+        pipe.hset(self.groups_key, group_id, json.dumps(document))
+        pipe.srem(keys.mirror_absent(self.app_id, "group"), group_id)
+        pipe.execute()
+
+    def groups_missing_member(self, group_ids: Iterable[str], user_id: str) -> list[str]:
+        """Those of ``group_ids`` whose mirror does not hold ``user_id`` (or that we do not
+        hold yet), in one round trip."""
+        group_ids = sorted(group_ids)
+        raws = self.redis.hmget(self.groups_key, group_ids) if group_ids else []
+        return [
+            g
+            for g, raw in zip(group_ids, raws, strict=True)
+            if raw is None or user_id not in json.loads(raw)["members"]
+        ]
 
     def forget_group(self, group_id: str) -> None:
         self.redis.hdel(self.groups_key, group_id)
 
     def forget_groups(self) -> None:
         """Forget every group: the next sync looks them up and takes them over again."""
-        self.redis.delete(self.groups_key)
+        self.redis.delete(self.groups_key, keys.mirror_absent(self.app_id, "group"))
 
     def known_keys(self) -> list[str]:
         """Reconcile keys of every object the app holds for us."""
@@ -91,4 +117,8 @@ class Mirror:
         return users, groups
 
     def drop(self) -> None:
-        self.redis.delete(self.users_key, self.groups_key)
+        self.redis.delete(self.users_key, self.groups_key, *_absent_keys(self.app_id))
+
+
+def _absent_keys(app_id: str) -> tuple[str, str]:
+    return keys.mirror_absent(app_id, "user"), keys.mirror_absent(app_id, "group")

@@ -67,6 +67,7 @@ class Reconciler:
         mirror: Mirror | None = None,
         record: Callable[[AuditEntry], None] | None = None,
         causes: tuple[str, ...] = (),
+        throttle: Callable[[], None] = lambda: None,
     ):
         """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
         passes an in-memory mirror and its own recorder. ``causes`` are the ids of the
@@ -80,9 +81,12 @@ class Reconciler:
         self.still_ours = still_ours
         self.record = record or (lambda entry: audit.record(client, entry))
         self.causes = causes
+        self.throttle = throttle
 
-    def reconcile(self, key: ReconcileKey) -> Outcome:
-        outcome = Outcome()
+    def reconcile(self, key: ReconcileKey, outcome: Outcome | None = None) -> Outcome:
+        """Reconcile one key; ``outcome`` collects calls, trace and follow-ups even when an
+        error of the application cuts the run short."""
+        outcome = outcome if outcome is not None else Outcome()
         if key.kind == "user":
             self._user(key.id, outcome)
         else:
@@ -93,23 +97,28 @@ class Reconciler:
     def _user(self, user_id: str, outcome: Outcome) -> None:
         facts = projection.user_facts(self.redis, self.app.id, user_id)
         entry = self.mirror.user(user_id)
-        had_remote_id = entry is not None
         intent = rules.user_intent(facts, entry, self.settings)
         outcome.trace.append(f"user {user_id}: {type(intent).__name__} ({_why(intent)})")
-        looked_up = False
-        for _ in range(MAX_ROUNDS):
-            calls = plan_user(intent, entry, self.profile, looked_up=looked_up)
-            if not calls:
-                break
-            for call in calls:
-                entry, replan = self._user_call(user_id, call, entry, outcome)
-                if isinstance(call, LookupUser):
-                    looked_up = True
-                if replan:
+        looked_up = self.mirror.looked_up("user", user_id)
+        try:
+            for _ in range(MAX_ROUNDS):
+                calls = plan_user(intent, entry, self.profile, looked_up=looked_up)
+                if not calls:
                     break
-        if entry is not None and not had_remote_id and self.settings.group_management:
-            # The user now exists in the app: its groups can take it as a member.
-            outcome.follow_up += [f"{self.app.id} group {g}" for g in sorted(facts.covering_groups)]
+                for call in calls:
+                    entry, replan = self._user_call(user_id, call, entry, outcome)
+                    if isinstance(call, LookupUser):
+                        looked_up = True
+                    if replan:
+                        break
+        finally:
+            # Once the user exists in the app, its groups can take it as a member; checked
+            # even after an error (or a crash before this point on an earlier run).
+            if entry is not None and self.settings.group_management and facts.covering_groups:
+                outcome.follow_up += [
+                    f"{self.app.id} group {g}"
+                    for g in self.mirror.groups_missing_member(facts.covering_groups, user_id)
+                ]
 
     def _user_call(
         self, user_id: str, call: Call, entry: MirrorUser | None, outcome: Outcome
@@ -123,6 +132,7 @@ class Reconciler:
                 )
                 if found is None:
                     outcome.trace.append(f"  lookup userName eq {user_name!r}: none")
+                    self.mirror.remember_absent("user", user_id)
                     return None, True
                 outcome.trace.append(f"  lookup userName eq {user_name!r}: adopting {found.id}")
                 entry = MirrorUser(found.id, found.attributes)
@@ -230,7 +240,7 @@ class Reconciler:
         remote_ids = self.mirror.remote_user_ids(facts.members)
         intent = rules.group_intent(facts, entry, remote_ids, self.settings)
         outcome.trace.append(f"group {group_id}: {type(intent).__name__} ({_why(intent)})")
-        looked_up = False
+        looked_up = self.mirror.looked_up("group", group_id)
         for _ in range(MAX_ROUNDS):
             calls = plan_group(intent, entry, self.profile, looked_up=looked_up)
             if not calls:
@@ -257,6 +267,7 @@ class Reconciler:
                 )
                 if found is None:
                     outcome.trace.append(f"  lookup displayName eq {name!r}: none")
+                    self.mirror.remember_absent("group", group_id)
                     return None, True
                 entry = self._take_over(group_id, found)
                 outcome.trace.append(f"  lookup displayName eq {name!r}: taking over {found.id}")
@@ -391,6 +402,7 @@ class Reconciler:
     ) -> object:
         if not self.still_ours():
             raise LeaseLost(obj)
+        self.throttle()  # may raise Throttled: the key comes back when the app has room
         outcome.calls += 1
         try:
             result = send()

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 import uuid
 from dataclasses import dataclass, field
 
 import redis
 
-from worker import apps, audit, keys
+from worker import apps, audit, keys, ratelimit
 from worker.apps import AppConfig, AppError
 from worker.audit import AuditEntry
 from worker.celery_app import send_reconcile
 from worker.config import settings
 from worker.keys import ReconcileKey
+from worker.ratelimit import Throttled
 from worker.reconcile import LeaseLost, Outcome, Reconciler
 from worker.scim import Conflict, Invalid, ScimClient, ScimError, Transient, Unauthorized
 from worker.scim.client import make_http_client
@@ -91,16 +94,34 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
             result.state = "skipped"  # re-derived by a full sync on (re)activation
         else:
             scim, profile = clients.get(app)
+            rate = app.rate or profile.requests_per_second
+            burst = app.burst or profile.burst
             reconciler = Reconciler(
-                client, app, scim, profile, still_ours=lambda: queue.renew(key_text, token)
+                client,
+                app,
+                scim,
+                profile,
+                still_ours=lambda: queue.renew(key_text, token),
+                throttle=lambda: _take_slot(client, app.id, rate, burst, token),
             )
-            result.outcome = reconciler.reconcile(key)
+            reconciler.reconcile(key, result.outcome)
             queue.succeeded(key_text)
+            if result.outcome.calls:
+                ratelimit.success(client, app.id)
     except LeaseLost:
         result.state = "lost"
         return result
+    except Throttled as throttled:
+        # Not a failure: the app has no room now. The slot goes to other keys meanwhile.
+        delay = throttled.wait + random.uniform(0, 0.2)
+        result.state = "throttled"
     except Transient as error:
-        delay = error.retry_after or queue.backoff(key_text)
+        if error.retry_after:
+            ratelimit.pause(client, key.app, error.retry_after)  # the whole pool slows down
+            delay = error.retry_after + random.uniform(0, 1)
+        else:
+            ratelimit.transient_failure(client, key.app)
+            delay = queue.backoff(key_text)
         result.state = "retry"
         log.warning("%s: %s; again in %.1fs", key_text, error, delay)
     except Unauthorized as error:
@@ -125,6 +146,18 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     to_send = follow_up + ([key_text] if released == "reschedule" else [])
     send_reconcile(to_send)
     return result
+
+
+def _take_slot(client: redis.Redis, app_id: str, rate: float, burst: int, token: str) -> None:
+    """Wait for a request slot of the app only if it is a matter of milliseconds."""
+    for _ in range(3):
+        wait = ratelimit.acquire(client, app_id, rate, burst, token)
+        if wait == 0:
+            return
+        if wait > ratelimit.SHORT_WAIT:
+            raise Throttled(app_id, wait)
+        time.sleep(wait)
+    raise Throttled(app_id, ratelimit.SHORT_WAIT)
 
 
 def pause(client: redis.Redis, app_id: str, reason: str) -> None:

@@ -4,7 +4,7 @@ Messages are wake-ups and Redis holds the truth, so a message lost with a killed
 crashed producer is recovered here: expired leases and due backoffs are scheduled again; dirty
 keys and pending batches whose message is long gone while their queue is empty are sent again.
 Recovery after a crash therefore takes at most the lease (60 s) plus the stale delay (30 s),
-plus one sweep interval, whatever the broker's visibility timeout.
+plus one sweep interval (0.25 s), whatever the broker's visibility timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from worker.workqueue import Workqueue
 
 log = logging.getLogger("provisioner.sweeper")
 
-INTERVAL = 1.0
+INTERVAL = 0.25  # also the granularity of backoffs and throttling delays
 STALE_SECONDS = float(os.environ.get("PROVISIONER_STALE_SECONDS", "30"))
 HEARTBEAT_TTL = 15
 

@@ -100,6 +100,9 @@ class Harness:
         return result
 
     def activate(self, app_id: str = "zs", *options: str) -> None:
+        """Activate ``app_id``; unless a test sets ``--rate``, the pool is not throttled."""
+        if "--rate" not in options:
+            options = (*options, "--rate", "10000", "--burst", "1000")
         self.cli("apps", "activate", app_id, "--base-url", self.scim.base_url,
                  "--token-file", str(self.token_file), *options)  # fmt: skip
 

@@ -1,0 +1,80 @@
+"""Pool-wide pacing of each application: a GCRA in Redis shared by every worker, pauses for
+``Retry-After``, and a circuit breaker that opens on a storm of 5xx and probes before resuming.
+
+Nothing here sleeps for long: a request that must wait raises ``Throttled`` and the runner
+gives the key back to the workqueue with that delay, so the worker slot serves other keys and
+other applications meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from worker import keys, scripts
+
+log = logging.getLogger("provisioner.ratelimit")
+
+BREAKER_THRESHOLD = 10  # consecutive transient failures that open the breaker
+BREAKER_WINDOW = 60  # seconds over which they count
+BREAKER_COOLDOWN = 15.0  # first pause; doubles on each failed probe, up to BREAKER_MAX
+BREAKER_MAX = 300.0
+SHORT_WAIT = 0.05  # waits below this are slept through instead of re-queued
+
+
+class Throttled(Exception):
+    """The application may not be called now; try again after ``wait`` seconds."""
+
+    def __init__(self, app_id: str, wait: float):
+        super().__init__(f"{app_id}: throttled for {wait:.2f}s")
+        self.wait = wait
+
+
+def acquire(client: redis.Redis, app_id: str, rate: float, burst: int, probe: str) -> float:
+    """Take a request slot; returns 0.0, or the seconds to wait before asking again."""
+    interval_ms = 1000.0 / rate
+    wait_ms = scripts.run(client, "throttle", app_id, repr(interval_ms), max(burst, 1), probe)
+    return int(wait_ms) / 1000.0
+
+
+def pause(client: redis.Redis, app_id: str, seconds: float) -> None:
+    """Stop every request to the app for ``seconds`` (never shortens a longer pause)."""
+    until = scripts.now_ms() + int(seconds * 1000)
+    key = f"{keys.PREFIX}rl:{app_id}:until"
+    current = client.get(key)
+    if current is None or int(current) < until:
+        client.set(key, until, px=int(seconds * 1000) + 1000)
+
+
+def transient_failure(client: redis.Redis, app_id: str) -> bool:
+    """Count a 5xx or timeout; opens the breaker at the threshold. True when it opened."""
+    base = f"{keys.PREFIX}cb:{app_id}"
+    pipe = client.pipeline()
+    pipe.incr(base + ":fails")
+    pipe.expire(base + ":fails", BREAKER_WINDOW)
+    pipe.get(base + ":state")
+    pipe.get(base + ":cooldown")
+    fails, _, state, cooldown = pipe.execute()
+    if state == b"probing" or (fails >= BREAKER_THRESHOLD and state != b"open"):
+        seconds = min(BREAKER_MAX, float(cooldown) * 2) if state == b"probing" else BREAKER_COOLDOWN
+        pipe = client.pipeline()
+        pipe.set(base + ":state", "open")
+        pipe.set(base + ":cooldown", seconds)
+        pipe.delete(base + ":probe", base + ":fails")
+        pipe.execute()
+        pause(client, app_id, seconds)
+        log.error("circuit breaker of %s open for %.0fs", app_id, seconds)
+        return True
+    return False
+
+
+def success(client: redis.Redis, app_id: str) -> None:
+    """A call went through: the breaker closes and the failure count restarts."""
+    base = f"{keys.PREFIX}cb:{app_id}"
+    client.delete(base + ":fails", base + ":state", base + ":probe", base + ":cooldown")
+
+
+def breaker_state(client: redis.Redis, app_id: str) -> str:
+    state = client.get(f"{keys.PREFIX}cb:{app_id}:state")
+    return state.decode() if state else "closed"
