@@ -15,7 +15,9 @@ PREFIX = "prov:"
 Kind = Literal["user", "group"]
 
 # Producers and ingest
-SEEN_EVENTS = PREFIX + "ev:seen"  # SET of accepted event ids (a duplicate changes nothing)
+# The duplicate filter: accepted event ids in time-and-size-bounded buckets (store_batch.lua).
+SEEN_BUCKETS = PREFIX + "ev:seen:buckets"  # LIST of live bucket numbers (ms), newest first
+JOURNAL_MAX_AGE = PREFIX + "journal:max_age_ms"  # retention by age, set by journal.trim()
 PENDING_BATCHES = PREFIX + "ingest:pending"  # ZSET batch id -> publish time (ms)
 PARKED_BATCHES = PREFIX + "ingest:parked"  # HASH batch id -> reason (a poison batch)
 COUNTERS = PREFIX + "counters"  # HASH published, applied, ignored, ...
@@ -24,6 +26,11 @@ IGNORED_LOG = PREFIX + "ignored"  # capped LIST of events ignored after a deleti
 
 def batch(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}"
+
+
+def seen_bucket(number: int | str) -> str:
+    """SET of event ids accepted since bucket ``number`` opened (it expires after the age)."""
+    return f"{PREFIX}ev:seen:{number}"
 
 
 # Workqueue (see workqueue.py)

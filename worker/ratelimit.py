@@ -1,9 +1,9 @@
 """Pool-wide pacing of each application: a GCRA in Redis shared by every worker, pauses for
 ``Retry-After``, and a circuit breaker that opens on a storm of 5xx and probes before resuming.
 
-Nothing here sleeps for long: a request that must wait raises ``Throttled`` and the runner
-gives the key back to the workqueue with that delay, so the worker slot serves other keys and
-other applications meanwhile.
+Nothing here sleeps for long: a request that must wait reserves the next free slot and raises
+``Throttled``; the runner gives the key back to the workqueue until that slot, so the worker
+serves other keys and other applications meanwhile, and a backlog costs no futile retries.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ class Throttled(Exception):
         self.wait = wait
 
 
-def acquire(client: redis.Redis, app_id: str, rate: float, burst: int, probe: str) -> float:
-    """Take a request slot; returns 0.0, or the seconds to wait before asking again."""
+def acquire(
+    client: redis.Redis, app_id: str, rate: float, burst: int, probe: str, key: str
+) -> float:
+    """Take a request slot for ``key``; returns 0.0, or the seconds until the slot reserved
+    for it (asking again then goes through)."""
     interval_ms = 1000.0 / rate
-    wait_ms = scripts.run(client, "throttle", app_id, repr(interval_ms), max(burst, 1), probe)
+    wait_ms = scripts.run(client, "throttle", app_id, repr(interval_ms), max(burst, 1), probe, key)
     return int(wait_ms) / 1000.0
 
 

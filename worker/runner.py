@@ -102,7 +102,7 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
                 scim,
                 profile,
                 still_ours=lambda: queue.renew(key_text, token),
-                throttle=lambda: _take_slot(client, app.id, rate, burst, token),
+                throttle=lambda: _take_slot(client, app.id, rate, burst, token, key_text),
             )
             reconciler.reconcile(key, result.outcome)
             queue.succeeded(key_text)
@@ -113,7 +113,7 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         return result
     except Throttled as throttled:
         # Not a failure: the app has no room now. The slot goes to other keys meanwhile.
-        delay = throttled.wait + random.uniform(0, 0.2)
+        delay = throttled.wait
         result.state = "throttled"
     except Transient as error:
         if error.retry_after:
@@ -148,10 +148,12 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     return result
 
 
-def _take_slot(client: redis.Redis, app_id: str, rate: float, burst: int, token: str) -> None:
+def _take_slot(
+    client: redis.Redis, app_id: str, rate: float, burst: int, token: str, key: str
+) -> None:
     """Wait for a request slot of the app only if it is a matter of milliseconds."""
     for _ in range(3):
-        wait = ratelimit.acquire(client, app_id, rate, burst, token)
+        wait = ratelimit.acquire(client, app_id, rate, burst, token, key)
         if wait == 0:
             return
         if wait > ratelimit.SHORT_WAIT:

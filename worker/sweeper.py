@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import redis
 
@@ -74,17 +75,39 @@ class Sweeper(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(INTERVAL):
+        pause = INTERVAL
+        last_beat = 0.0
+        while not self.stopped.wait(pause):
+            pause = INTERVAL
             try:
-                beat(self.redis, self.worker_name)
-                if self.redis.set(
-                    keys.WQ_SWEEP_LOCK, self.worker_name, nx=True, px=int(INTERVAL * 1000)
-                ):
+                if time.monotonic() - last_beat >= INTERVAL:
+                    beat(self.redis, self.worker_name)
+                    last_beat = time.monotonic()
+                if self._hold_lock():
                     sweep_once(self.redis)
+                    pause = self._until_next_due()
             except redis.RedisError as error:  # Redis restarting: try again next tick
                 log.warning("sweeper: %s", error)
             except Exception:
                 log.exception("sweeper failed")
+
+    def _hold_lock(self) -> bool:
+        """One sweeper for the pool: take the lock, or keep it if it is ours."""
+        ttl = int(INTERVAL * 4000)
+        if self.redis.set(keys.WQ_SWEEP_LOCK, self.worker_name, nx=True, px=ttl):
+            return True
+        if self.redis.get(keys.WQ_SWEEP_LOCK) == self.worker_name.encode():
+            self.redis.pexpire(keys.WQ_SWEEP_LOCK, ttl)
+            return True
+        return False
+
+    def _until_next_due(self) -> float:
+        """Wake when the next backoff or reserved slot is due (throttled keys run on time)."""
+        first = self.redis.zrange(keys.WQ_DELAYED, 0, 0, withscores=True)
+        if not first:
+            return INTERVAL
+        seconds = (first[0][1] - scripts.now_ms()) / 1000
+        return min(INTERVAL, max(0.005, seconds))
 
     def stop(self) -> None:
         self.stopped.set()

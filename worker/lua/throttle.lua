@@ -1,11 +1,34 @@
--- ARGV: now_ms, app, interval_ms (1000 / rate), burst, probe_token.
--- Take one request slot of an application for the whole pool, or say how long to wait (ms).
+-- ARGV: now_ms, app, interval_ms (1000 / rate), burst, probe_token, key.
+-- Take one request slot of an application for the whole pool, or reserve the next free one.
+-- Returns 0 (go now) or the ms until the caller's reserved slot; the caller gives its key
+-- back with that delay and, when it runs again, its reservation lets it through.
 -- 1. A pause (Retry-After, or an open circuit breaker) stops every request of the app.
 -- 2. After a breaker's pause, one request goes through as a probe; the others wait for it.
--- 3. GCRA: requests are spaced `interval` apart, with `burst` of them allowed at once, so any
---    one-second window holds at most rate + burst requests.
-local app, interval, burst, probe = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+-- 3. GCRA: requests are spaced `interval` apart, with `burst` of them allowed at once;
+--    reservations queue in order.
+local app, interval, burst = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local probe, key = ARGV[5], ARGV[6]
 local base = P .. 'rl:' .. app
+
+-- 4. A hard cap over the requests actually let through in the last second (plus a margin
+--    for the trip to the app): slots used late (a key coming back a little after its
+--    reservation) can never bunch up beyond rate + burst in any one-second window.
+local WINDOW = 1100
+local cap = math.floor(1000 / interval + burst)
+local function go()
+  local log = base .. ':log'
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - WINDOW)
+  if redis.call('ZCARD', log) >= cap then
+    local oldest = tonumber(redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')[2])
+    local wait = math.max(1, oldest + WINDOW - now)
+    redis.call('HSET', base .. ':res', key, tostring(now + wait))
+    return math.ceil(wait)
+  end
+  redis.call('ZADD', log, now, redis.call('INCR', base .. ':seq'))
+  redis.call('PEXPIRE', log, WINDOW)
+  return 0
+end
+
 local paused_until = tonumber(redis.call('GET', base .. ':until') or '0')
 if paused_until > now then return math.ceil(paused_until - now) end
 local breaker = redis.call('GET', P .. 'cb:' .. app .. ':state')
@@ -15,10 +38,17 @@ if breaker == 'open' then
 elseif breaker == 'probing' then
   if redis.call('GET', P .. 'cb:' .. app .. ':probe') ~= probe then return 250 end
 end
+local reserved = redis.call('HGET', base .. ':res', key)
+if reserved then
+  if tonumber(reserved) > now then return math.ceil(tonumber(reserved) - now) end
+  redis.call('HDEL', base .. ':res', key)
+  return go()
+end
 local tat = tonumber(redis.call('GET', base) or '0')
 if tat < now then tat = now end
 local new_tat = tat + interval
+redis.call('SET', base, tostring(new_tat), 'PX', math.ceil(new_tat - now + burst * interval + 60000))
 local wait = new_tat - now - burst * interval
-if wait > 0 then return math.ceil(wait) end
-redis.call('SET', base, tostring(new_tat), 'PX', math.ceil(burst * interval + 1000))
-return 0
+if wait <= 0 then return go() end
+redis.call('HSET', base .. ':res', key, tostring(now + wait))
+return math.ceil(wait)
