@@ -20,7 +20,7 @@ from worker.apps import AppConfig, AppError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DELEGATED = {"webhook": "producers.webhook", "sign": "producers.signing"}
 # Modules whose ``register(commands, apps_commands)`` adds their own subcommands.
-EXTENSIONS = ("worker.cli_admin", "producers.cli_journal")
+EXTENSIONS = ("worker.cli_admin", "worker.cli_safety", "producers.cli_journal")
 
 
 def _redis():  # noqa: ANN202
@@ -128,6 +128,19 @@ def _app_row(app: AppConfig) -> dict[str, Any]:
 def cmd_replay(args: argparse.Namespace) -> int:
     from producers.replay import ReplayError, read_events, replay
 
+    problem = (
+        "give a FILE or --since T, not both" if args.file and args.since
+        else "--until goes with --since" if args.until and not args.since
+        else "give a FILE (- for standard input) or --since T" if not (args.file or args.since)
+        else None
+    )  # fmt: skip
+    if problem:
+        print(f"error: replay: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.since is not None:
+        from producers.cli_journal import cmd_replay_journal
+
+        return cmd_replay_journal(args)
     try:
         events = read_events(args.file)
     except ReplayError as error:
@@ -245,8 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sign", help="print the signature header for a body read on stdin", add_help=False
     )
 
-    p = sub.add_parser("replay", help="publish v1 events from a file (JSON Lines or array)")
-    p.add_argument("file", help="a file, or - for standard input")
+    p = sub.add_parser(
+        "replay", help="publish v1 events from a file, or re-publish a range of the journal"
+    )
+    p.add_argument("file", nargs="?", help="JSON Lines or a JSON array; - for standard input")
+    p.add_argument("--since", metavar="T", help="journal events accepted from T (-2h, RFC 3339)")
+    p.add_argument("--until", metavar="T", help="... and before T (default: now)")
     p.add_argument("--dry-run", action="store_true", help="validate and count only")
     p.set_defaults(func=cmd_replay)
 

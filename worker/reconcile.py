@@ -68,6 +68,7 @@ class Reconciler:
         record: Callable[[AuditEntry], None] | None = None,
         causes: tuple[str, ...] = (),
         throttle: Callable[[], None] = lambda: None,
+        guard: Callable[[str, str], None] = lambda name, obj: None,
     ):
         """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
         passes an in-memory mirror and its own recorder. ``causes`` are the ids of the
@@ -82,6 +83,7 @@ class Reconciler:
         self.record = record or (lambda entry: audit.record(client, entry))
         self.causes = causes
         self.throttle = throttle
+        self.guard = guard
 
     def reconcile(self, key: ReconcileKey, outcome: Outcome | None = None) -> Outcome:
         """Reconcile one key; ``outcome`` collects calls, trace and follow-ups even when an
@@ -402,6 +404,7 @@ class Reconciler:
     ) -> object:
         if not self.still_ours():
             raise LeaseLost(obj)
+        self.guard(name, obj)  # may raise Held: too many deactivations or deletions at once
         self.throttle()  # may raise Throttled: the key comes back when the app has room
         outcome.calls += 1
         try:

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker import apps, audit, keys, ratelimit
+from worker import apps, audit, dryrun, guard, keys, ratelimit
 from worker.apps import AppConfig, AppError
 from worker.audit import AuditEntry
 from worker.celery_app import send_reconcile
 from worker.config import settings
 from worker.keys import ReconcileKey
 from worker.ratelimit import Throttled
-from worker.reconcile import LeaseLost, Outcome, Reconciler
+from worker.reconcile import LeaseLost, Outcome
 from worker.scim import Conflict, Invalid, ScimClient, ScimError, Transient, Unauthorized
 from worker.scim.client import make_http_client
 from worker.scim.profiles import Profile, profile_by_name
@@ -96,13 +96,19 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
             scim, profile = clients.get(app)
             rate = app.rate or profile.requests_per_second
             burst = app.burst or profile.burst
-            reconciler = Reconciler(
+            reconciler = dryrun.reconciler(  # the app's own Reconciler, or its dry run
                 client,
                 app,
                 scim,
                 profile,
-                still_ours=lambda: queue.renew(key_text, token),
+                # deactivating the app stops its reconciles in flight before their next call
+                still_ours=lambda: (
+                    queue.renew(key_text, token)
+                    and bool(client.sismember(keys.APPS_ACTIVE, key.app))
+                ),
+                causes=audit.take_causes(client, key_text),
                 throttle=lambda: _take_slot(client, app.id, rate, burst, token, key_text),
+                guard=lambda name, obj: _guard(client, app.id, key_text, name, obj),
             )
             reconciler.reconcile(key, result.outcome)
             queue.succeeded(key_text)
@@ -110,7 +116,12 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
                 ratelimit.success(client, app.id)
     except LeaseLost:
         result.state = "lost"
+        if queue.release(key_text, token) == "reschedule":  # still ours: app deactivated
+            send_reconcile([key_text])
         return result
+    except guard.Held as held:
+        result.state = "held"  # waits for `provisioner approve|reject APP`
+        log.warning("%s", held)
     except Throttled as throttled:
         # Not a failure: the app has no room now. The slot goes to other keys meanwhile.
         delay = throttled.wait
@@ -146,6 +157,17 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     to_send = follow_up + ([key_text] if released == "reschedule" else [])
     send_reconcile(to_send)
     return result
+
+
+def _guard(client: redis.Redis, app_id: str, key: str, name: str, obj: str) -> None:
+    """Stage a deactivation or deletion past the deletion guard's threshold (audited)."""
+    if name not in guard.DESTRUCTIVE:
+        return
+    try:
+        guard.check(client, app_id, key, f"{name} {obj}")
+    except guard.Held as held:
+        audit.record(client, AuditEntry(name, app_id, obj, "held", None, str(held)))
+        raise
 
 
 def _take_slot(

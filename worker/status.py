@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from worker import apps, keys
+from worker import apps, guard, keys, ratelimit
 from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
 from worker.mirror import Mirror
 from worker.sweeper import alive_workers
@@ -44,6 +44,8 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
             },
             "users": users,
             "groups": groups,
+            "held": guard.held(client, app.id),
+            "breaker": ratelimit.breaker_state(client, app.id),
         }
     queue = {
         "pending_batches": pending,
@@ -81,4 +83,11 @@ def render(state: dict[str, Any]) -> str:
             lines.append(f"  paused: {app['paused']}")
         for key, reason in app["parked"].items():
             lines.append(f"  parked {key}: {reason}")
+        if app["breaker"] != "closed":
+            lines.append(f"  circuit breaker {app['breaker']}: the app failed repeatedly")
+        if app["held"]:
+            lines.append(
+                f"  {len(app['held'])} deactivations/deletions held by the deletion guard: "
+                f"`provisioner approve {app_id}` or `provisioner reject {app_id}`"
+            )
     return "\n".join(lines)

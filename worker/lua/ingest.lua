@@ -92,6 +92,7 @@ redis.call('ZREM', P .. 'ingest:pending', batch_id)
 for _, ev in ipairs(events) do
   local t, d, v = ev.type, ev.data, ev.v
   local newer, changed = false, false
+  cause = ev.id
   skipped = false
   if t == 'user.created' or t == 'user.updated' then
     local u = d.user.id

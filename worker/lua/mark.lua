@@ -6,7 +6,23 @@ local P = 'prov:'
 local now = tonumber(ARGV[1])
 local schedule = {}
 local marked = {}
+-- Causes: while ingest.lua applies an event it sets `cause` to the event's id, and every key
+-- it marks remembers that id (newest first, the last 20, for a day) until the key's next
+-- reconcile takes them for its audit entries (audit.take_causes).
+local cause = nil
+local caused = {}
+local function remember_cause(key)
+  if caused[key] == cause then return end
+  local list = P .. 'wq:cause:' .. key
+  redis.call('LPUSH', list, cause)
+  if caused[key] == nil then
+    redis.call('LTRIM', list, 0, 19)
+    redis.call('EXPIRE', list, 86400)
+  end
+  caused[key] = cause
+end
 local function mark_key(key)
+  if cause then remember_cause(key) end
   if marked[key] then return end
   marked[key] = true
   local added = redis.call('ZADD', P .. 'wq:dirty', 'NX', now, key)
