@@ -37,6 +37,10 @@ def test_a_valid_event_and_an_array_parse():
         ({**OK, "occurred_at": "yesterday"}, "/occurred_at", "datetime"),
         ({**OK, "id": ""}, "/id", "at least 1"),
         ({**OK, "id": "x" * 129}, "/id", "at most 128"),
+        ({**OK, "data": {"group_id": "g*", "user_id": "u"}}, "/data/group_id", "pattern"),
+        ({**OK, "data": {"group_id": "g", "user_id": "u 1"}}, "/data/user_id", "pattern"),
+        ({**OK, "data": {"group_id": 'g"', "user_id": "u"}}, "/data/group_id", "pattern"),
+        ({**OK, "data": {"group_id": "{g}", "user_id": "u"}}, "/data/group_id", "pattern"),
         ({**OK, "data": {"group_id": 5, "user_id": "u"}}, "/data/group_id", "string"),
     ],
 )

@@ -20,7 +20,13 @@ from pydantic import (
     ValidationError,
 )
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f]+$")]
+# Ids become parts of Redis keys and reconcile keys: no whitespace or control characters (the
+# separator of reconcile keys), no glob characters (SCAN patterns), no braces (cluster hash
+# tags), no quotes or backslashes.
+Id = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r'^[^\s\x00-\x1f\x7f*?\[\]{}"\\]+$'),
+]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 OptionalText = Annotated[str, StringConstraints(max_length=256)] | None
 

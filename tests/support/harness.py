@@ -31,8 +31,17 @@ TEST_ENV = {
 class WorkerPool:
     """Celery worker processes (``provisioner worker``), as an operator runs them."""
 
-    def __init__(self, redis_url: str, processes: int = 2, concurrency: int = 2):
+    def __init__(
+        self,
+        redis_url: str,
+        processes: int = 2,
+        concurrency: int = 2,
+        log_file: Path | None = None,
+        loglevel: str = "WARNING",
+    ):
         self.env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url}
+        self.log_file = log_file
+        self.loglevel = loglevel
         self.processes = processes
         self.concurrency = concurrency
         self.workers: list[subprocess.Popen[bytes]] = []
@@ -40,10 +49,11 @@ class WorkerPool:
 
     def start_one(self) -> subprocess.Popen[bytes]:
         name = f"test{next(self._names)}@%h"
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "worker.cli", "worker", "--concurrency",
-             str(self.concurrency), "--loglevel", "WARNING", "--hostname", name],
-            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             str(self.concurrency), "--loglevel", self.loglevel, "--hostname", name],
+            env=self.env, cwd=ROOT, stdout=output, stderr=output,
             start_new_session=True,
         )  # fmt: skip
         self.workers.append(process)
@@ -81,8 +91,12 @@ class Harness:
 
     _ids = count()
 
-    def __init__(self, client: redis.Redis, scim: ScimServer, tmp: Path):
+    def __init__(
+        self, client: redis.Redis, scim: ScimServer, tmp: Path, redis_url: str | None = None
+    ):
+        """``redis_url``: a Redis of the test's own (default: the session's, from the env)."""
         self.redis = client
+        self.env = {**TEST_ENV, **({"REDIS_URL": redis_url} if redis_url else {})}
         self.scim = scim
         self.tmp = tmp
         self.token_file = tmp / "scim.token"
@@ -92,7 +106,7 @@ class Harness:
     def cli(
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:  # noqa: E501
-        env = {**os.environ, **TEST_ENV}
+        env = {**os.environ, **self.env}
         result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
                                 capture_output=True, text=True, input=input, timeout=120)  # fmt: skip
         if check and result.returncode != 0:
@@ -113,7 +127,10 @@ class Harness:
         return {"id": f"evt-{next(self._ids)}", "type": type_, "occurred_at": stamp, "data": data}
 
     def send(self, *documents: dict[str, Any], wait: bool = True) -> None:
-        publish(self.redis, parse_events(json.dumps(list(documents))))
+        if "REDIS_URL" in self.env:  # a Redis of the test's own: publish as a user would
+            self.cli("replay", "-", input="\n".join(json.dumps(d) for d in documents))
+        else:
+            publish(self.redis, parse_events(json.dumps(list(documents))))
         if wait:
             self.wait()
 
