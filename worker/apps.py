@@ -126,6 +126,7 @@ def remove(client: redis.Redis, app_id: str) -> None:
         keys.app(app_id),
         *(keys.mirror(app_id, kind) for kind in ("user", "group")),
         *(keys.mirror_absent(app_id, kind) for kind in ("user", "group")),
+        *(keys.mirror_doubt(app_id, kind) for kind in ("user", "group")),
     )
     pipe.srem(keys.APPS, app_id)
     pipe.srem(keys.APPS_ACTIVE, app_id)

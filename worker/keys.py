@@ -15,8 +15,8 @@ PREFIX = "prov:"
 Kind = Literal["user", "group"]
 
 # Producers and ingest
-# The duplicate filter: accepted event ids in time-and-size-bounded buckets (store_batch.lua).
-SEEN_BUCKETS = PREFIX + "ev:seen:buckets"  # LIST of live bucket numbers (ms), newest first
+# The duplicate filter, bounded by the journal's age and size limits (see store_batch.lua)
+RECENT_EVENTS = PREFIX + "ev:recent"  # ZSET accepted event id -> acceptance time (ms)
 JOURNAL_MAX_AGE = PREFIX + "journal:max_age_ms"  # retention by age, set by journal.trim()
 PENDING_BATCHES = PREFIX + "ingest:pending"  # ZSET batch id -> publish time (ms)
 PARKED_BATCHES = PREFIX + "ingest:parked"  # HASH batch id -> reason (a poison batch)
@@ -26,11 +26,6 @@ IGNORED_LOG = PREFIX + "ignored"  # capped LIST of events ignored after a deleti
 
 def batch(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}"
-
-
-def seen_bucket(number: int | str) -> str:
-    """SET of event ids accepted since bucket ``number`` opened (it expires after the age)."""
-    return f"{PREFIX}ev:seen:{number}"
 
 
 # Workqueue (see workqueue.py)
@@ -61,6 +56,11 @@ def mirror(app_id: str, kind: Kind) -> str:
 def mirror_absent(app_id: str, kind: Kind) -> str:
     """SET of directory ids whose lookup in the app found nothing (create comes next)."""
     return f"{PREFIX}mirror:{app_id}:{kind}s:absent"
+
+
+def mirror_doubt(app_id: str, kind: Kind) -> str:
+    """SET of directory ids with a write in flight or interrupted: re-read before trusting."""
+    return f"{PREFIX}mirror:{app_id}:{kind}s:doubt"
 
 
 AUDIT = PREFIX + "audit"  # STREAM of provisioning attempts (see audit.py)

@@ -26,26 +26,56 @@ class Mirror:
     def looked_up(self, kind: Kind, object_id: str) -> bool:
         return bool(self.redis.sismember(keys.mirror_absent(self.app_id, kind), object_id))
 
+    # writes in doubt: marked before a write is sent, cleared when its outcome is recorded;
+    # one left marked (a crash, a timeout) means the app may hold something the mirror
+    # does not, so the next run re-reads the object before it plans
+    def begin_write(self, kind: Kind, object_id: str) -> None:
+        self.redis.sadd(keys.mirror_doubt(self.app_id, kind), object_id)
+
+    def load(self, kind: Kind, object_id: str) -> tuple[bytes | None, bool, bool]:
+        """The raw entry, whether a lookup found nothing, and whether a write is in doubt."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.users_key if kind == "user" else self.groups_key, object_id)
+        pipe.sismember(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.sismember(keys.mirror_doubt(self.app_id, kind), object_id)
+        raw, absent, doubt = pipe.execute()
+        return raw, bool(absent), bool(doubt)
+
+    def load_user(self, user_id: str) -> tuple[MirrorUser | None, bool, bool]:
+        raw, absent, doubt = self.load("user", user_id)
+        return _user(raw), absent, doubt
+
+    def load_group(self, group_id: str) -> tuple[MirrorGroup | None, bool, bool]:
+        raw, absent, doubt = self.load("group", group_id)
+        return _group(raw), absent, doubt
+
+    def clear_doubt(self, kind: Kind, object_id: str) -> None:
+        """Forget an earlier lookup too: after an interrupted create, look up again."""
+        pipe = self.redis.pipeline()
+        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
+        pipe.srem(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.execute()
+
     def remember_absent(self, kind: Kind, object_id: str) -> None:
         self.redis.sadd(keys.mirror_absent(self.app_id, kind), object_id)
 
     # users
     def user(self, user_id: str) -> MirrorUser | None:
-        raw = self.redis.hget(self.users_key, user_id)
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return MirrorUser(data["id"], data["attributes"])
+        return _user(self.redis.hget(self.users_key, user_id))
 
     def save_user(self, user_id: str, entry: MirrorUser) -> None:
         document = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
         pipe = self.redis.pipeline()
         pipe.hset(self.users_key, user_id, json.dumps(document))
         pipe.srem(keys.mirror_absent(self.app_id, "user"), user_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
         pipe.execute()
 
     def forget_user(self, user_id: str) -> None:
-        self.redis.hdel(self.users_key, user_id)
+        pipe = self.redis.pipeline()
+        pipe.hdel(self.users_key, user_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
+        pipe.execute()
 
     def remote_user_ids(self, user_ids: Iterable[str]) -> dict[str, str | None]:
         """Remote id of each user (None where we hold none), in one round trip."""
@@ -66,11 +96,7 @@ class Mirror:
 
     # groups
     def group(self, group_id: str) -> MirrorGroup | None:
-        raw = self.redis.hget(self.groups_key, group_id)
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return MirrorGroup(data["id"], data["name"], data["members"])
+        return _group(self.redis.hget(self.groups_key, group_id))
 
     def save_group(self, group_id: str, entry: MirrorGroup) -> None:
         document = {
@@ -81,6 +107,7 @@ class Mirror:
         pipe = self.redis.pipeline()
         pipe.hset(self.groups_key, group_id, json.dumps(document))
         pipe.srem(keys.mirror_absent(self.app_id, "group"), group_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
         pipe.execute()
 
     def groups_missing_member(self, group_ids: Iterable[str], user_id: str) -> list[str]:
@@ -95,11 +122,18 @@ class Mirror:
         ]
 
     def forget_group(self, group_id: str) -> None:
-        self.redis.hdel(self.groups_key, group_id)
+        pipe = self.redis.pipeline()
+        pipe.hdel(self.groups_key, group_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
+        pipe.execute()
 
     def forget_groups(self) -> None:
         """Forget every group: the next sync looks them up and takes them over again."""
-        self.redis.delete(self.groups_key, keys.mirror_absent(self.app_id, "group"))
+        self.redis.delete(
+            self.groups_key,
+            keys.mirror_absent(self.app_id, "group"),
+            keys.mirror_doubt(self.app_id, "group"),
+        )
 
     def known_keys(self) -> list[str]:
         """Reconcile keys of every object the app holds for us."""
@@ -120,5 +154,23 @@ class Mirror:
         self.redis.delete(self.users_key, self.groups_key, *_absent_keys(self.app_id))
 
 
-def _absent_keys(app_id: str) -> tuple[str, str]:
-    return keys.mirror_absent(app_id, "user"), keys.mirror_absent(app_id, "group")
+def _absent_keys(app_id: str) -> tuple[str, ...]:
+    return tuple(
+        f(app_id, kind)
+        for f in (keys.mirror_absent, keys.mirror_doubt)
+        for kind in ("user", "group")
+    )
+
+
+def _user(raw: bytes | None) -> MirrorUser | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return MirrorUser(data["id"], data["attributes"])
+
+
+def _group(raw: bytes | None) -> MirrorGroup | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return MirrorGroup(data["id"], data["name"], data["members"])

@@ -98,10 +98,11 @@ class Reconciler:
     # -- users ----------------------------------------------------------------------------
     def _user(self, user_id: str, outcome: Outcome) -> None:
         facts = projection.user_facts(self.redis, self.app.id, user_id)
-        entry = self.mirror.user(user_id)
+        entry, looked_up, in_doubt = self.mirror.load_user(user_id)
+        if in_doubt:
+            entry, looked_up = self._reread_user(user_id, entry, outcome), False
         intent = rules.user_intent(facts, entry, self.settings)
         outcome.trace.append(f"user {user_id}: {type(intent).__name__} ({_why(intent)})")
-        looked_up = self.mirror.looked_up("user", user_id)
         try:
             for _ in range(MAX_ROUNDS):
                 calls = plan_user(intent, entry, self.profile, looked_up=looked_up)
@@ -130,7 +131,11 @@ class Reconciler:
         match call:
             case LookupUser(user_name=user_name):
                 found = self._send(
-                    outcome, "user_lookup_provision", obj, lambda: self.scim.find_user(user_name)
+                    outcome,
+                    "user_lookup_provision",
+                    obj,
+                    lambda: self.scim.find_user(user_name),
+                    write=False,
                 )
                 if found is None:
                     outcome.trace.append(f"  lookup userName eq {user_name!r}: none")
@@ -155,6 +160,7 @@ class Reconciler:
                         "user_lookup_provision",
                         obj,
                         lambda: self.scim.find_user(attributes["userName"]),
+                        write=False,
                     )
                     if found is None:
                         raise
@@ -238,11 +244,12 @@ class Reconciler:
             outcome.trace.append(f"group {group_id}: group management disabled, no group call")
             return
         facts = projection.group_facts(self.redis, self.app.id, group_id)
-        entry = self.mirror.group(group_id)
+        entry, looked_up, in_doubt = self.mirror.load_group(group_id)
+        if in_doubt:
+            entry, looked_up = self._reread_group(group_id, entry, outcome), False
         remote_ids = self.mirror.remote_user_ids(facts.members)
         intent = rules.group_intent(facts, entry, remote_ids, self.settings)
         outcome.trace.append(f"group {group_id}: {type(intent).__name__} ({_why(intent)})")
-        looked_up = self.mirror.looked_up("group", group_id)
         for _ in range(MAX_ROUNDS):
             calls = plan_group(intent, entry, self.profile, looked_up=looked_up)
             if not calls:
@@ -266,6 +273,7 @@ class Reconciler:
                     obj,
                     lambda: self.scim.find_group(name),
                     detail="lookup",
+                    write=False,
                 )
                 if found is None:
                     outcome.trace.append(f"  lookup displayName eq {name!r}: none")
@@ -290,6 +298,7 @@ class Reconciler:
                         obj,
                         lambda: self.scim.find_group(name),
                         detail="lookup after 409",
+                        write=False,
                     )
                     if found is None:
                         raise
@@ -361,6 +370,41 @@ class Reconciler:
                 return None, False
         raise TypeError(f"not a group call: {call!r}")
 
+    def _reread_user(
+        self, user_id: str, entry: MirrorUser | None, outcome: Outcome
+    ) -> MirrorUser | None:
+        """A write of ours was interrupted: read what the app really holds before planning."""
+        outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
+        if entry is None:  # an interrupted create: look up again (adopt if it happened)
+            self.mirror.clear_doubt("user", user_id)
+            return None
+        try:
+            remote = self._send(outcome, "user_lookup_provision", f"user:{user_id}",
+                                lambda: self.scim.get_user(entry.remote_id), write=False,
+                                detail="re-read after an interrupted write")  # fmt: skip
+        except NotFound:
+            self.mirror.forget_user(user_id)
+            return None
+        entry = MirrorUser(remote.id, remote.attributes)
+        self.mirror.save_user(user_id, entry)
+        return entry
+
+    def _reread_group(
+        self, group_id: str, entry: MirrorGroup | None, outcome: Outcome
+    ) -> MirrorGroup | None:
+        outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
+        if entry is None:
+            self.mirror.clear_doubt("group", group_id)
+            return None
+        try:
+            remote = self._send(outcome, "group_update_provision", f"group:{group_id}",
+                                lambda: self.scim.get_group(entry.remote_id), write=False,
+                                detail="re-read after an interrupted write")  # fmt: skip
+        except NotFound:
+            self.mirror.forget_group(group_id)
+            return None
+        return self._take_over(group_id, remote)
+
     def _take_over(self, group_id: str, found) -> MirrorGroup:  # noqa: ANN001
         """Manage an existing group of the same name: its members become ours to sync."""
         by_remote = self.mirror.directory_ids_by_remote_id()
@@ -401,11 +445,15 @@ class Reconciler:
         *,
         status: int = 200,
         detail: str = "",
+        write: bool = True,
     ) -> object:
         if not self.still_ours():
             raise LeaseLost(obj)
         self.guard(name, obj)  # may raise Held: too many deactivations or deletions at once
         self.throttle()  # may raise Throttled: the key comes back when the app has room
+        if write:
+            kind, _, object_id = obj.partition(":")
+            self.mirror.begin_write(kind, object_id)  # type: ignore[arg-type]
         outcome.calls += 1
         try:
             result = send()

@@ -38,8 +38,9 @@ class WorkerPool:
         concurrency: int = 2,
         log_file: Path | None = None,
         loglevel: str = "WARNING",
+        env: dict[str, str] | None = None,
     ):
-        self.env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url}
+        self.env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url, **(env or {})}
         self.log_file = log_file
         self.loglevel = loglevel
         self.processes = processes
