@@ -81,14 +81,15 @@ class PoolShape:
         return f"{self.processes}x{self.concurrency}"
 
 
-def start_pool(url: str, shape: PoolShape):  # noqa: ANN201
+def start_pool(url: str, shape: PoolShape, env: dict[str, str] | None = None):  # noqa: ANN201
     """``provisioner worker`` processes as an operator runs them (production lease and stale
-    delays: the harness's short test values are removed)."""
+    delays: the harness's short test values are removed), with ``env`` added."""
     from tests.support.harness import WorkerPool
 
     pool = WorkerPool(url, processes=shape.processes, concurrency=shape.concurrency)
     pool.env.pop("PROVISIONER_LEASE_SECONDS", None)
     pool.env.pop("PROVISIONER_STALE_SECONDS", None)
+    pool.env.update(env or {})
     return pool.start()
 
 
@@ -105,9 +106,9 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 
 
 def workers_ready(client: redis.Redis, count: int) -> bool:
-    from worker import keys
+    from worker.status import snapshot
 
-    return len(list(client.scan_iter(keys.worker_heartbeat("*")))) >= count
+    return len(snapshot(client)["workers"]) >= count
 
 
 def idle(client: redis.Redis) -> bool:
@@ -149,6 +150,19 @@ def percentile(values: list[float], q: float) -> float:
 
 def python() -> str:
     return sys.executable
+
+
+def aof(client: redis.Redis) -> tuple[float, int]:
+    """(AOF size in MiB, forks so far: AOF rewrites) of a server."""
+    persistence, stats = client.info("persistence"), client.info("stats")
+    return int(persistence.get("aof_current_size", 0)) / 2**20, int(stats.get("total_forks", 0))
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
 
 
 def redis_cpu(client: redis.Redis) -> float:

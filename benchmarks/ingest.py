@@ -65,6 +65,9 @@ class PipelineResult:
     workers_cpu: float
     redis_cpu: float
     counters: dict[str, int]
+    replay_rss_mb: float = 0.0  # peak RSS of the replay process
+    aof_mb: float = 0.0  # AOF size at the end
+    forks: int = 0  # AOF rewrites during the run
 
     @property
     def rate(self) -> float:
@@ -88,6 +91,7 @@ def pipeline(path: Path, n: int, workdir: Path, shape: PoolShape) -> PipelineRes
                 if t_replay is None and proc.poll() is not None:
                     t_replay = time.monotonic()
                     replay_cpu = _children_cpu() - children0
+                    replay_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
                     _check_replay(proc, log)
                 if t_replay is not None and common.idle(client):
                     t1 = time.monotonic()
@@ -98,10 +102,11 @@ def pipeline(path: Path, n: int, workdir: Path, shape: PoolShape) -> PipelineRes
             workers_cpu = common.tree_cpu([w.pid for w in pool.workers]) - cpu0
             redis_cpu = common.redis_cpu(client) - rcpu0
             counts = _check_applied(client, n)
+            aof_mb, forks = common.aof(client)
         finally:
             pool.stop()
     return PipelineResult(n, str(shape), t1 - t0, t_replay - t0, replay_cpu, workers_cpu,
-                          redis_cpu, counts)  # fmt: skip
+                          redis_cpu, counts, replay_rss, aof_mb, forks)  # fmt: skip
 
 
 @dataclass
@@ -203,18 +208,29 @@ class ProfileResult:
     groups: dict[str, float]  # phase -> cumulative seconds
 
 
-def profile_replay(path: Path, n: int, workdir: Path) -> ProfileResult:
-    """``python -m cProfile -m worker.cli replay FILE``: where the replay's time goes."""
+def profile_replay(
+    path: Path, n: int, workdir: Path, shape: PoolShape | None = None
+) -> ProfileResult:
+    """``python -m cProfile -m worker.cli replay FILE``: where the replay's time goes, with no
+    worker running, or with a pool of ``shape`` ingesting meanwhile."""
     import pstats
 
     prof = workdir / "replay.prof"
-    with common.redis_server(workdir, "profile") as (server, _client):
-        log = workdir / "replay-profile.log"
-        t0 = time.monotonic()
-        proc = _start_replay(server.url, path, log, profile=prof)
-        proc.wait()
-        seconds = time.monotonic() - t0
-        _check_replay(proc, log)
+    with common.redis_server(workdir, "profile") as (server, client):
+        pool = common.start_pool(server.url, shape) if shape else None
+        try:
+            if pool is not None:
+                common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
+                                what="workers")  # fmt: skip
+            log = workdir / "replay-profile.log"
+            t0 = time.monotonic()
+            proc = _start_replay(server.url, path, log, profile=prof)
+            proc.wait()
+            seconds = time.monotonic() - t0
+            _check_replay(proc, log)
+        finally:
+            if pool is not None:
+                pool.stop()
     stats = pstats.Stats(str(prof))
     rows = []
     cumulative: dict[str, float] = {}

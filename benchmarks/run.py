@@ -32,14 +32,33 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", choices=["ingest", "churn"], help="run one benchmark")
     p.add_argument("--pool", default="2x1", type=PoolShape.parse,
                    help="worker pool PROCESSESxCONCURRENCY for the ingest benchmark (2x1)")  # fmt: skip
-    p.add_argument("--variants", default="1x1,1x2,2x2",
-                   help="other pool shapes whose ingest drain is measured too ('' for none)")
-    p.add_argument("--variant-events", type=int, default=QUICK_EVENTS,
-                   help="events for the pool-shape variants (default 100,000)")
-    p.add_argument("--churn-pool", default="2x2", type=PoolShape.parse,
-                   help="worker pool for the churn benchmark (2x2, as the tests run)")
-    p.add_argument("--profile", action="store_true",
-                   help="cProfile `provisioner replay` on the variant-size file")
+    p.add_argument(
+        "--variants",
+        default="1x1,1x2,2x2",
+        help="other pool shapes whose ingest drain is measured too ('' for none)",
+    )
+    p.add_argument(
+        "--variant-events",
+        type=int,
+        default=QUICK_EVENTS,
+        help="events for the pool-shape variants (default 100,000)",
+    )
+    p.add_argument(
+        "--churn-pool",
+        default="2x2",
+        type=PoolShape.parse,
+        help="worker pool for the churn benchmark (2x2, as the tests run)",
+    )
+    p.add_argument(
+        "--churn-rate",
+        type=float,
+        help="the app's requests/s during the churn (default: the zscaler profile's)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile `provisioner replay` on the variant-size file",
+    )
     p.add_argument("--workdir", help="where files and Redis data go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -90,14 +109,20 @@ def run_ingest(args: argparse.Namespace, n: int, workdir: Path) -> dict[str, Any
         pn = min(n, args.variant_events)
         log(f"ingest: cProfile of `provisioner replay` on {pn:,} events ...")
         out["profile"] = ingest.profile_replay(events_file(workdir, pn), pn, workdir)
+        log(f"ingest: cProfile of `provisioner replay` on {pn:,} events, pool {args.pool} "
+            "ingesting ...")  # fmt: skip
+        out["profile_pool"] = ingest.profile_replay(events_file(workdir, pn), pn, workdir,
+                                                    args.pool)  # fmt: skip
     return out
 
 
 def run_churn(args: argparse.Namespace, workdir: Path) -> churn.ChurnResult:
     log(f"churn: provisioning 200 users in 10 groups, then the churn, pool {args.churn_pool} ...")
-    r = churn.run(workdir, args.churn_pool)
-    log(f"  {r.sent_total} write calls sent, {r.minimal.total} minimal: {r.ratio:.3f}; "
-        f"final state {'matches' if not r.final_problems else 'DIFFERS from'} the model")
+    r = churn.run(workdir, args.churn_pool, rate=args.churn_rate)
+    log(
+        f"  {r.sent_total} write calls sent, {r.minimal.total} minimal: {r.ratio:.3f}; "
+        f"final state {'matches' if not r.final_problems else 'DIFFERS from'} the model"
+    )
     return r
 
 
@@ -108,7 +133,9 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         f"**Command:** `{command}`  ",
         f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
         f"Python {info['python']}; {info['redis']}  ",
-        f"**Date:** {started:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} min.",
+        f"**Date:** {started:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} min. Load "
+        f"average (1, 5, 15 min) {info['load_start']} at the start, {info['load_end']} at the end "
+        "(the machine is shared: other processes add noise).",
         "",
         "### Summary",
         "",
@@ -141,7 +168,8 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
     if ch:
         lines += ["", *churn_details(ch)]
     if ing and ing.get("profile"):
-        lines += ["", *profile_details(ing["profile"], min(ing["events"], QUICK_EVENTS))]
+        lines += ["", *profile_details(ing["profile"], ing.get("profile_pool"), ing["pool"],
+                                       min(ing["events"], QUICK_EVENTS))]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -152,17 +180,46 @@ def ingest_details(ing: dict[str, Any]) -> list[str]:
         f"### Ingest ({n:,} events: {c.get('applied', 0):,} applied, {c.get('stale', 0):,} stale, "
         f"{c.get('ignored', 0):,} ignored after a deletion)",
         "",
-        table(["phase", "wall s", "events/s", "CPU s: replay", "CPU s: workers", "CPU s: Redis"], [
-            [f"whole pipeline, pool {p.shape} (replay exits at {p.replay_seconds:.1f} s)",
-             f"{p.seconds:.1f}", f"{p.rate:,.0f}", f"{p.replay_cpu:.1f}", f"{p.workers_cpu:.1f}",
-             f"{p.redis_cpu:.1f}"],
-            ["replay only", f"{s.replay_seconds:.1f}", f"{s.replay_rate:,.0f}",
-             f"{s.replay_cpu:.1f}", "-", f"{s.replay_redis_cpu:.1f}"],
-            [f"ingest only, pool {s.shape} (from the workers' start)", f"{s.drain_seconds:.1f}",
-             f"{s.drain_rate_with_startup:,.0f}", "-", f"{s.drain_workers_cpu:.1f}",
-             f"{s.drain_redis_cpu:.1f}"],
-        ]),  # fmt: skip
+        table(
+            ["phase", "wall s", "events/s", "CPU s: replay", "CPU s: workers", "CPU s: Redis"],
+            [
+                [
+                    f"whole pipeline, pool {p.shape} (replay exits at {p.replay_seconds:.1f} s, "
+                    f"peak RSS {p.replay_rss_mb:,.0f} MiB)",
+                    f"{p.seconds:.1f}",
+                    f"{p.rate:,.0f}",
+                    f"{p.replay_cpu:.1f}",
+                    f"{p.workers_cpu:.1f}",
+                    f"{p.redis_cpu:.1f}",
+                ],
+                [
+                    "replay only",
+                    f"{s.replay_seconds:.1f}",
+                    f"{s.replay_rate:,.0f}",
+                    f"{s.replay_cpu:.1f}",
+                    "-",
+                    f"{s.replay_redis_cpu:.1f}",
+                ],
+                [
+                    f"ingest only, pool {s.shape} (from the workers' start)",
+                    f"{s.drain_seconds:.1f}",
+                    f"{s.drain_rate_with_startup:,.0f}",
+                    "-",
+                    f"{s.drain_workers_cpu:.1f}",
+                    f"{s.drain_redis_cpu:.1f}",
+                ],
+            ],
+        ),  # fmt: skip
         "",
+        f"CPU per 1,000,000 events in the whole pipeline: replay "
+        f"{p.replay_cpu * 1e6 / n:.0f} s, Redis {p.redis_cpu * 1e6 / n:.0f} s, workers "
+        f"{p.workers_cpu * 1e6 / n:.0f} s. Even with nothing else running and perfect overlap, "
+        f"2 cores need at least {_cpu_bound(p) * 1e6 / n:.0f} s for 1,000,000 events "
+        f"(≤ {n / _cpu_bound(p):,.0f} events/s); the replay process, single-threaded and on the "
+        "critical path (it validates the whole file before publishing), needs "
+        f"{p.replay_cpu * 1e6 / n:.0f} s of one core by itself. "
+        f"The AOF was {p.aof_mb:,.0f} MiB at the end of the whole-pipeline phase "
+        f"({p.forks} AOF rewrites, each a fork that competes for the 2 cores). "
         f"Redis time in Lua per 1,000-event batch (`INFO commandstats`, EVALSHA): "
         f"`store_batch` {s.publish_lua_ms_per_batch:.1f} ms, `ingest` "
         f"{s.ingest_lua_ms_per_batch:.1f} ms (SLOWLOG: median {s.ingest_lua_p50_ms:.1f} ms, max "
@@ -178,13 +235,34 @@ def ingest_details(ing: dict[str, Any]) -> list[str]:
             f"Worker pool shapes, ingest drain of {variants[0].events:,} events "
             "(processes × concurrency):",
             "",
-            table(["pool", "events/s after start-up", "events/s incl. start-up",
-                   "Lua ms / batch", "CPU s: workers", "CPU s: Redis"],
-                  [[v.shape, f"{v.drain_rate:,.0f}", f"{v.drain_rate_with_startup:,.0f}",
-                    f"{v.ingest_lua_ms_per_batch:.1f}", f"{v.drain_workers_cpu:.1f}",
-                    f"{v.drain_redis_cpu:.1f}"] for v in variants]),  # fmt: skip
+            table(
+                [
+                    "pool",
+                    "events/s after start-up",
+                    "events/s incl. start-up",
+                    "Lua ms / batch",
+                    "CPU s: workers",
+                    "CPU s: Redis",
+                ],
+                [
+                    [
+                        v.shape,
+                        f"{v.drain_rate:,.0f}",
+                        f"{v.drain_rate_with_startup:,.0f}",
+                        f"{v.ingest_lua_ms_per_batch:.1f}",
+                        f"{v.drain_workers_cpu:.1f}",
+                        f"{v.drain_redis_cpu:.1f}",
+                    ]
+                    for v in variants
+                ],
+            ),  # fmt: skip
         ]
     return out
+
+
+def _cpu_bound(p: ingest.PipelineResult) -> float:
+    """The least wall time 2 cores need for the pipeline's measured CPU."""
+    return max(p.replay_cpu, p.redis_cpu, (p.replay_cpu + p.redis_cpu + p.workers_cpu) / 2, 1e-9)
 
 
 def churn_details(ch: churn.ChurnResult) -> list[str]:
@@ -198,9 +276,10 @@ def churn_details(ch: churn.ChurnResult) -> list[str]:
         f"### Churn (pool {ch.shape})",
         "",
         f"{ch.users} users in {ch.groups} groups: {ch.initial_events} events provisioned in "
-        f"{ch.initial_seconds:.1f} s; then {ch.churn_events} churn events ({ops}) published at "
-        f"once, applied and reconciled in {ch.seconds:.1f} s, with {ch.reads} reads (GET) besides "
-        f"the writes.",
+        f"{ch.initial_seconds:.1f} s (rate limit lifted for the set-up); then {ch.churn_events} "
+        f"churn events ({ops}) published at once, applied and reconciled in {ch.seconds:.1f} s "
+        f"at a rate limit of {ch.rate}, with {ch.reads} reads (GET) besides the writes. The "
+        "deletion guard's threshold is lifted for the workers (`PROVISIONER_GUARD_MINIMUM`).",
         "",
         table(["write call", "sent", "minimal"],
               [[f"{m} {r} ({label.get((r, m), '')})", ch.sent.get((r, m), 0),
@@ -215,8 +294,12 @@ def churn_details(ch: churn.ChurnResult) -> list[str]:
            f"**{len(ch.final_problems)} differences**: {'; '.join(ch.final_problems[:8])}"),
     ]  # fmt: skip
     if ch.excess:
-        out += ["", "Objects that received more write calls than the minimal plan, and the "
-                "calls each received (seconds after the churn was published):", ""]
+        out += [
+            "",
+            "Objects that received more write calls than the minimal plan, and the "
+            "calls each received (seconds after the churn was published):",
+            "",
+        ]
         rows = []
         for obj, sent, minimal in ch.excess:
             calls = [f"{t:.2f} s {m} {d or ''}".strip() for t, m, o, d in ch.timeline
@@ -243,18 +326,29 @@ def _short(call: str) -> str:
     return f"{head} PATCH " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def profile_details(prof: ingest.ProfileResult, n: int) -> list[str]:
+def profile_details(prof: ingest.ProfileResult, pooled: ingest.ProfileResult | None, shape: str,
+                    n: int) -> list[str]:  # fmt: skip
+    headers = ["part", "seconds, no worker"]
+    rows = [[k, f"{v:.2f}"] for k, v in prof.groups.items()]
+    if pooled is not None:
+        headers.append(f"seconds, pool {shape} ingesting")
+        for row in rows:
+            row.append(f"{pooled.groups.get(row[0], 0.0):.2f}")
     return [
-        f"### Profile: `python -m cProfile -m worker.cli replay FILE` ({n:,} events, no worker)",
+        f"### Profile: `python -m cProfile -m worker.cli replay FILE` ({n:,} events)",
         "",
-        f"{prof.seconds:.1f} s under the profiler. Cumulative time by part:",
+        f"{prof.seconds:.1f} s under the profiler with no worker running"
+        + (f", {pooled.seconds:.1f} s with the pool ingesting meanwhile" if pooled else "")
+        + ". Cumulative time by part (the profiler inflates Python-heavy parts):",
         "",
-        table(["part", "seconds"], [[k, f"{v:.2f}"] for k, v in prof.groups.items()]),
+        table(headers, rows),
         "",
-        "Top functions by own time:",
+        "Top functions by own time (no worker):",
         "",
-        table(["function", "calls", "own s", "cumulative s"],
-              [[f"`{f}`", f"{c:,}", f"{t:.2f}", f"{cu:.2f}"] for f, c, t, cu in prof.top]),  # fmt: skip
+        table(
+            ["function", "calls", "own s", "cumulative s"],
+            [[f"`{f}`", f"{c:,}", f"{t:.2f}", f"{cu:.2f}"] for f, c, t, cu in prof.top],
+        ),  # fmt: skip
     ]
 
 
@@ -262,15 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     n = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
-    key = "full" if n == FULL_EVENTS and not args.only else (
-        "quick" if n == QUICK_EVENTS and not args.only else f"events={n}-{args.only or 'all'}")
+    key = (
+        "full"
+        if n == FULL_EVENTS and not args.only
+        else (
+            "quick" if n == QUICK_EVENTS and not args.only else f"events={n}-{args.only or 'all'}"
+        )
+    )
     command = " ".join(["python -m benchmarks.run", *argv]).strip()
     info = common.machine()
     started = datetime.now(UTC)
     print(f"command: {command}  (interpreter {sys.executable})")
     print(f"machine: nproc {info['nproc']}; {info['cpu']}; {info['memory']}; {info['os']}; "
           f"Python {info['python']}; {info['redis']}")  # fmt: skip
-    print(f"date:    {started:%Y-%m-%d %H:%M:%S} UTC", flush=True)
+    print(f"date:    {started:%Y-%m-%d %H:%M:%S} UTC; load average {common.loadavg()}", flush=True)
+    info["load_start"] = common.loadavg()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -284,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - t0
+    info["load_end"] = common.loadavg()
     body = render(command, info, started, elapsed, ing, ch)
     print()
     print(body)

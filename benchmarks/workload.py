@@ -49,7 +49,9 @@ def user_record(uid: str, rng: random.Random, state: str = "active") -> dict[str
     }
 
 
-def ingest_events(n: int, *, seed: int = 1, app_id: str = "bench-inactive") -> Iterator[dict[str, Any]]:
+def ingest_events(
+    n: int, *, seed: int = 1, app_id: str = "bench-inactive"
+) -> Iterator[dict[str, Any]]:
     """``n`` events of a directory's life, for an app that is NOT active (no SCIM involved).
 
     The directory is created first (users ~5% of the events, groups 0.05%, app associations),
@@ -107,7 +109,9 @@ def ingest_events(n: int, *, seed: int = 1, app_id: str = "bench-inactive") -> I
         elif kind == "user.updated":
             record = dict(records[uid])
             record["department"] = rng.choice(DEPARTMENTS)
-            record["displayname"] = f"{record['firstname']} {record['lastname']} ({rng.randint(1, 99)})"
+            record["displayname"] = (
+                f"{record['firstname']} {record['lastname']} ({rng.randint(1, 99)})"
+            )
             records[uid] = record
             yield event(kind, user=record)
         elif kind == "user.created":

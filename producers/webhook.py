@@ -48,6 +48,7 @@ from producers import signing
 from producers.publish import PublishResult, publish
 from worker import config, keys
 from worker.events import Event, EventError, parse_events
+from worker.observability import init_sentry
 from worker.sweeper import alive_workers
 
 log = logging.getLogger("provisioner.webhook")
@@ -405,6 +406,7 @@ def create_app(
 
 def app_from_env() -> Starlette:
     """The factory uvicorn's workers call: everything from the environment."""
+    init_sentry("webhook")  # when SENTRY_DSN is set
     return create_app(insecure=env_flag(INSECURE_ENV))
 
 

@@ -10,11 +10,13 @@ import pytest
 import redis
 
 from worker import config
+from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
 from worker.redis_server import RedisServer
 
 
 def reset_state(client: redis.Redis) -> None:
-    """Delete the product's keys. The broker's own keys (kombu bindings) are kept."""
+    """Delete the product's keys and its queued messages; the broker's bindings are kept."""
+    client.delete(INGEST_QUEUE, RECONCILE_QUEUE)
     batch: list[bytes] = []
     for key in client.scan_iter(match="prov:*", count=1000):
         batch.append(key)
@@ -54,8 +56,10 @@ from tests.support.harness import Harness, WorkerPool  # noqa: E402
 from tests.support.scimserver import ScimServer, scim_server_fixture  # noqa: E402,F401
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker_pool(redis_server: RedisServer) -> Iterator[WorkerPool]:
+    """Workers for the tests of one module; modules that look at Redis with no worker
+    running (workqueue, webhook) are not disturbed by a pool left over from another."""
     pool = WorkerPool(redis_server.url, processes=2, concurrency=2).start()
     yield pool
     pool.stop()

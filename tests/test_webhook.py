@@ -86,7 +86,7 @@ def broker_length(r: redis.Redis) -> int:
 def assert_nothing_stored(r: redis.Redis, broker_before: int) -> None:
     assert r.xlen(keys.JOURNAL) == 0
     assert r.zcard(keys.PENDING_BATCHES) == 0
-    assert r.scard(keys.SEEN_EVENTS) == 0
+    assert r.zcard(keys.RECENT_EVENTS) == 0
     assert list(r.scan_iter(match=keys.batch("*"))) == []
     assert broker_length(r) == broker_before
 

@@ -49,7 +49,7 @@ def configure(celery: Celery) -> None:
             "prov.ingest": {"queue": INGEST_QUEUE, "routing_key": INGEST_QUEUE},
             "prov.reconcile": {"queue": RECONCILE_QUEUE, "routing_key": RECONCILE_QUEUE},
         },
-        imports=["worker.tasks"],
+        imports=["worker.tasks", "worker.importer"],
         worker_send_task_events=False,
         task_send_sent_event=False,
     )

@@ -28,75 +28,6 @@ def _redis():  # noqa: ANN202
 
 
 # -- apps ------------------------------------------------------------------------------------
-def cmd_apps_activate(args: argparse.Namespace) -> int:
-    from worker.runner import full_sync
-    from worker.scim import ScimClient, ScimError, make_http_client, profile_by_name
-
-    client = _redis()
-    app_id = apps.check_app_id(args.app_id)
-    base_url = apps.check_base_url(args.base_url)
-    token_file = apps.token_file_path(args.token_file)
-    token = apps.read_token(token_file)
-    profile = profile_by_name(args.profile)
-    name = "idm_integration_activate"
-    try:
-        with make_http_client(base_url, token) as http:
-            scim = ScimClient(http, profile)
-            scim.service_provider_config()
-            scim.verify()
-    except ScimError as error:
-        audit.record(
-            client,
-            audit.AuditEntry(name, app_id, f"app:{app_id}", "failure", error.status, str(error)),
-        )
-        print(f"not activated: {base_url} refused the check: {error}", file=sys.stderr)
-        return EXIT_FAIL
-    existing = apps.load(client, app_id)
-    app = AppConfig(
-        id=app_id,
-        base_url=base_url,
-        token_file=token_file,
-        profile=args.profile,
-        group_management=args.group_management,
-        user_delete_policy=args.user_delete_policy or profile.user_delete,
-        excluded_attributes=existing.excluded_attributes if existing else (),
-        active=True,
-        rate=args.rate,
-        burst=args.burst,
-    )
-    apps.save(client, app)
-    count = full_sync(client, app_id)
-    audit.record(
-        client,
-        audit.AuditEntry(
-            name, app_id, f"app:{app_id}", "success", 200, f"verified; full sync of {count} objects"
-        ),
-    )
-    print(f"activated {app_id} ({args.profile}) against {base_url}; full sync of {count} objects")
-    return EXIT_OK
-
-
-def cmd_apps_deactivate(args: argparse.Namespace) -> int:
-    from worker.workqueue import Workqueue
-
-    client = _redis()
-    app = apps.update(client, args.app_id, active=False)
-    dropped = Workqueue(client).drop_app(app.id)
-    audit.record(
-        client,
-        audit.AuditEntry(
-            "idm_integration_delete",
-            app.id,
-            f"app:{app.id}",
-            "success",
-            None,
-            f"deactivated; {dropped} queued reconciles dropped",
-        ),
-    )
-    print(f"deactivated {app.id}: syncing stopped, nothing removed from the application")
-    return EXIT_OK
-
-
 def cmd_apps_list(args: argparse.Namespace) -> int:
     rows = [_app_row(a) for a in apps.list_apps(_redis())]
     if args.json:
@@ -262,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="publish v1 events from a file, or re-publish a range of the journal"
     )
     p.add_argument("file", nargs="?", help="JSON Lines or a JSON array; - for standard input")
-    p.add_argument("--since", metavar="T", help="journal events accepted from T (-2h, RFC 3339)")
+    p.add_argument(
+        "--since", metavar="T", help="journal events accepted from T: RFC 3339, 2h, --since=-2h"
+    )
     p.add_argument("--until", metavar="T", help="... and before T (default: now)")
     p.add_argument("--dry-run", action="store_true", help="validate and count only")
     p.set_defaults(func=cmd_replay)
@@ -279,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app")
     p.add_argument("--name", help="an event name, e.g. user_create_provision")
     p.add_argument("--object", help="a user or group id")
-    p.add_argument("--since", type=float, help="minutes back")
+    p.add_argument(
+        "--since", type=audit.minutes_back, help="minutes back, -2h / 30m / 1d, or RFC 3339"
+    )
     p.add_argument("--failed", action="store_true")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--json", action="store_true")
@@ -287,19 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     apps_parser = sub.add_parser("apps", help="application integrations")
     apps_sub = apps_parser.add_subparsers(dest="apps_command", required=True, metavar="ACTION")
-    p = apps_sub.add_parser("activate", help="verify an application and start syncing it")
-    p.add_argument("app_id")
-    p.add_argument("--base-url", required=True)
-    p.add_argument("--token-file", required=True, help="a file holding the bearer token")
-    p.add_argument("--profile", choices=["zscaler", "generic"], default="zscaler")
-    p.add_argument("--no-group-management", dest="group_management", action="store_false")
-    p.add_argument("--user-delete-policy", choices=["deactivate", "delete"])
-    p.add_argument("--rate", type=float, help="requests/s for the whole pool (default: profile)")
-    p.add_argument("--burst", type=int, help="requests allowed at once (default: profile)")
-    p.set_defaults(func=cmd_apps_activate)
-    p = apps_sub.add_parser("deactivate", help="stop syncing; nothing is removed from the app")
-    p.add_argument("app_id")
-    p.set_defaults(func=cmd_apps_deactivate)
     p = apps_sub.add_parser("list", help="the integrations and their state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apps_list)

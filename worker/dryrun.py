@@ -1,6 +1,7 @@
-"""Planning without writing: a SCIM client that sends reads but only describes writes, and a
-mirror that keeps its changes in memory. Used by an app in dry run (``apps update --dry-run
-on``: the worker plans and audits its calls with outcome ``dry_run``) and by ``explain``.
+"""The worker's reconciler (``reconciler``), and planning without writing: a SCIM client that
+sends reads but only describes writes, and a mirror that keeps its changes in memory. Used by
+an app in dry run (``apps update --dry-run on``: the worker plans and audits its calls with
+outcome ``dry_run``) and by ``explain``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import redis
 from worker import audit
 from worker.apps import AppConfig
 from worker.audit import AuditEntry
-from worker.keys import Kind
+from worker.keys import ReconcileKey
 from worker.mirror import Mirror
-from worker.model import MirrorGroup, MirrorUser
-from worker.reconcile import Reconciler
+from worker.reconcile import Outcome, Reconciler
 from worker.scim import RemoteGroup, RemoteUser, ScimClient, escape_filter_value
 from worker.scim.profiles import Profile
 
@@ -132,74 +132,140 @@ def _attrs(attrs: Mapping[str, Any]) -> str:
     return "{" + ", ".join(f"{k}={v!r}" for k, v in attrs.items()) + "}"
 
 
-class ReadOnlyRedis:
-    """A Redis client that reads and refuses to write (the overlay mirror's base)."""
-
-    READS = frozenset({"hget", "hmget", "hgetall", "hkeys", "hlen", "hexists", "sismember"})
+class OverlayRedis:
+    """A copy-on-write view of Redis for the mirror's commands: reads go through to Redis,
+    writes stay in memory (and are read back). Any other command is refused."""
 
     def __init__(self, client: redis.Redis):
         self._client = client
+        self._fields: dict[str, dict[str, bytes | None]] = {}  # hash key -> field -> value
+        self._members: dict[str, dict[str, bool]] = {}  # set key -> member -> present
+        self._cleared: set[str] = set()  # keys deleted as a whole
 
     def __getattr__(self, name: str) -> Any:
-        if name not in self.READS:
-            raise RuntimeError(f"a dry run does not write to Redis ({name})")
-        return getattr(self._client, name)
+        raise RuntimeError(f"a dry run keeps Redis as it is: {name} is not supported")
+
+    # hashes
+    def hget(self, key: str, field: str) -> bytes | None:
+        return self.hmget(key, [field])[0]
+
+    def hmget(self, key: str, fields: Iterable[str]) -> list[bytes | None]:
+        fields = [_text(f) for f in fields]
+        known = self._fields.get(key, {})
+        missing = [f for f in fields if f not in known]
+        base = {}
+        if missing and key not in self._cleared:
+            base = dict(zip(missing, self._client.hmget(key, missing), strict=True))
+        return [known[f] if f in known else base.get(f) for f in fields]
+
+    def hgetall(self, key: str) -> dict[bytes, bytes]:
+        base = {} if key in self._cleared else self._client.hgetall(key)
+        merged = {_text(f): v for f, v in base.items()}
+        merged.update(self._fields.get(key, {}))
+        return {f.encode(): v for f, v in merged.items() if v is not None}
+
+    def hkeys(self, key: str) -> list[bytes]:
+        return list(self.hgetall(key))
+
+    def hlen(self, key: str) -> int:
+        return len(self.hgetall(key))
+
+    def hexists(self, key: str, field: str) -> bool:
+        return self.hget(key, field) is not None
+
+    def hset(
+        self, key: str, field: str | None = None, value: Any = None, mapping: dict | None = None
+    ) -> int:
+        changes = {**(mapping or {}), **({field: value} if field is not None else {})}
+        known = self._fields.setdefault(key, {})
+        for f, v in changes.items():
+            known[_text(f)] = v if isinstance(v, bytes) else str(v).encode()
+        return len(changes)
+
+    def hdel(self, key: str, *fields: str) -> int:
+        known = self._fields.setdefault(key, {})
+        for f in fields:
+            known[_text(f)] = None
+        return len(fields)
+
+    # sets
+    def sismember(self, key: str, member: str) -> bool:
+        known = self._members.get(key, {})
+        if _text(member) in known:
+            return known[_text(member)]
+        return False if key in self._cleared else bool(self._client.sismember(key, member))
+
+    def smembers(self, key: str) -> set[bytes]:
+        base = set() if key in self._cleared else {_text(m) for m in self._client.smembers(key)}
+        known = self._members.get(key, {})
+        base |= {m for m, present in known.items() if present}
+        return {m.encode() for m in base if known.get(m, True)}
+
+    def sadd(self, key: str, *members: str) -> int:
+        self._members.setdefault(key, {}).update({_text(m): True for m in members})
+        return len(members)
+
+    def srem(self, key: str, *members: str) -> int:
+        self._members.setdefault(key, {}).update({_text(m): False for m in members})
+        return len(members)
+
+    def delete(self, *names: str) -> int:
+        for key in names:
+            self._cleared.add(key)
+            self._fields.pop(key, None)
+            self._members.pop(key, None)
+        return len(names)
+
+    def pipeline(self, transaction: bool = True) -> _OverlayPipeline:
+        return _OverlayPipeline(self)
+
+
+class _OverlayPipeline:
+    """Queues commands and runs them on the overlay, in order, at ``execute``."""
+
+    def __init__(self, overlay: OverlayRedis):
+        self._overlay = overlay
+        self._queued: list[Callable[[], Any]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., _OverlayPipeline]:
+        command = getattr(self._overlay, name)
+
+        def queue(*args: Any, **kwargs: Any) -> _OverlayPipeline:
+            self._queued.append(lambda: command(*args, **kwargs))
+            return self
+
+        return queue
+
+    def execute(self) -> list[Any]:
+        queued, self._queued = self._queued, []
+        return [command() for command in queued]
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class OverlayMirror(Mirror):
     """The app's mirror as stored, with the changes of this run kept in memory only."""
 
     def __init__(self, client: redis.Redis, app_id: str):
-        super().__init__(ReadOnlyRedis(client), app_id)  # type: ignore[arg-type]
-        self._users: dict[str, MirrorUser | None] = {}
-        self._groups: dict[str, MirrorGroup | None] = {}
-        self._absent: set[tuple[str, str]] = set()
+        super().__init__(OverlayRedis(client), app_id)  # type: ignore[arg-type]
 
-    def looked_up(self, kind: Kind, object_id: str) -> bool:
-        return (kind, object_id) in self._absent or super().looked_up(kind, object_id)
 
-    def remember_absent(self, kind: Kind, object_id: str) -> None:
-        self._absent.add((kind, object_id))
+class CausalReconciler(Reconciler):
+    """Hands its causes on: to the follow-up keys it marks (a group synced because its member
+    was just created answers the same events), and back to its own key when the run is cut
+    short (throttled, failed: the next attempt answers them)."""
 
-    def user(self, user_id: str) -> MirrorUser | None:
-        return self._users[user_id] if user_id in self._users else super().user(user_id)
-
-    def save_user(self, user_id: str, entry: MirrorUser) -> None:
-        self._users[user_id] = entry
-
-    def forget_user(self, user_id: str) -> None:
-        self._users[user_id] = None
-
-    def remote_user_ids(self, user_ids: Iterable[str]) -> dict[str, str | None]:
-        ids = super().remote_user_ids(user_ids)
-        for user_id in ids:
-            if user_id in self._users:
-                entry = self._users[user_id]
-                ids[user_id] = entry.remote_id if entry else None
-        return ids
-
-    def directory_ids_by_remote_id(self) -> dict[str, str]:
-        by_remote = {
-            r: u for r, u in super().directory_ids_by_remote_id().items() if u not in self._users
-        }
-        by_remote.update({e.remote_id: u for u, e in self._users.items() if e is not None})
-        return by_remote
-
-    def group(self, group_id: str) -> MirrorGroup | None:
-        return self._groups[group_id] if group_id in self._groups else super().group(group_id)
-
-    def save_group(self, group_id: str, entry: MirrorGroup) -> None:
-        self._groups[group_id] = entry
-
-    def forget_group(self, group_id: str) -> None:
-        self._groups[group_id] = None
-
-    def groups_missing_member(self, group_ids: Iterable[str], user_id: str) -> list[str]:
-        return [
-            g
-            for g in sorted(group_ids)
-            if (entry := self.group(g)) is None or user_id not in entry.members
-        ]
+    def reconcile(self, key: ReconcileKey, outcome: Outcome | None = None) -> Outcome:
+        outcome = outcome if outcome is not None else Outcome()
+        try:
+            return super().reconcile(key, outcome)
+        except BaseException:
+            audit.give_causes(self.redis, [str(key)], self.causes)
+            raise
+        finally:
+            audit.give_causes(self.redis, outcome.follow_up, self.causes)
 
 
 def reconciler(
@@ -208,7 +274,7 @@ def reconciler(
     """The worker's reconciler for ``app``: the real one, or a dry run that sends reads only,
     leaves the mirror as it is and audits each planned call with outcome ``dry_run``."""
     if not is_dry_run(app):
-        return Reconciler(client, app, scim, profile, **options)
+        return CausalReconciler(client, app, scim, profile, **options)
     planner = DryRunScim(scim, profile)
     options.pop("guard", None)  # nothing is deactivated or deleted: nothing to hold back
 
@@ -218,7 +284,7 @@ def reconciler(
             entry = dataclasses.replace(entry, outcome="dry_run", detail=detail, remote_id=None)
         audit.record(client, entry)
 
-    return Reconciler(
+    return CausalReconciler(
         client,
         app,
         planner,  # type: ignore[arg-type]

@@ -8,6 +8,8 @@ import redis
 
 from worker import apps, guard, keys, ratelimit
 from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
+from worker.dryrun import is_dry_run
+from worker.importer import recent as recent_imports
 from worker.mirror import Mirror
 from worker.sweeper import alive_workers
 from worker.workqueue import QueueStats
@@ -46,6 +48,7 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
             "groups": groups,
             "held": guard.held(client, app.id),
             "breaker": ratelimit.breaker_state(client, app.id),
+            "dry_run": is_dry_run(app),
         }
     queue = {
         "pending_batches": pending,
@@ -62,6 +65,7 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
         "events": {k.decode(): int(v) for k, v in counters.items()},
         "workers": workers,
         "apps": per_app,
+        "imports": recent_imports(client),
     }
 
 
@@ -81,6 +85,8 @@ def render(state: dict[str, Any]) -> str:
         )
         if app["paused"]:
             lines.append(f"  paused: {app['paused']}")
+        if app.get("dry_run"):
+            lines.append("  dry run: calls are planned and audited, not sent")
         for key, reason in app["parked"].items():
             lines.append(f"  parked {key}: {reason}")
         if app["breaker"] != "closed":
@@ -90,4 +96,9 @@ def render(state: dict[str, Any]) -> str:
                 f"  {len(app['held'])} deactivations/deletions held by the deletion guard: "
                 f"`provisioner approve {app_id}` or `provisioner reject {app_id}`"
             )
+    for job in state.get("imports", []):
+        lines.append(
+            f"import {job['id']} from {job['app']}: {job['state']}, {job['done']}/{job['total']} "
+            f"published, {job['imported']} created in the directory"
+        )
     return "\n".join(lines)

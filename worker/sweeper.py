@@ -18,6 +18,7 @@ import time
 
 import redis
 
+from producers import journal
 from worker import keys, scripts
 from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, send_ingest, send_reconcile
 from worker.workqueue import Workqueue
@@ -41,6 +42,9 @@ def beat(client: redis.Redis, name: str) -> None:
 def alive_workers(client: redis.Redis) -> list[str]:
     members = client.zrangebyscore(keys.WORKERS, scripts.now_ms(), "+inf")
     return sorted(m.decode() for m in members)
+
+
+JOURNAL_TRIM_EVERY = 60.0  # seconds between two retention passes over the journal
 
 
 def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> tuple[int, int]:
@@ -73,6 +77,8 @@ class Sweeper(threading.Thread):
         self.redis = client
         self.worker_name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
         self.stopped = threading.Event()
+        self.last_trim = 0.0
+        journal.configured_max_age()  # a bad PROVISIONER_JOURNAL_MAX_AGE_DAYS stops the start
 
     def run(self) -> None:
         pause = INTERVAL
@@ -86,6 +92,9 @@ class Sweeper(threading.Thread):
                 if self._hold_lock():
                     sweep_once(self.redis)
                     pause = self._until_next_due()
+                    if time.monotonic() - self.last_trim >= JOURNAL_TRIM_EVERY:
+                        self.last_trim = time.monotonic()
+                        journal.trim(self.redis)
             except redis.RedisError as error:  # Redis restarting: try again next tick
                 log.warning("sweeper: %s", error)
             except Exception:

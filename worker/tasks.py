@@ -10,6 +10,7 @@ from celery import signals
 from worker import keys, scripts
 from worker.celery_app import celery, send_reconcile
 from worker.config import redis_client, settings
+from worker.observability import init_sentry
 from worker.runner import CLIENTS, process_key
 
 log = logging.getLogger("provisioner.ingest")
@@ -61,6 +62,12 @@ def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+
+
+@signals.worker_init.connect
+def _init_sentry(**_: object) -> None:
+    """Error reports when SENTRY_DSN is set, before the pool forks (children inherit them)."""
+    init_sentry("worker")
 
 
 @signals.worker_process_init.connect
