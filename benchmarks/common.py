@@ -158,6 +158,24 @@ def aof(client: redis.Redis) -> tuple[float, int]:
     return int(persistence.get("aof_current_size", 0)) / 2**20, int(stats.get("total_forks", 0))
 
 
+def code_version() -> str:
+    """The commit measured, and how many product files differ from it (others edit them)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "worker", "producers"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = len([line for line in dirty.splitlines() if line.strip()])
+    return f"commit {sha or '?'}" + (f" + {changed} uncommitted files in worker/ and producers/"
+                                      if changed else "")  # fmt: skip
+
+
+def used_memory_mb(client: redis.Redis) -> float:
+    return int(client.info("memory").get("used_memory", 0)) / 2**20
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

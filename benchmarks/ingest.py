@@ -68,6 +68,7 @@ class PipelineResult:
     replay_rss_mb: float = 0.0  # peak RSS of the replay process
     aof_mb: float = 0.0  # AOF size at the end
     forks: int = 0  # AOF rewrites during the run
+    redis_memory_mb: float = 0.0  # used_memory at the end
 
     @property
     def rate(self) -> float:
@@ -103,10 +104,11 @@ def pipeline(path: Path, n: int, workdir: Path, shape: PoolShape) -> PipelineRes
             redis_cpu = common.redis_cpu(client) - rcpu0
             counts = _check_applied(client, n)
             aof_mb, forks = common.aof(client)
+            memory = common.used_memory_mb(client)
         finally:
             pool.stop()
     return PipelineResult(n, str(shape), t1 - t0, t_replay - t0, replay_cpu, workers_cpu,
-                          redis_cpu, counts, replay_rss, aof_mb, forks)  # fmt: skip
+                          redis_cpu, counts, replay_rss, aof_mb, forks, memory)  # fmt: skip
 
 
 @dataclass

@@ -133,6 +133,7 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         f"**Command:** `{command}`  ",
         f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
         f"Python {info['python']}; {info['redis']}  ",
+        f"**Code:** {info['code']}  ",
         f"**Date:** {started:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} min. Load "
         f"average (1, 5, 15 min) {info['load_start']} at the start, {info['load_end']} at the end "
         "(the machine is shared: other processes add noise).",
@@ -218,7 +219,8 @@ def ingest_details(ing: dict[str, Any]) -> list[str]:
         f"(≤ {n / _cpu_bound(p):,.0f} events/s); the replay process, single-threaded and on the "
         "critical path (it validates the whole file before publishing), needs "
         f"{p.replay_cpu * 1e6 / n:.0f} s of one core by itself. "
-        f"The AOF was {p.aof_mb:,.0f} MiB at the end of the whole-pipeline phase "
+        f"At the end of the whole-pipeline phase Redis used {p.redis_memory_mb:,.0f} MiB and the "
+        f"AOF was {p.aof_mb:,.0f} MiB "
         f"({p.forks} AOF rewrites, each a fork that competes for the 2 cores). "
         f"Redis time in Lua per 1,000-event batch (`INFO commandstats`, EVALSHA): "
         f"`store_batch` {s.publish_lua_ms_per_batch:.1f} ms, `ingest` "
@@ -371,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Python {info['python']}; {info['redis']}")  # fmt: skip
     print(f"date:    {started:%Y-%m-%d %H:%M:%S} UTC; load average {common.loadavg()}", flush=True)
     info["load_start"] = common.loadavg()
+    info["code"] = common.code_version()
+    print(f"code:    {info['code']}", flush=True)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

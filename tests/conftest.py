@@ -29,6 +29,12 @@ def reset_state(client: redis.Redis) -> None:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from own_redis(tmp_path_factory)
+
+
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis server that ``REDIS_URL`` points to while it runs. A module that must see
+    Redis with no worker around overrides ``redis_server`` with one of its own."""
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     previous = os.environ.get("REDIS_URL")
     os.environ["REDIS_URL"] = server.url
@@ -56,10 +62,8 @@ from tests.support.harness import Harness, WorkerPool  # noqa: E402
 from tests.support.scimserver import ScimServer, scim_server_fixture  # noqa: E402,F401
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def worker_pool(redis_server: RedisServer) -> Iterator[WorkerPool]:
-    """Workers for the tests of one module; modules that look at Redis with no worker
-    running (workqueue, webhook) are not disturbed by a pool left over from another."""
     pool = WorkerPool(redis_server.url, processes=2, concurrency=2).start()
     yield pool
     pool.stop()

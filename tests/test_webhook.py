@@ -25,9 +25,17 @@ import uvicorn
 
 from producers import signing, webhook
 from producers.webhook import MAX_BODY, create_app
-from worker.sweeper import beat
+from tests.conftest import own_redis
 from worker import keys
 from worker.redis_server import RedisServer, free_port
+from worker.sweeper import beat
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own: no worker of the session pool touches it."""
+    yield from own_redis(tmp_path_factory)
+
 
 NEW = b"new-secret-0123456789"
 OLD = b"old-secret-9876543210"

@@ -1,8 +1,19 @@
 """Workqueue semantics (client-go's) against a real Redis."""
 
 import time
+from collections.abc import Iterator
 
+import pytest
+
+from tests.conftest import own_redis
+from worker.redis_server import RedisServer
 from worker.workqueue import Workqueue
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of this module's own: no worker of the session pool touches it."""
+    yield from own_redis(tmp_path_factory)
 
 
 def test_many_marks_before_a_run_cost_one_message(r):

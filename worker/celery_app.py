@@ -55,15 +55,21 @@ def configure(celery: Celery) -> None:
     )
 
 
-_configured = False
+_configured_for: str | None = None
 
 
 def celery() -> Celery:
-    """The configured app (configuration is read lazily: the CLI sets REDIS_URL first)."""
-    global _configured
-    if not _configured:
+    """The configured app. Configuration is read lazily (the CLI sets REDIS_URL first) and
+    again if the Redis changes, so that wake-ups always go to the Redis the events went to."""
+    global _configured_for
+    url = settings().redis_url
+    if _configured_for != url:
+        if _configured_for is not None:
+            if app._pool is not None:
+                app._pool.force_close_all()
+            app._after_fork()  # drops the connection and producer pools of the old broker
         configure(app)
-        _configured = True
+        _configured_for = url
     return app
 
 
