@@ -155,7 +155,7 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
              f"the workers' {s.drain_startup_seconds:.1f} s start-up"),
         ):  # fmt: skip
             rows.append([label, f"**{fmt_rate(rate)}** ({detail})", f"≥ {target:,} events/s",
-                         f"{rate / target:.2f}", "yes" if rate >= target else "**no**"])  # fmt: skip
+                         f"{rate / target:.3f}", "yes" if rate >= target else "**no**"])  # fmt: skip
     if ch:
         rows.append([
             "SCIM write calls on the churn workload, sent / minimal",

@@ -9,6 +9,7 @@ checking it against ``worker.rules`` on the facts it derives.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tests.reference_model import (
     ABSENT,
     ABSENT_OR_EMPTY,
     ABSENT_OR_INACTIVE,
+    ENTERPRISE,
     PRESENT,
     UNCONSTRAINED,
     Directory,
@@ -56,15 +58,20 @@ if os.environ.get("CONVERGENCE_SHRINK"):
 @dataclass
 class Scenario:
     """A directory history (``events``, in true order) and how it is delivered: ``chunks``
-    of documents, shuffled, some sent twice, one ``publish`` call per chunk."""
+    of documents, shuffled, some sent twice, one ``publish`` call per chunk, with no pause
+    between chunks except after the chunk indexes in ``settle`` (the test then waits for the
+    pool to be idle, so that states in between reach the application: a group created and
+    later deleted, a user provisioned and later deactivated)."""
 
     events: list[dict[str, Any]]
     chunks: list[list[dict[str, Any]]]
+    settle: tuple[int, ...] = ()
 
     def __repr__(self) -> str:
         lines = ["Scenario(events=["]
         lines += [f"  {json.dumps(e, separators=(',', ':'))}," for e in self.events]
-        lines.append("], delivery=" + repr([[e["id"] for e in c] for c in self.chunks]) + ")")
+        lines.append("], delivery=" + repr([[e["id"] for e in c] for c in self.chunks]))
+        lines.append(f"   settle after chunks {list(self.settle)})")
         return "\n".join(lines)
 
 
@@ -170,7 +177,10 @@ def scenarios(draw: st.DrawFn, max_users: int = 6, max_groups: int = 3,
     twice = draw(st.lists(st.sampled_from(events), max_size=5)) if events else []
     shuffled = draw(st.permutations(events + twice))
     cuts = draw(st.lists(st.integers(0, len(shuffled)), min_size=1, max_size=5))
-    return Scenario(events, delivered(shuffled, sorted(cuts)))
+    chunks = delivered(shuffled, sorted(cuts))
+    settle = draw(st.lists(st.sampled_from(range(len(chunks) - 1)), unique=True, max_size=2)
+                  if len(chunks) > 1 and draw(st.integers(0, 3)) == 3 else st.just([]))
+    return Scenario(events, chunks, tuple(sorted(settle)))
 
 
 def in_order(*steps: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,18 +233,44 @@ DELETIONS = in_order(created("u0", department="Eng"), created("u1", state="suspe
                      ("user.updated", {"user": record("u0", "u0.1@example.com")}))  # fmt: skip
 
 
+# Histories whose middle states must reach the application first (``staged``): a group we
+# created, disassociated, then deleted is deleted; a provisioned user deleted is deactivated
+# and leaves its group; a group renamed while disassociated gets the new name on return.
+STAGED = in_order(created("u0", displayname="Ann Lee"), created("u1"), group("g0"), group("g1"),
+                  member("g0", "u0"), member("g1", "u1"), member("g0", "u1"), assoc("g0"),
+                  assoc("g1"),  # settle
+                  assoc("g1", False), ("user.deleted", {"user_id": "u1"}),
+                  ("group.renamed", {"group_id": "g1", "name": "g1-name1"}),
+                  ("group.renamed", {"group_id": "g0", "name": "g0-name1"}),  # settle
+                  ("group.deleted", {"group_id": "g1"}), assoc("g0", False),  # settle
+                  ("group.renamed", {"group_id": "g0", "name": "g0-name2"}),
+                  assoc("g0"))  # fmt: skip
+
+
+def staged(events: list[dict[str, Any]], *sizes: int) -> Scenario:
+    """Deliver in order, in chunks of ``sizes`` (the rest last), idle after each but the last."""
+    chunks = delivered(events, list(itertools.accumulate(sizes)))
+    return Scenario(events, chunks, tuple(range(len(chunks) - 1)))
+
+
 # -- the end-to-end property -----------------------------------------------------------------
 def run(h: Any, r: Any, scenario: Scenario) -> None:
     """One example on an empty application: activate, deliver, wait, compare."""
     h.scim.reset()
     reset_state(r)
     h.activate(APP)
-    for chunk in scenario.chunks:  # no wait between chunks: the workers run concurrently
+
+    def wait() -> None:
+        try:
+            h.wait(timeout=60)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{scenario!r}") from None
+
+    for i, chunk in enumerate(scenario.chunks):  # the workers run concurrently
         publish(r, parse_events(json.dumps(chunk)))
-    try:
-        h.wait(timeout=60)
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{scenario!r}") from None
+        if i in scenario.settle:
+            wait()
+    wait()
     state = snapshot(r)
     queue = state["queue"]
     assert queue["parked"] == 0 and queue["parked_batches"] == 0, f"{state}\n{scenario!r}"
@@ -261,6 +297,7 @@ def run(h: Any, r: Any, scenario: Scenario) -> None:
 @given(scenario=scenarios())
 @example(scenario=Scenario(TWO_REMOVALS, rev(TWO_REMOVALS)))
 @example(scenario=Scenario(DELETIONS, rev(DELETIONS)))
+@example(scenario=staged(STAGED, 9, 4, 2))
 def test_any_delivery_converges_to_the_reference_model(harness, r, scenario: Scenario) -> None:
     run(harness, r, scenario)
 
@@ -329,6 +366,7 @@ def disagreements(prediction: Prediction) -> list[str]:
 HAND_MADE = [
     (TWO_REMOVALS, {"u0": ABSENT_OR_INACTIVE}, {"g0": ABSENT_OR_EMPTY, "g1": ABSENT_OR_EMPTY}),
     (DELETIONS, {"u0": PRESENT, "u1": ABSENT_OR_INACTIVE}, {"g0": PRESENT, "g1": ABSENT}),
+    (STAGED, {"u0": PRESENT, "u1": ABSENT_OR_INACTIVE}, {"g0": PRESENT, "g1": ABSENT}),
     # implicit deny: a member of a group that is not associated is never created
     (in_order(created("u0"), group("g0"), member("g0", "u0")),
      {"u0": ABSENT_OR_INACTIVE}, {"g0": ABSENT}),
@@ -371,6 +409,29 @@ def test_reference_model_reads_attributes_and_versions():
         "displayName": None, "emails": None, "externalId": None, "department": "Ops",
         "active": False,
     }  # fmt: skip
+
+
+def test_check_flags_every_kind_of_departure_from_the_prediction():
+    prediction = predict(DELETIONS, APP)  # u0 present (u0.1@…), u1 deleted, g0 renamed, g1 gone
+    good_users = [{"id": "a", "userName": "u0.1@example.com", "active": True},
+                  {"id": "b", "userName": "u1.0@example.com", "active": False}]  # fmt: skip
+    good_groups = [{"id": "x", "displayName": "g0-name1", "members": [{"value": "a"}]}]
+    assert check(prediction, good_users, good_groups) == []
+    assert check(prediction, good_users[:1], good_groups) == []  # u1 absent: fine too
+    bad: list[tuple[list[dict[str, Any]], list[dict[str, Any]]]] = [
+        ([good_users[0], {**good_users[1], "active": True}], good_groups),  # deleted, active
+        ([{**good_users[0], ENTERPRISE: {"department": "Eng"}}], good_groups),  # stale value
+        ([{**good_users[0], "userName": "u0.0@example.com"}], good_groups),  # old userName
+        ([good_users[0], {**good_users[0], "id": "c"}], good_groups),  # duplicate userName
+        ([*good_users, {"id": "s", "userName": "stranger", "active": False}], good_groups),
+        (good_users[1:], []),  # u0 and g0 missing
+        (good_users, [{**good_groups[0], "members": [{"value": "a"}, {"value": "b"}]}]),
+        (good_users, [{**good_groups[0], "displayName": "g0-name0"}]),  # rename not sent
+        (good_users, [*good_groups, {"id": "y", "displayName": "g1-name0"}]),  # deleted group
+        (good_users, [*good_groups, {**good_groups[0], "id": "z"}]),  # duplicate displayName
+    ]
+    for users, groups in bad:
+        assert check(prediction, users, groups), (users, groups)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)

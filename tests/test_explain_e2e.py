@@ -9,7 +9,7 @@ from worker import audit
 from worker.mirror import Mirror
 
 U1, U2, U3 = "u1@example.com", "u2@example.com", "u3@example.com"
-VOLATILE = (b"prov:workers", b"prov:wq:sweep")  # worker heartbeats and the sweeper's lock
+VOLATILE = (b"prov:workers", b"prov:wq:sweep", b"prov:journal:max_age_ms")  # the sweeper's own
 
 
 def redis_state(client) -> dict[bytes, bytes]:  # noqa: ANN001
