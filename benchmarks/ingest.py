@@ -255,7 +255,7 @@ def profile_replay(
         "  json.loads": cum("json/__init__.py", "(loads)"),
         "  pydantic validate_python": cum("type_adapter.py", "(validate_python)"),
         "publish (all batches)": cum("producers/publish.py", "(publish)"),
-        "  wire(): model_dump + json.dumps": cum("producers/publish.py", "(wire)"),
+        "  wire(): dump_json + version": cum("producers/publish.py", "(wire)"),
         "  EVALSHA store_batch (round trip)": cum("redis/commands/core.py", "(evalsha)"),
         "  send_ingest (Celery messages)": cum("worker/celery_app.py", "(send_ingest)"),
         "interpreter start + imports (outside main)": max(0.0, seconds - total),

@@ -45,7 +45,10 @@ changes: add then remove, remove then add, suspend then activate, update then re
 and back) is published at once with `provisioner replay`. The SCIM write calls (POST, PUT,
 PATCH, DELETE) sent during the churn are compared with the minimal number computed by the
 benchmark itself from the initial and final directory states (`benchmarks/churn.py`); the
-application's final state is checked against the same model.
+application's final state is checked against the same model. The initial sync runs with the
+rate limit lifted (`--rate 10000`), the churn at the profile's 5 requests/s; the deletion
+guard's threshold is lifted for the workers (`PROVISIONER_GUARD_MINIMUM`), since it would hold
+the churn's deactivations for an administrator.
 
 Targets (issue 2) on this 2-core machine: ≥ 20,000 events/s (1,000,000 events in under a
 minute), ≤ 1.05 × the minimal calls.

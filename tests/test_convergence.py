@@ -178,8 +178,11 @@ def scenarios(draw: st.DrawFn, max_users: int = 6, max_groups: int = 3,
     shuffled = draw(st.permutations(events + twice))
     cuts = draw(st.lists(st.integers(0, len(shuffled)), min_size=1, max_size=5))
     chunks = delivered(shuffled, sorted(cuts))
-    settle = draw(st.lists(st.sampled_from(range(len(chunks) - 1)), unique=True, max_size=2)
-                  if len(chunks) > 1 and draw(st.integers(0, 3)) == 3 else st.just([]))
+    settle = draw(
+        st.lists(st.sampled_from(range(len(chunks) - 1)), unique=True, max_size=2)
+        if len(chunks) > 1 and draw(st.integers(0, 3)) == 3
+        else st.just([])
+    )
     return Scenario(events, chunks, tuple(sorted(settle)))
 
 

@@ -183,7 +183,8 @@ EVENT_TYPES: tuple[str, ...] = (
     "app.user_disassociated",
 )
 
-_one = TypeAdapter(Event)
+EVENT = TypeAdapter(Event)
+_one = EVENT
 _many = TypeAdapter(list[Event])
 
 
@@ -248,10 +249,3 @@ def epoch_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch, the ordering part of an event's version."""
     delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def to_wire(event: Event) -> dict[str, Any]:
-    """The event as the projection script reads it: v1 JSON plus its numeric version ``ts``."""
-    document = event.model_dump(mode="json", exclude_none=True)
-    document["ts"] = epoch_micros(event.occurred_at)
-    return document

@@ -11,7 +11,11 @@ if not raw then
 end
 
 local active = {}
-for _, a in ipairs(redis.call('SMEMBERS', P .. 'apps:active')) do active[a] = true end
+local has_active = false
+for _, a in ipairs(redis.call('SMEMBERS', P .. 'apps:active')) do
+  active[a] = true
+  has_active = true
+end
 
 local applied, stale, ignored = 0, 0, 0
 
@@ -95,21 +99,36 @@ for _, ev in ipairs(events) do
   cause = ev.id
   skipped = false
   if t == 'user.created' or t == 'user.updated' then
+    -- The hottest event: one read and at most one write of the user's hash.
     local u = d.user.id
-    if user_deleted(u) then ignore(ev, 'user deleted') else
+    local key = P .. 'u:' .. u
+    local now_fields = redis.call('HMGET', key, 'del', 'rec', 'rec_v', 'st', 'st_v')
+    if now_fields[1] then ignore(ev, 'user deleted') else
       local state = d.user.state
       d.user.state = nil
-      local n1, c1 = set_value(P .. 'u:' .. u, 'rec', v, cjson.encode(d.user))
-      local n2, c2 = set_value(P .. 'u:' .. u, 'st', v, state)
-      newer, changed = n1 or n2, c1 or c2
-      if changed then mark_user_everywhere(u) end
+      local writes = {}
+      if not now_fields[3] or v > now_fields[3] then
+        newer = true
+        local record = cjson.encode(d.user)
+        writes[#writes + 1], writes[#writes + 2] = 'rec', record
+        writes[#writes + 1], writes[#writes + 2] = 'rec_v', v
+        changed = changed or record ~= now_fields[2]
+      end
+      if not now_fields[5] or v > now_fields[5] then
+        newer = true
+        writes[#writes + 1], writes[#writes + 2] = 'st', state
+        writes[#writes + 1], writes[#writes + 2] = 'st_v', v
+        changed = changed or state ~= now_fields[4]
+      end
+      if #writes > 0 then redis.call('HSET', key, unpack(writes)) end
+      if changed and has_active then mark_user_everywhere(u) end
     end
   elseif t == 'user.suspended' or t == 'user.activated' then
     local u = d.user_id
     if user_deleted(u) then ignore(ev, 'user deleted') else
       local state = (t == 'user.suspended') and 'suspended' or 'active'
       newer, changed = set_value(P .. 'u:' .. u, 'st', v, state)
-      if changed then mark_user_everywhere(u) end
+      if changed and has_active then mark_user_everywhere(u) end
     end
   elseif t == 'user.deleted' then
     local u = d.user_id
@@ -152,7 +171,7 @@ for _, ev in ipairs(events) do
       newer, changed = set_flag(P .. 'gm:' .. g, u, v, flag)
       if changed then
         index(flag, P .. 'gmc:' .. g, u, P .. 'ug:' .. u, g)
-        for _, a in ipairs(redis.call('SMEMBERS', P .. 'ga:' .. g)) do
+        for _, a in ipairs(has_active and redis.call('SMEMBERS', P .. 'ga:' .. g) or {}) do
           if active[a] then
             mark(a, 'group', g)
             mark(a, 'user', u)
