@@ -123,7 +123,15 @@ def explain(
     planner = DryRunScim(scim, profile)
     entries: list[AuditEntry] = []
     overlay = OverlayMirror(client, app.id)
-    reconciler = Reconciler(client, app, planner, profile, mirror=overlay, record=entries.append)
+    reconciler = Reconciler(
+        client,
+        app,
+        planner,
+        profile,
+        mirror=overlay,
+        record=entries.append,
+        wait_for_members=False,
+    )
     try:
         outcome = reconciler.reconcile(keys.ReconcileKey(app.id, kind, object_id))
         result.trace = outcome.trace

@@ -67,6 +67,7 @@ AUDIT = PREFIX + "audit"  # STREAM of provisioning attempts (see audit.py)
 JOURNAL = PREFIX + "journal"  # STREAM of accepted events
 WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)
 WQ_ATTEMPTS = PREFIX + "wq:attempts"  # HASH key -> consecutive transient failures
+WQ_DEFERRED = PREFIX + "wq:deferred"  # HASH group key -> since when it waits for members
 
 
 WORKERS = PREFIX + "workers"  # ZSET worker name -> heartbeat expiry (ms)

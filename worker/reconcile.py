@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker import audit, projection, rules
+from worker import audit, keys, projection, rules, scripts
 from worker.apps import AppConfig
 from worker.audit import AuditEntry
 from worker.keys import ReconcileKey
@@ -40,10 +40,20 @@ from worker.scim import Conflict, NotFound, ScimClient, ScimError
 from worker.scim.profiles import Profile
 
 MAX_ROUNDS = 6  # plan -> run rounds; a lookup or a vanished object costs one more round
+MEMBER_WAIT = 60.0  # seconds a group may wait for members being provisioned
+MEMBER_RECHECK = 1.0  # and how often it looks again (their creation also marks it)
 
 
 class LeaseLost(RuntimeError):
     """Our lease on the key expired and another worker may hold it: stop writing."""
+
+
+class Deferred(Exception):
+    """Nothing to send yet; run the key again after ``delay`` seconds."""
+
+    def __init__(self, delay: float):
+        super().__init__(f"deferred for {delay}s")
+        self.delay = delay
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Reconciler:
         causes: tuple[str, ...] = (),
         throttle: Callable[[], None] = lambda: None,
         guard: Callable[[str, str], None] = lambda name, obj: None,
+        wait_for_members: bool = True,
     ):
         """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
         passes an in-memory mirror and its own recorder. ``causes`` are the ids of the
@@ -84,6 +95,7 @@ class Reconciler:
         self.causes = causes
         self.throttle = throttle
         self.guard = guard
+        self.wait_for_members = wait_for_members  # explain shows the plan as of now
 
     def reconcile(self, key: ReconcileKey, outcome: Outcome | None = None) -> Outcome:
         """Reconcile one key; ``outcome`` collects calls, trace and follow-ups even when an
@@ -248,6 +260,14 @@ class Reconciler:
         if in_doubt:
             entry, looked_up = self._reread_group(group_id, entry, outcome), False
         remote_ids = self.mirror.remote_user_ids(facts.members)
+        missing = [u for u, rid in remote_ids.items() if rid is None]
+        if (
+            self.wait_for_members
+            and facts.associated
+            and not facts.deleted
+            and self._members_on_their_way(group_id, missing, outcome)
+        ):
+            raise Deferred(MEMBER_RECHECK)
         intent = rules.group_intent(facts, entry, remote_ids, self.settings)
         outcome.trace.append(f"group {group_id}: {type(intent).__name__} ({_why(intent)})")
         for _ in range(MAX_ROUNDS):
@@ -369,6 +389,30 @@ class Reconciler:
                 outcome.trace.append(f"  deleted {rid}")
                 return None, False
         raise TypeError(f"not a group call: {call!r}")
+
+    def _members_on_their_way(self, group_id: str, missing: list[str], outcome: Outcome) -> bool:
+        """Whether to wait for members that are being provisioned right now: each one's
+        creation marks the group again, and one PATCH then carries them all instead of one
+        PATCH now and another per late member. Never waits longer than ``MEMBER_WAIT``."""
+        group_key = f"{self.app.id} group {group_id}"
+        if not missing:
+            self.redis.hdel(keys.WQ_DEFERRED, group_key)
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        for user_id in missing:
+            user_key = f"{self.app.id} user {user_id}"
+            pipe.zscore(keys.WQ_DIRTY, user_key)
+            pipe.hexists(keys.WQ_OWNER, user_key)
+        pipe.hsetnx(keys.WQ_DEFERRED, group_key, scripts.now_ms())
+        pipe.hget(keys.WQ_DEFERRED, group_key)
+        answers = pipe.execute()
+        pending = sum(1 for i in range(len(missing)) if answers[2 * i] or answers[2 * i + 1])
+        waited = (scripts.now_ms() - int(answers[-1])) / 1000
+        if pending and waited < MEMBER_WAIT:
+            outcome.trace.append(f"group {group_id}: waiting for {pending} members on their way")
+            return True
+        self.redis.hdel(keys.WQ_DEFERRED, group_key)
+        return False
 
     def _reread_user(
         self, user_id: str, entry: MirrorUser | None, outcome: Outcome

@@ -26,7 +26,7 @@ from worker.celery_app import send_reconcile
 from worker.config import settings
 from worker.keys import ReconcileKey
 from worker.ratelimit import Throttled
-from worker.reconcile import LeaseLost, Outcome
+from worker.reconcile import Deferred, LeaseLost, Outcome
 from worker.scim import Conflict, Invalid, ScimClient, ScimError, Transient, Unauthorized
 from worker.scim.client import make_http_client
 from worker.scim.profiles import Profile, profile_by_name
@@ -122,6 +122,9 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     except guard.Held as held:
         result.state = "held"  # waits for `provisioner approve|reject APP`
         log.warning("%s", held)
+    except Deferred as deferred:
+        delay = deferred.delay
+        result.state = "deferred"
     except Throttled as throttled:
         # Not a failure: the app has no room now. The slot goes to other keys meanwhile.
         delay = throttled.wait
