@@ -19,6 +19,7 @@ from worker.config import settings
 from worker.events import EVENT, Event, epoch_micros
 
 BATCH_SIZE = 1000
+BATCHES_PER_TRIP = 10
 
 
 @dataclass
@@ -52,18 +53,24 @@ def publish(
     """Store events durably (duplicates are reported, not stored) and wake the workers."""
     result = PublishResult()
     maxlen = settings().journal_maxlen
-    for start in range(0, len(events), batch_size):
-        chunk = events[start : start + batch_size]
-        batch_id = uuid.uuid4().hex
-        ids = [e.id for e in chunk]
-        duplicate_indexes = scripts.run(
-            client, "store_batch", batch_id, maxlen, len(chunk), *ids, *(wire(e) for e in chunk)
-        )
-        duplicates = {int(i) for i in duplicate_indexes}
-        for i, event_id in enumerate(ids):
-            (result.duplicates if i in duplicates else result.accepted).append(event_id)
-        if len(duplicates) < len(chunk):
-            result.batches.append(batch_id)
+    step = batch_size * BATCHES_PER_TRIP
+    for trip in range(0, len(events), step):
+        # Several batches per round trip; each batch is still one atomic script run.
+        pipe = client.pipeline(transaction=False)
+        chunks = []
+        for start in range(trip, min(trip + step, len(events)), batch_size):
+            chunk = events[start : start + batch_size]
+            batch_id = uuid.uuid4().hex
+            ids = [e.id for e in chunk]
+            scripts.run(pipe, "store_batch", batch_id, maxlen, len(chunk), *ids,
+                        *(wire(e) for e in chunk))  # fmt: skip
+            chunks.append((batch_id, ids))
+        for (batch_id, ids), duplicate_indexes in zip(chunks, pipe.execute(), strict=True):
+            duplicates = {int(i) for i in duplicate_indexes}
+            for i, event_id in enumerate(ids):
+                (result.duplicates if i in duplicates else result.accepted).append(event_id)
+            if len(duplicates) < len(ids):
+                result.batches.append(batch_id)
     if notify:
         send_ingest(result.batches)
     return result

@@ -10,12 +10,12 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 import redis
 
 from producers.publish import BATCH_SIZE, PublishResult, publish
-from worker.events import Event, EventError, parse_events
+from worker.events import Event, EventError, parse_documents, parse_events
 
 MAX_REPORTED = 20
 
@@ -54,32 +54,33 @@ def _where_in_array(problem: dict[str, str]) -> str:
 
 
 def _read_lines(text: str) -> list[Event]:
-    documents: list[str] = []
+    """JSON Lines: each line decoded once, then every event validated in one pass."""
+    documents: list[Any] = []
     line_numbers: list[int] = []
     problems: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        documents.append(line)
-        line_numbers.append(number)
-    events: list[Event] = []
-    for number, line in zip(line_numbers, documents, strict=True):
         try:
             document = json.loads(line)
-            if isinstance(document, list):
-                raise EventError([{"pointer": "", "reason": "one event per line, not an array"}])
-            events.extend(parse_events(line))
-        except EventError as error:
-            problems += [
-                f"line {number}: {p['pointer'] or '/'}: {p['reason']}" for p in error.problems
-            ]
         except ValueError as error:
             problems.append(f"line {number}: malformed JSON: {error}")
+        else:
+            if isinstance(document, dict):
+                documents.append(document)
+                line_numbers.append(number)
+            else:
+                problems.append(f"line {number}: /: one event object per line")
         if len(problems) >= MAX_REPORTED:
             break
-    if problems:
-        raise ReplayError(problems[:MAX_REPORTED])
-    return events
+    if not problems:
+        try:
+            return parse_documents(documents)
+        except EventError as error:
+            for problem in error.problems:
+                index, _, rest = problem["pointer"].lstrip("/").partition("/")
+                problems.append(f"line {line_numbers[int(index)]}: /{rest}: {problem['reason']}")
+    raise ReplayError(problems[:MAX_REPORTED])
 
 
 def replay(

@@ -228,6 +228,14 @@ def parse_event(document: Any) -> Event:
         raise EventError(_problems(error)) from None
 
 
+def parse_documents(documents: list[Any]) -> list[Event]:
+    """Validate decoded JSON documents as events, in one pass; pointers start with the index."""
+    try:
+        return _many.validate_python(documents)
+    except ValidationError as error:
+        raise EventError(_problems(error)) from None
+
+
 def parse_events(raw: bytes | str) -> list[Event]:
     """Validate a JSON document holding one event or an array of events.
 

@@ -29,6 +29,6 @@ def _script(client: redis.Redis, name: str) -> Script:
     return _scripts[name]
 
 
-def run(client: redis.Redis, name: str, *args: Any) -> Any:
-    """Run script ``name`` with ARGV ``(now_ms, *args)``."""
+def run(client: redis.Redis | redis.client.Pipeline, name: str, *args: Any) -> Any:
+    """Run script ``name`` with ARGV ``(now_ms, *args)`` (queued, on a pipeline)."""
     return _script(client, name)(args=[now_ms(), *args], client=client)
