@@ -40,7 +40,7 @@ from worker.scim import Conflict, NotFound, ScimClient, ScimError
 from worker.scim.profiles import Profile
 
 MAX_ROUNDS = 6  # plan -> run rounds; a lookup or a vanished object costs one more round
-MEMBER_WAIT = 60.0  # seconds a group may wait for members being provisioned
+MEMBER_WAIT = 600.0  # seconds a group may wait for members being provisioned (rate-limited)
 MEMBER_RECHECK = 1.0  # and how often it looks again (their creation also marks it)
 
 

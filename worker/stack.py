@@ -67,8 +67,11 @@ class Stack:
         self.redis_server: RedisServer | None = None
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.var / f"{args[1] if args[0] == '-m' else args[0]}.log", "ab")  # noqa: SIM115
+    def spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``python -m ...`` in its own session, its output in ``var/<name>.log``."""
+        log = open(self.var / f"{name}.log", "ab")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, *args],
             env={**os.environ, **(env or {})},
@@ -94,13 +97,21 @@ class Stack:
         token_file = _secret_file(self.var / "scim.token")
         scim_port = free_port()
         self.spawn(
-            "-m", "worker.localscim", "--port", str(scim_port), "--token-file", str(token_file)
+            "scim-app",
+            "-m",
+            "worker.localscim",
+            "--port",
+            str(scim_port),
+            "--token-file",
+            str(token_file),
         )
         base_url = f"http://127.0.0.1:{scim_port}/v2"
         _wait_http(base_url + "/ServiceProviderConfig")
         print(f"SCIM application: {base_url} (scim2-server, bearer token in {token_file})")
+        print("  the app is paced like Zscaler: 5 requests/s for the whole pool")
 
         self.spawn(
+            "worker",
             "-m",
             "worker.cli",
             "worker",
@@ -112,6 +123,7 @@ class Stack:
         webhook_secret = _secret_file(self.var / "webhook.secret")
         webhook_port = free_port()
         self.spawn(
+            "webhook",
             "-m",
             "worker.cli",
             "webhook",
@@ -229,7 +241,8 @@ def run_stack(*, once: bool, concurrency: int, sample: str | None) -> int:
         print("a process of the stack exited; see the logs in var/", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nstopping")
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
+        print("\nstopping everything the stack started")
         stack.stop()
