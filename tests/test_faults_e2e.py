@@ -89,3 +89,22 @@ def test_activation_is_refused_with_a_bad_token(harness, tmp_path):
     assert result.returncode == 1 and "401" in result.stderr
     assert "not-the-token" not in result.stderr + result.stdout
     assert h.cli("apps", "list", "--json").stdout.strip() == "[]"
+
+
+def test_a_poison_message_is_parked_and_the_worker_goes_on(harness):
+    from worker.celery_app import celery, send_ingest
+
+    h = harness
+    h.activate("zs")
+    h.redis.set(keys.batch("poison"), b'[{"type": "user.created", "data": 42}, "garbage"]')
+    h.redis.zadd(keys.PENDING_BATCHES, {"poison": 1})
+    send_ingest(["poison"])
+    celery().send_task("prov.reconcile", args=[["not", "a", "key"]], queue="prov.reconcile")
+    celery().send_task("prov.ingest", args=[], queue="prov.ingest")  # a malformed message
+    h.send(h.event("app.user_associated", app_id="zs", user_id="u1"), h.user("u1"))
+    assert "u1@example.com" in h.users()  # the pool went on
+    reason = h.redis.hget(keys.PARKED_BATCHES, "poison")
+    assert reason and b"poison batch" in reason
+    assert h.redis.exists(keys.batch("poison"))  # kept for inspection, never retried
+    status = json.loads(h.cli("status", "--json").stdout)
+    assert status["queue"]["parked_batches"] == 1 and status["idle"]
