@@ -61,6 +61,13 @@ def test_bad_credentials_pause_the_integration_instead_of_retrying(harness):
     status = json.loads(h.cli("status", "--json").stdout)
     assert status["apps"]["zs"]["state"] == "paused"
     assert audit_entries(h, name="idm_integration_update", outcome="failure")
+    # The administrator brings a new token: deactivate, reauth, activate; nothing was lost.
+    h.scim.inject(None)
+    h.cli("apps", "deactivate", "zs")
+    h.cli("apps", "reauth", "zs", "--token-file", str(h.token_file))
+    h.activate("zs")
+    h.wait()
+    assert set(h.users()) == {"u1@example.com", "u2@example.com", "u3@example.com"}
 
 
 def test_deletion_guard_holds_mass_deactivations_until_approved(harness, monkeypatch):

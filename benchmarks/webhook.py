@@ -1,0 +1,387 @@
+"""Issue 3: the webhook receiver's throughput, and the latency from its 202 to the SCIM write.
+
+A real receiver process (``provisioner webhook --workers 2``, uvicorn) on an embedded Redis
+(AOF on, ``appendfsync everysec``), signed requests (``X-Provisioner-Signature``):
+
+- throughput: an asyncio ``httpx.AsyncClient`` load generator in this process, ``concurrency``
+  requests in flight, each a fresh body of unique event ids (``user.updated``), signed when
+  sent; only 202s count. No worker runs during these phases: this measures the receiver
+  (validate, sign check, journal, enqueue) and Redis, not the ingest that follows;
+- latency: an active app (profile ``zscaler``, rate limit lifted) on a real scim2-server, a
+  worker pool, users already provisioned; then one request at a time, a ``user.updated``
+  changing a user's department, from the 202's arrival at the client to the arrival of that
+  user's PUT at the SCIM server (both clocks are this process's ``time.monotonic``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from benchmarks import common
+from benchmarks.churn import _cli
+from benchmarks.common import PoolShape
+from benchmarks.report import table
+from benchmarks.workload import Clock
+from producers import signing
+
+TARGET_REQUESTS_PER_S = 2_000  # single-event requests
+TARGET_EVENTS_PER_S = 20_000  # 1,000-event requests
+TARGET_P99_MS = 250.0
+SECRET = b"bench-webhook-secret"
+APP = "zs"
+RECEIVER_WORKERS = 2
+LATENCY_USERS = 50
+
+
+# -- the receiver ------------------------------------------------------------------------------
+@contextmanager
+def receiver(redis_url: str, log: Path, workers: int = RECEIVER_WORKERS) -> Iterator[
+    tuple[subprocess.Popen[bytes], str]
+]:  # fmt: skip
+    """``provisioner webhook --port P --workers N``, until its /healthz answers; stopped after."""
+    from worker.redis_server import free_port
+
+    port = free_port()
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(common.ROOT),
+           "PROVISIONER_WEBHOOK_SECRET": SECRET.decode()}  # fmt: skip
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [common.python(), "-m", "worker.cli", "webhook", "--port", str(port),
+             "--workers", str(workers)],
+            env=env, cwd=common.ROOT, stdout=out, stderr=out, start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        common.wait_for(lambda: _healthy(url, proc), 60, 0.1, "the webhook receiver")
+        yield proc, url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _healthy(url: str, proc: subprocess.Popen[bytes]) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"the webhook receiver exited with {proc.returncode}")
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def headers(body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json",
+            signing.HEADER: signing.sign(SECRET, body, int(time.time()))}  # fmt: skip
+
+
+# -- throughput --------------------------------------------------------------------------------
+_EVENT = ('{"id":"wh-%s-%d","type":"user.updated","occurred_at":"2026-11-28T12:00:00.000Z",'
+          '"data":{"user":{"id":"wu-%d","username":"ada.lovelace.%d@example.com",'
+          '"email":"ada.lovelace.%d@example.com","firstname":"Ada","lastname":"Lovelace",'
+          '"displayname":"Ada Lovelace","employee_id":"E%07d","department":"Engineering",'
+          '"state":"active"}}}')  # fmt: skip
+
+
+def body(prefix: str, first: int, count: int) -> bytes:
+    """One event (``count`` 1, a JSON object) or an array of ``count`` events, ids unique."""
+    events = [_EVENT % (prefix, n, n % 10_000, n, n, n) for n in range(first, first + count)]
+    return (events[0] if count == 1 else "[" + ",".join(events) + "]").encode()
+
+
+@dataclass
+class LoadResult:
+    events_per_request: int
+    concurrency: int
+    seconds: float
+    statuses: Counter  # HTTP status (0: transport error) -> requests
+    accepted: int  # events answered 202
+    journaled: int  # events added to the journal meanwhile (a cross-check)
+    request_ms: list[float]  # send -> response, 202s only
+    client_cpu: float  # CPU s of this process (the load generator) during the phase
+    receiver_cpu: float  # CPU s of the receiver's processes (uvicorn and its workers)
+    redis_cpu: float
+
+    @property
+    def requests(self) -> int:
+        return self.statuses.get(202, 0)
+
+    @property
+    def events_rate(self) -> float:
+        return self.accepted / self.seconds
+
+    @property
+    def requests_rate(self) -> float:
+        return self.requests / self.seconds
+
+
+async def _load(url: str, prefix: str, per_request: int, seconds: float,
+                concurrency: int) -> tuple[float, Counter, int, list[float]]:  # fmt: skip
+    """``concurrency`` loops posting fresh bodies until ``seconds`` have passed."""
+    statuses: Counter = Counter()
+    latencies: list[float] = []
+    accepted = 0
+    next_request = iter(range(10**9))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+
+        async def loop(deadline: float) -> None:
+            nonlocal accepted
+            while time.monotonic() < deadline:
+                content = body(prefix, next(next_request) * per_request, per_request)
+                sent = time.perf_counter()
+                try:
+                    resp = await http.post("/v1/events", content=content, headers=headers(content))
+                except httpx.HTTPError:
+                    statuses[0] += 1
+                    continue
+                statuses[resp.status_code] += 1
+                if resp.status_code == 202:
+                    accepted += per_request
+                    latencies.append((time.perf_counter() - sent) * 1000)
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(loop(t0 + seconds) for _ in range(concurrency)))
+        elapsed = time.monotonic() - t0
+    return elapsed, statuses, accepted, latencies
+
+
+def throughput(url: str, proc: subprocess.Popen[bytes], client: redis.Redis, prefix: str,
+               per_request: int, seconds: float, concurrency: int) -> LoadResult:  # fmt: skip
+    from worker import keys
+
+    asyncio.run(_load(url, f"{prefix}-warm", per_request, 1.0, concurrency))  # connections, caches
+    journal0 = client.xlen(keys.JOURNAL)
+    cpu0, rcpu0, ccpu0 = common.tree_cpu([proc.pid]), common.redis_cpu(client), time.process_time()
+    elapsed, statuses, accepted, latencies = asyncio.run(
+        _load(url, prefix, per_request, seconds, concurrency)
+    )
+    return LoadResult(
+        events_per_request=per_request, concurrency=concurrency, seconds=elapsed,
+        statuses=statuses, accepted=accepted, journaled=client.xlen(keys.JOURNAL) - journal0,
+        request_ms=latencies, client_cpu=time.process_time() - ccpu0,
+        receiver_cpu=common.tree_cpu([proc.pid]) - cpu0,
+        redis_cpu=common.redis_cpu(client) - rcpu0,
+    )  # fmt: skip
+
+
+# -- latency -----------------------------------------------------------------------------------
+@dataclass
+class LatencyResult:
+    shape: str
+    users: int
+    interval_ms: float
+    ms: list[float] = field(default_factory=list)  # 202 received -> the user's PUT arrives
+    send_ms: list[float] = field(default_factory=list)  # request sent -> the PUT arrives
+    answer_ms: list[float] = field(default_factory=list)  # request sent -> 202 received
+    missed: int = 0  # 202s whose write did not arrive within 10 s
+    methods: Counter = field(default_factory=Counter)
+
+    def p(self, q: float) -> float:
+        return common.percentile(self.ms, q)
+
+
+def _user(uid: str, department: str) -> dict[str, Any]:
+    n = uid.removeprefix("lat-")
+    return {"id": uid, "username": f"lat.{n}@example.com", "email": f"lat.{n}@example.com",
+            "firstname": "Grace", "lastname": "Hopper", "displayname": f"Grace Hopper {n}",
+            "department": department, "state": "active"}  # fmt: skip
+
+
+def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> LatencyResult:
+    from tests.support.scimserver import ScimServer
+
+    clock = Clock(int(time.time()) - 600)
+
+    def event(type_: str, **data: Any) -> dict[str, Any]:
+        return {"id": f"lat-evt-{clock.ms}", "type": type_, "occurred_at": clock.next(),
+                "data": data}  # fmt: skip
+
+    uids = [f"lat-{i:03d}" for i in range(LATENCY_USERS)]
+    result = LatencyResult(str(shape), len(uids), interval * 1000)
+    with (
+        common.redis_server(workdir, "webhook-latency") as (server, client),
+        ScimServer() as scim,
+        receiver(server.url, workdir / "webhook-latency.log") as (_, url),
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        pool = common.start_pool(server.url, shape)
+        try:
+            common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
+                            what="workers")  # fmt: skip
+            token = workdir / "scim.token"
+            token.write_text(scim.token)
+            _cli(server.url, "apps", "activate", APP, "--base-url", scim.base_url, "--token-file",
+                 str(token), "--profile", "zscaler", "--rate", "10000", "--burst", "1000")  # fmt: skip
+            initial = [event("user.created", user=_user(u, "Engineering")) for u in uids]
+            initial.append(event("group.created", group={"id": "lat-g", "name": "latency"}))
+            initial += [event("group.member_added", group_id="lat-g", user_id=u) for u in uids]
+            initial.append(event("app.group_associated", app_id=APP, group_id="lat-g"))
+            content = json.dumps(initial).encode()
+            resp = http.post("/v1/events", content=content, headers=headers(content))
+            if resp.status_code != 202:
+                raise RuntimeError(f"initial events refused: {resp.status_code} {resp.text}")
+            common.settled(client, 120)
+            remote = {u["userName"]: u["id"] for u in scim.users()}
+            rid = {u: remote[f"lat.{u.removeprefix('lat-')}@example.com"] for u in uids}
+            writes: queue.Queue[tuple[float, str, str]] = queue.Queue()
+
+            def record(environ: dict[str, Any]) -> None:
+                method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+                if method in ("PUT", "PATCH") and path.startswith("/v2/Users/"):
+                    writes.put((time.monotonic(), method, path.rsplit("/", 1)[-1]))
+
+            scim.inject(record)
+            for i in range(samples):
+                uid = uids[i % len(uids)]
+                content = json.dumps(event("user.updated", user=_user(uid, f"Dept {i}"))).encode()
+                sent = time.monotonic()
+                resp = http.post("/v1/events", content=content, headers=headers(content))
+                answered = time.monotonic()
+                if resp.status_code != 202:
+                    raise RuntimeError(f"update refused: {resp.status_code} {resp.text}")
+                deadline = answered + 10
+                while True:
+                    try:
+                        at, method, target = writes.get(timeout=max(0.0, deadline - time.monotonic()))
+                    except queue.Empty:
+                        result.missed += 1
+                        break
+                    if target == rid[uid]:
+                        result.ms.append((at - answered) * 1000)
+                        result.send_ms.append((at - sent) * 1000)
+                        result.answer_ms.append((answered - sent) * 1000)
+                        result.methods[method] += 1
+                        break
+                time.sleep(interval)
+            scim.inject(None)
+        finally:
+            pool.stop()
+    return result
+
+
+# -- the whole benchmark -----------------------------------------------------------------------
+@dataclass
+class WebhookResult:
+    single: LoadResult
+    batched: LoadResult
+    latency: LatencyResult
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+
+def run(workdir: Path, seconds: float, concurrency: int, samples: int, shape: PoolShape,
+        interval: float = 0.075, log: Any = print) -> WebhookResult:  # fmt: skip
+    with (
+        common.redis_server(workdir, "webhook") as (server, client),
+        receiver(server.url, workdir / "webhook.log") as (proc, url),
+    ):
+        log(f"webhook: single-event requests for {seconds:g} s, {concurrency} in flight ...")
+        single = throughput(url, proc, client, "s", 1, seconds, concurrency)
+        log(f"  {single.requests_rate:,.0f} requests/s accepted ({dict(single.statuses)})")
+        log(f"webhook: 1,000-event requests for {seconds:g} s, {concurrency} in flight ...")
+        batched = throughput(url, proc, client, "b", 1000, seconds, concurrency)
+        log(f"  {batched.events_rate:,.0f} events/s accepted ({dict(batched.statuses)})")
+    log(f"webhook: latency 202 -> SCIM write, {samples} samples, pool {shape} ...")
+    lat = latency(workdir, samples, shape, interval)
+    log(f"  p50 {lat.p(0.5):.1f} ms, p99 {lat.p(0.99):.1f} ms, max {max(lat.ms, default=0):.1f} ms"
+        f", {lat.missed} missed")  # fmt: skip
+    return WebhookResult(single, batched, lat)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def summary_rows(r: WebhookResult) -> list[list[str]]:
+    s, b, lat = r.single, r.batched, r.latency
+    p99 = lat.p(0.99)
+    ok = p99 < TARGET_P99_MS and not lat.missed
+    return [
+        [f"webhook, single-event requests ({RECEIVER_WORKERS} receiver workers)",
+         f"**{s.requests_rate:,.0f} requests/s** ({s.requests:,} in {s.seconds:.1f} s)",
+         f"≥ {TARGET_REQUESTS_PER_S:,} requests/s", f"{s.requests_rate / TARGET_REQUESTS_PER_S:.3f}",
+         _met(s.requests_rate >= TARGET_REQUESTS_PER_S and s.accepted == s.journaled)],
+        ["webhook, 1,000-event requests",
+         f"**{b.events_rate:,.0f} events/s** ({b.accepted:,} in {b.seconds:.1f} s)",
+         f"≥ {TARGET_EVENTS_PER_S:,} events/s", f"{b.events_rate / TARGET_EVENTS_PER_S:.3f}",
+         _met(b.events_rate >= TARGET_EVENTS_PER_S and b.accepted == b.journaled)],
+        [f"webhook 202 → SCIM write, idle pool {lat.shape}, p99",
+         f"**{p99:.0f} ms** (p50 {lat.p(0.5):.0f} ms, max {max(lat.ms, default=0):.0f} ms, "
+         f"{len(lat.ms)} samples)", f"< {TARGET_P99_MS:.0f} ms", f"{p99 / TARGET_P99_MS:.3f}",
+         _met(ok)],
+    ]  # fmt: skip
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def details(r: WebhookResult) -> list[str]:
+    rows = []
+    for label, x in (("single-event requests", r.single), ("1,000-event requests", r.batched)):
+        others = ", ".join(f"{k or 'error'}: {v}" for k, v in sorted(x.statuses.items()) if k != 202)
+        rows.append([
+            label, f"{x.seconds:.1f}", f"{x.requests:,}" + (f" (not 202: {others})" if others else ""),
+            f"{x.requests_rate:,.0f}", f"{x.events_rate:,.0f}",
+            f"{x.accepted:,} / {x.journaled:,}",
+            f"{common.percentile(x.request_ms, 0.5):.1f} / {common.percentile(x.request_ms, 0.99):.1f}",
+            f"{x.client_cpu:.1f} ({x.client_cpu / x.seconds:.0%})",
+            f"{x.receiver_cpu:.1f} ({x.receiver_cpu / x.seconds:.0%})",
+            f"{x.redis_cpu:.1f} ({x.redis_cpu / x.seconds:.0%})",
+        ])  # fmt: skip
+    lat = r.latency
+    c = r.single.concurrency
+    return [
+        "### Webhook receiver (issue 3)",
+        "",
+        f"`provisioner webhook --workers {RECEIVER_WORKERS}` (uvicorn) on an embedded Redis with "
+        f"AOF on and `appendfsync everysec`; HMAC-signed requests of fresh `user.updated` events "
+        f"(unique ids, ~0.3 KB each), {c} in flight from one asyncio `httpx.AsyncClient` in the "
+        "benchmark process, for the time shown after a 1 s warm-up; only 202s count. No worker "
+        "runs during these two phases (the batches wait in Redis): this is the receiver and "
+        "Redis, not the ingest behind them. CPU is CPU seconds in the phase (share of one core).",
+        "",
+        table(["requests", "wall s", "202s", "requests/s", "events/s",
+               "accepted / journaled", "request ms p50 / p99", "CPU s: load generator",
+               "CPU s: receiver", "CPU s: Redis"], rows),  # fmt: skip
+        "",
+        f"The machine has {r.cores} cores; the load generator runs on them too and competes "
+        "with the receiver and Redis: its own CPU share is in the table (100% = one core), so "
+        "the figures are a lower bound for a receiver with the machine to itself.",
+        "",
+        f"**Latency from the 202 to the SCIM write** (idle pool {lat.shape} of `provisioner "
+        f"worker`, app `{APP}` with the `zscaler` profile and the rate limit lifted, a "
+        f"scim2-server in the benchmark process): {lat.users} users provisioned through the "
+        f"webhook first; then {len(lat.ms) + lat.missed} `user.updated` events changing a user's "
+        f"department, one request at a time, {lat.interval_ms:.0f} ms apart; the time from the "
+        "202's arrival at the client to the arrival of that user's "
+        f"{'/'.join(sorted(lat.methods)) or 'PUT'} at the SCIM server.",
+        "",
+        table(["", "p50 ms", "p90 ms", "p99 ms", "max ms"], [
+            ["202 received → SCIM write arrives", *_pcts(lat.ms)],
+            ["request sent → SCIM write arrives", *_pcts(lat.send_ms)],
+            ["request sent → 202 received", *_pcts(lat.answer_ms)],
+        ]),  # fmt: skip
+        "",
+        f"{lat.missed} of the 202s were not followed by the write within 10 s.",
+    ]
+
+
+def _pcts(values: list[float]) -> list[str]:
+    return [f"{common.percentile(values, q):.1f}" for q in (0.5, 0.9, 0.99)] + [
+        f"{max(values, default=0):.1f}"
+    ]
