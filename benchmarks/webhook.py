@@ -211,8 +211,8 @@ def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> L
     clock = Clock(int(time.time()) - 600)
 
     def event(type_: str, **data: Any) -> dict[str, Any]:
-        return {"id": f"lat-evt-{clock.ms}", "type": type_, "occurred_at": clock.next(),
-                "data": data}  # fmt: skip
+        stamp = clock.next()
+        return {"id": f"lat-evt-{clock.ms}", "type": type_, "occurred_at": stamp, "data": data}
 
     uids = [f"lat-{i:03d}" for i in range(LATENCY_USERS)]
     result = LatencyResult(str(shape), len(uids), interval * 1000)
@@ -260,7 +260,9 @@ def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> L
                 deadline = answered + 10
                 while True:
                     try:
-                        at, method, target = writes.get(timeout=max(0.0, deadline - time.monotonic()))
+                        at, method, target = writes.get(
+                            timeout=max(0.0, deadline - time.monotonic())
+                        )
                     except queue.Empty:
                         result.missed += 1
                         break
@@ -333,7 +335,9 @@ def _met(ok: bool) -> str:
 def details(r: WebhookResult) -> list[str]:
     rows = []
     for label, x in (("single-event requests", r.single), ("1,000-event requests", r.batched)):
-        others = ", ".join(f"{k or 'error'}: {v}" for k, v in sorted(x.statuses.items()) if k != 202)
+        others = ", ".join(
+            f"{k or 'error'}: {v}" for k, v in sorted(x.statuses.items()) if k != 202
+        )
         rows.append([
             label, f"{x.seconds:.1f}", f"{x.requests:,}" + (f" (not 202: {others})" if others else ""),
             f"{x.requests_rate:,.0f}", f"{x.events_rate:,.0f}",
@@ -355,9 +359,21 @@ def details(r: WebhookResult) -> list[str]:
         "runs during these two phases (the batches wait in Redis): this is the receiver and "
         "Redis, not the ingest behind them. CPU is CPU seconds in the phase (share of one core).",
         "",
-        table(["requests", "wall s", "202s", "requests/s", "events/s",
-               "accepted / journaled", "request ms p50 / p99", "CPU s: load generator",
-               "CPU s: receiver", "CPU s: Redis"], rows),  # fmt: skip
+        table(
+            [
+                "requests",
+                "wall s",
+                "202s",
+                "requests/s",
+                "events/s",
+                "accepted / journaled",
+                "request ms p50 / p99",
+                "CPU s: load generator",
+                "CPU s: receiver",
+                "CPU s: Redis",
+            ],
+            rows,
+        ),  # fmt: skip
         "",
         f"The machine has {r.cores} cores; the load generator runs on them too and competes "
         "with the receiver and Redis: its own CPU share is in the table (100% = one core), so "
@@ -371,11 +387,14 @@ def details(r: WebhookResult) -> list[str]:
         "202's arrival at the client to the arrival of that user's "
         f"{'/'.join(sorted(lat.methods)) or 'PUT'} at the SCIM server.",
         "",
-        table(["", "p50 ms", "p90 ms", "p99 ms", "max ms"], [
-            ["202 received → SCIM write arrives", *_pcts(lat.ms)],
-            ["request sent → SCIM write arrives", *_pcts(lat.send_ms)],
-            ["request sent → 202 received", *_pcts(lat.answer_ms)],
-        ]),  # fmt: skip
+        table(
+            ["", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            [
+                ["202 received → SCIM write arrives", *_pcts(lat.ms)],
+                ["request sent → SCIM write arrives", *_pcts(lat.send_ms)],
+                ["request sent → 202 received", *_pcts(lat.answer_ms)],
+            ],
+        ),  # fmt: skip
         "",
         f"{lat.missed} of the 202s were not followed by the write within 10 s.",
     ]

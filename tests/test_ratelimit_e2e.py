@@ -1,5 +1,6 @@
 """The pool-wide rate limit, measured at the application (issue 5)."""
 
+import json
 import threading
 import time
 
@@ -67,3 +68,50 @@ def test_retry_after_pauses_the_whole_pool_then_everything_lands(harness):
     assert time.monotonic() - started >= 2  # nobody went on during the pause
     failures = [e for e in h.redis.xrange("prov:audit")]
     assert failures  # the 429s are in the audit log
+
+
+def test_a_storm_of_5xx_opens_the_breaker_which_probes_before_resuming(harness):
+    h = harness
+    h.activate("zs")
+    seen: list[tuple[float, str]] = []
+    state = {"healthy": False}
+
+    def storm(environ):
+        seen.append((time.monotonic(), environ["REQUEST_METHOD"]))
+        return None if state["healthy"] else (500, {}, b'{"detail": "down"}')
+
+    h.scim.inject(storm)
+    events = [h.event("app.user_associated", app_id="zs", user_id=f"u{i}") for i in range(30)]
+    h.send(*events, *[h.user(f"u{i}") for i in range(30)], wait=False)
+    deadline = time.monotonic() + 30
+    while json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["breaker"] == "closed":
+        assert time.monotonic() < deadline, "the breaker never opened"
+        time.sleep(0.2)
+    opened = time.monotonic()
+    time.sleep(1.0)
+    during = [t for t, _ in seen if opened + 0.3 < t < opened + 1.0]
+    assert during == []  # open: nothing is sent
+    state["healthy"] = True
+    h.wait(timeout=90)
+    assert len(h.users()) == 30
+    assert json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["breaker"] == "closed"
+
+
+def test_one_throttled_application_never_slows_another(harness):
+    h = harness
+    h.activate("slow", "--rate", "2", "--burst", "1")
+    h.activate("fast")
+    slow = [h.event("app.user_associated", app_id="slow", user_id=f"s{i}") for i in range(20)]
+    fast = [h.event("app.user_associated", app_id="fast", user_id=f"f{i}") for i in range(20)]
+    users = [h.user(f"s{i}") for i in range(20)] + [h.user(f"f{i}") for i in range(20)]
+    started = time.monotonic()
+    h.send(*slow, *fast, *users, wait=False)
+    deadline = started + 30
+    while len([u for u in h.scim.users() if u["userName"].startswith("f")]) < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    fast_done = time.monotonic() - started
+    slow_done_so_far = len([u for u in h.scim.users() if u["userName"].startswith("s")])
+    assert fast_done < 8, fast_done  # the slow app needs ~20 s (40 calls at 2/s)
+    assert slow_done_so_far < 20
+    h.wait(timeout=90)

@@ -9,6 +9,7 @@ serves other keys and other applications meanwhile, and a backlog costs no futil
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 
@@ -18,7 +19,8 @@ log = logging.getLogger("provisioner.ratelimit")
 
 BREAKER_THRESHOLD = 10  # consecutive transient failures that open the breaker
 BREAKER_WINDOW = 60  # seconds over which they count
-BREAKER_COOLDOWN = 15.0  # first pause; doubles on each failed probe, up to BREAKER_MAX
+# first pause; doubles on each failed probe, up to BREAKER_MAX
+BREAKER_COOLDOWN = float(os.environ.get("PROVISIONER_BREAKER_COOLDOWN", "15"))
 BREAKER_MAX = 300.0
 SHORT_WAIT = 0.05  # waits below this are slept through instead of re-queued
 

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_ENV = {
     "PROVISIONER_LEASE_SECONDS": "5",  # a killed worker's key comes back within seconds
     "PROVISIONER_STALE_SECONDS": "3",
+    "PROVISIONER_BREAKER_COOLDOWN": "2",  # an open circuit breaker probes after 2 s
     "PYTHONPATH": str(ROOT),
 }
 

@@ -1,0 +1,359 @@
+"""Issue 5: initial provisioning against a rate-limited application.
+
+A directory of U users in U/50 groups, each user a member of 3 distinct groups (drawn at
+random), every group associated with the app. The app (profile ``zscaler``) is activated with
+``--rate R --burst 5`` against a real scim2-server (in this process) and a worker pool is
+running; then every event is published at once with ``provisioner replay`` and the pool
+provisions until ``status`` is idle. Every request's arrival at the SCIM server is recorded.
+
+The minimal plan, computed here from the directory alone: per user 1 lookup (GET) + 1 create
+(POST); per non-empty group 1 lookup + 1 create carrying up to 100 members + ceil((members -
+100) / 100) PATCHes (``members_per_patch`` of the zscaler profile).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+from benchmarks.churn import _cli
+from benchmarks.common import PoolShape
+from benchmarks.report import table
+from benchmarks.workload import Clock, user_record
+
+APP = "zs"
+USERS_PER_GROUP = 50
+MEMBERSHIPS_PER_USER = 3
+MEMBERS_PER_PATCH = 100  # the zscaler profile's members_per_patch
+TARGET_RATIO = 1.05
+TARGET_SHARE = 0.9
+ENTRA_MINUTES_PER_OBJECT = (0.01, 0.08)
+
+
+@dataclass
+class Directory:
+    users: list[str]
+    members: dict[str, set[str]]  # group id -> user ids
+    events: list[dict[str, Any]]
+
+    @property
+    def memberships(self) -> int:
+        return sum(len(m) for m in self.members.values())
+
+    @property
+    def objects(self) -> int:
+        """Entra's unit: users + groups + memberships."""
+        return len(self.users) + len(self.members) + self.memberships
+
+
+def directory(users: int, seed: int = 5) -> Directory:
+    rng = random.Random(seed)
+    clock = Clock()
+    uids = [f"u-{i:05d}" for i in range(users)]
+    gids = [f"g-{j:04d}" for j in range(max(MEMBERSHIPS_PER_USER, users // USERS_PER_GROUP))]
+    members: dict[str, set[str]] = {g: set() for g in gids}
+    docs: list[tuple[str, dict[str, Any]]] = [("user.created", {"user": user_record(u, rng)})
+                                              for u in uids]  # fmt: skip
+    docs += [("group.created", {"group": {"id": g, "name": f"team-{g[2:]}"}}) for g in gids]
+    for u in uids:
+        for g in rng.sample(gids, MEMBERSHIPS_PER_USER):
+            members[g].add(u)
+            docs.append(("group.member_added", {"group_id": g, "user_id": u}))
+    docs += [("app.group_associated", {"app_id": APP, "group_id": g}) for g in gids]
+    events = [{"id": f"evt-prov-{i}", "type": t, "occurred_at": clock.next(), "data": d}
+              for i, (t, d) in enumerate(docs)]  # fmt: skip
+    return Directory(uids, members, events)
+
+
+def minimal_calls(d: Directory) -> tuple[int, int]:
+    """(reads, writes) of the fewest calls that provision ``d`` (module doc)."""
+    groups = [m for m in d.members.values() if m]
+    patches = sum(math.ceil(max(0, len(m) - MEMBERS_PER_PATCH) / MEMBERS_PER_PATCH) for m in groups)
+    return len(d.users) + len(groups), len(d.users) + len(groups) + patches
+
+
+@dataclass
+class ProvisioningResult:
+    users: int
+    groups: int
+    memberships: int
+    objects: int
+    rate: float
+    burst: int
+    shape: str
+    minimal_reads: int
+    minimal_writes: int
+    calls: list[tuple[float, str, str]]  # (s after the replay started, method, path)
+    seconds: float  # replay started -> idle
+    replay_seconds: float
+    cpu: dict[str, float]  # process -> CPU s over the run
+    scim_handler_cpu: float  # CPU s in scim2-server's handler (threads of this process)
+    scim_handler_wall: float  # wall s summed over requests in scim2-server's handler
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def reads(self) -> int:
+        return sum(1 for _, m, _ in self.calls if m == "GET")
+
+    @property
+    def writes(self) -> int:
+        return len(self.calls) - self.reads
+
+    @property
+    def ratio(self) -> float:
+        return len(self.calls) / (self.minimal_reads + self.minimal_writes)
+
+    @property
+    def span(self) -> float:
+        return self.calls[-1][0] - self.calls[0][0] if len(self.calls) > 1 else 0.0
+
+    @property
+    def achieved_rate(self) -> float:
+        """Requests/s from the first request to the last, the initial burst set aside (the
+        most a GCRA lets through in a span T is burst + R × T)."""
+        return (len(self.calls) - self.burst) / self.span if self.span else 0.0
+
+    @property
+    def share(self) -> float:
+        return self.achieved_rate / self.rate
+
+    @property
+    def busiest_second(self) -> int:
+        """The most requests in any 1-second window (the limit allows rate + burst)."""
+        times = [t for t, _, _ in self.calls]
+        most, lo = 0, 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - 1.0:
+                lo += 1
+            most = max(most, hi - lo + 1)
+        return most
+
+    @property
+    def entra_minutes(self) -> tuple[float, float]:
+        low, high = ENTRA_MINUTES_PER_OBJECT
+        return self.objects * low, self.objects * high
+
+
+class _Recorder:
+    """An ``inject`` hook logging each request's arrival, and a wrapper timing the handler."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.calls: list[tuple[float, str, str]] = []
+        self.cpu = self.wall = 0.0
+        self.lock = threading.Lock()
+
+    def hook(self, environ: dict[str, Any]) -> None:
+        self.calls.append((time.monotonic(), environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+
+    def timed(self, environ: dict[str, Any], start_response: Any) -> Any:
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            return self.app(environ, start_response)
+        finally:
+            with self.lock:
+                self.cpu += time.thread_time() - cpu
+                self.wall += time.perf_counter() - wall
+
+
+def run(workdir: Path, users: int, rate: float, shape: PoolShape, burst: int | None = None,
+        log: Any = print) -> ProvisioningResult:  # fmt: skip
+    from tests.support.scimserver import ScimServer
+    from worker.scim.profiles import ZSCALER
+    from worker.status import snapshot
+
+    burst = ZSCALER.burst if burst is None else burst
+    d = directory(users)
+    path = workdir / f"provisioning-{users}.jsonl"
+    path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in d.events))
+    reads, writes = minimal_calls(d)
+    timeout = 600 + 5 * (reads + writes) / rate
+    with (
+        common.redis_server(workdir, f"provisioning-{users}") as (server, client),
+        ScimServer() as scim,
+    ):
+        pool = common.start_pool(server.url, shape)
+        try:
+            common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
+                            what="workers")  # fmt: skip
+            token = workdir / "scim.token"
+            token.write_text(scim.token)
+            _cli(server.url, "apps", "activate", APP, "--base-url", scim.base_url, "--token-file",
+                 str(token), "--profile", "zscaler", "--rate", f"{rate:g}", "--burst", str(burst))  # fmt: skip
+            common.settled(client, 60)
+            rec = _Recorder(scim.app)
+            scim.app = rec.timed
+            scim.inject(rec.hook)
+            roots = [w.pid for w in pool.workers]
+            before = [common.process_cpu([pid]) for pid in roots]
+            redis0, own0 = common.redis_cpu(client), time.process_time()
+            children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            log(f"  publishing {len(d.events):,} events; minimal plan {reads + writes:,} calls, "
+                f"{(reads + writes) / rate:,.0f} s at {rate:g}/s ...")  # fmt: skip
+            t0 = time.monotonic()
+            _cli(server.url, "replay", str(path))
+            replay_seconds = time.monotonic() - t0
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t_idle = common.settled(client, timeout, interval=0.5)
+            cpu = {"`provisioner replay`": children.ru_utime + children.ru_stime
+                   - children0.ru_utime - children0.ru_stime}  # fmt: skip
+            for i, (pid, start) in enumerate(zip(roots, before, strict=True), 1):
+                now = common.process_cpu([pid])
+                cpu[f"worker {i}: main process"] = now.pop(pid) - start.get(pid, 0.0)
+                for k, (p, used) in enumerate(sorted(now.items()), 1):
+                    cpu[f"worker {i}: pool process {k}"] = used - start.get(p, 0.0)
+            cpu["Redis"] = common.redis_cpu(client) - redis0
+            cpu["benchmark process (scim2-server threads, status polls)"] = (
+                time.process_time() - own0
+            )
+            scim.inject(None)
+            calls = [(t - t0, m, p) for t, m, p in rec.calls]
+            problems = _check(scim, d, snapshot(client))
+        finally:
+            pool.stop()
+    return ProvisioningResult(
+        users=users, groups=len(d.members), memberships=d.memberships, objects=d.objects,
+        rate=rate, burst=burst, shape=str(shape), minimal_reads=reads, minimal_writes=writes,
+        calls=calls, seconds=t_idle - t0, replay_seconds=replay_seconds, cpu=cpu,
+        scim_handler_cpu=rec.cpu, scim_handler_wall=rec.wall, problems=problems,
+    )  # fmt: skip
+
+
+def _check(scim: Any, d: Directory, state: dict[str, Any]) -> list[str]:
+    """Differences between the app and the directory, and anything parked or held."""
+    problems = [f"app {a}: {len(s['parked'])} parked, {len(s['held'])} held"
+                for a, s in state["apps"].items() if s["parked"] or s["held"]]  # fmt: skip
+    by_id = {u["id"]: u["userName"] for u in scim.users()}
+    usernames = dict(zip(d.users, _usernames(d), strict=True))
+    missing = set(usernames.values()) - set(by_id.values())
+    if missing:
+        problems.append(f"{len(missing)} users missing")
+    remote = {g["displayName"]: g for g in scim.groups()}
+    wrong = 0
+    for g, members in d.members.items():
+        got = remote.get(f"team-{g[2:]}")
+        have = {by_id.get(m["value"]) for m in (got or {}).get("members") or []}
+        wrong += have != {usernames[u] for u in members}
+    if wrong:
+        problems.append(f"{wrong} groups missing or with wrong members")
+    return problems
+
+
+def _usernames(d: Directory) -> list[str]:
+    return [e["data"]["user"]["username"] for e in d.events if e["type"] == "user.created"]
+
+
+# -- rendering ---------------------------------------------------------------------------------
+def _label(r: ProvisioningResult) -> str:
+    return f"{r.users:,} users / {r.groups:,} groups at {r.rate:g} requests/s"
+
+
+def summary_rows(r: ProvisioningResult) -> list[list[str]]:
+    low, high = r.entra_minutes
+    minutes = r.seconds / 60
+    return [
+        [f"initial provisioning, {_label(r)}: calls sent / minimal plan",
+         f"**{r.ratio:.3f}** ({len(r.calls):,} / {r.minimal_reads + r.minimal_writes:,})",
+         f"≤ {TARGET_RATIO}", f"{r.ratio / TARGET_RATIO:.3f}",
+         _met(r.ratio <= TARGET_RATIO and not r.problems)],
+        [f"initial provisioning, {_label(r)}: share of the limit used while a backlog exists",
+         f"**{r.share:.3f}** ({r.achieved_rate:,.1f} requests/s over {r.span:,.1f} s)",
+         f"≥ {TARGET_SHARE}", f"{r.share / TARGET_SHARE:.3f}", _met(r.share >= TARGET_SHARE)],
+        [f"initial provisioning, {_label(r)}: total time ({r.objects:,} objects) vs Entra's "
+         "initial cycle (0.01–0.08 min per object)",
+         f"**{minutes:,.1f} min** ({minutes / r.objects:.4f} min per object)",
+         f"Entra: {low:,.0f}–{high:,.0f} min", f"{minutes / low:.3f} of Entra's fastest",
+         _met(minutes <= low)],
+    ]  # fmt: skip
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def details(results: list[ProvisioningResult]) -> list[str]:
+    rows = []
+    for r in results:
+        kinds = Counter((p.strip("/").split("/")[1] if p.count("/") > 1 else p, m)
+                        for _, m, p in r.calls)  # fmt: skip
+        writes = ", ".join(
+            f"{m} {res} {n:,}" for (res, m), n in sorted(kinds.items()) if m != "GET"
+        )
+        first, last = r.calls[0][0] if r.calls else 0, r.calls[-1][0] if r.calls else 0
+        low, high = r.entra_minutes
+        rows.append([
+            f"{r.users:,} / {r.groups:,} / {r.memberships:,} ({r.objects:,})",
+            f"{r.rate:g} (burst {r.burst})", r.shape,
+            f"{r.reads:,} / {r.minimal_reads:,}", f"{r.writes:,} / {r.minimal_writes:,} ({writes})",
+            f"{r.ratio:.3f}", f"{r.achieved_rate:,.1f} ({r.share:.1%})",
+            f"{r.busiest_second} (≤ {r.rate + r.burst:g})",
+            f"{r.seconds:,.1f} (replay {r.replay_seconds:.1f}; first call {first:.1f}, last "
+            f"{last:,.1f})",
+            f"{low:,.0f}–{high:,.0f}",
+        ])  # fmt: skip
+    out = [
+        "### Initial provisioning under a rate limit (issue 5)",
+        "",
+        f"A directory of U users in U/{USERS_PER_GROUP} groups, {MEMBERSHIPS_PER_USER} distinct "
+        "groups per user drawn at random, every group associated with the app (profile `zscaler`, "
+        "`apps activate --rate R --burst 5`), a scim2-server in the benchmark process and a pool "
+        "of `provisioner worker` processes; all events are published at once by `provisioner "
+        "replay`, and the run ends when `status` is idle. Every request's arrival at the SCIM "
+        "server is recorded. The minimal plan is computed by the benchmark from the directory: per "
+        f"user 1 lookup + 1 create; per group 1 lookup + 1 create with up to {MEMBERS_PER_PATCH} "
+        f"members + ceil((members − {MEMBERS_PER_PATCH}) / {MEMBERS_PER_PATCH}) PATCHes. The "
+        "share of the limit is (requests − burst) / (last request − first request) / R. Entra's "
+        "anchor: its initial cycle takes 0.01–0.08 minutes per object (users + groups + "
+        "memberships).",
+        "",
+        table(
+            [
+                "users / groups / memberships (objects)",
+                "R/s",
+                "pool",
+                "reads sent / minimal",
+                "writes sent / minimal",
+                "calls ratio",
+                "requests/s (share of R)",
+                "most in any 1 s",
+                "wall s: replay start → idle",
+                "Entra, min",
+            ],
+            rows,
+        ),  # fmt: skip
+    ]
+    for r in results:
+        wall = r.seconds
+        busiest = max(r.cpu, key=lambda k: r.cpu[k])
+        total = sum(r.cpu.values())
+        out += [
+            "",
+            f"CPU over the run of {_label(r)} ({wall:,.1f} s from the replay's start to idle):",
+            "",
+            table(["process", "CPU s", "share of one core"],
+                  [[k, f"{v:,.1f}", f"{v / wall:.0%}"] for k, v in r.cpu.items()]),  # fmt: skip
+            "",
+            f"Together {total:,.0f} CPU s, {total / wall / _cores():.0%} of the {_cores()} cores; the "
+            f"busiest process: {busiest} ({r.cpu[busiest] / wall:.0%} of a core). scim2-server's "
+            f"request handler itself used {r.scim_handler_cpu:,.1f} CPU s "
+            f"({r.scim_handler_cpu / max(1, len(r.calls)) * 1000:.1f} ms per request; "
+            f"{r.scim_handler_wall / max(1, len(r.calls)) * 1000:.1f} ms wall per request in the "
+            "handler). "
+            + ("The app ended as the directory says, nothing parked or held."
+               if not r.problems else f"**Problems: {'; '.join(r.problems)}.**"),
+        ]  # fmt: skip
+    return out
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,56 @@
+"""The pacing script on a real Redis, step by step (no worker touches this Redis)."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import own_redis
+from worker import ratelimit
+from worker.redis_server import RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from own_redis(tmp_path_factory)
+
+
+def test_burst_then_reserved_slots_in_order(r):
+    waits = [ratelimit.acquire(r, "a", 5, 2, "t", f"k{i}") for i in range(5)]
+    assert waits[:2] == [0, 0]  # the burst
+    assert 0 < waits[2] < waits[3] < waits[4]  # then one slot every 200 ms, reserved in order
+    assert waits[3] - waits[2] == pytest.approx(0.2, abs=0.01)
+    assert ratelimit.acquire(r, "a", 5, 2, "t", "k2") > 0  # k2 keeps its slot, not a new one
+    assert ratelimit.acquire(r, "b", 5, 2, "t", "k0") == 0  # another app is not affected
+
+
+def test_retry_after_pauses_every_key_of_the_app(r):
+    ratelimit.pause(r, "a", 1.0)
+    assert 0.9 <= ratelimit.acquire(r, "a", 100, 10, "t", "k1") <= 1.0
+    assert ratelimit.acquire(r, "b", 100, 10, "t", "k1") == 0
+
+
+def test_the_breaker_opens_then_lets_a_single_probe_through(r):
+    for _ in range(ratelimit.BREAKER_THRESHOLD - 1):
+        assert not ratelimit.transient_failure(r, "a")
+    assert ratelimit.transient_failure(r, "a")  # the threshold: open, the app paused
+    assert ratelimit.breaker_state(r, "a") == "open"
+    assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") > 0
+    r.delete("prov:rl:a:until")  # the cooldown is over
+    assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") == 0  # the probe goes
+    assert ratelimit.breaker_state(r, "a") == "probing"
+    assert ratelimit.acquire(r, "a", 100, 10, "other", "k2") > 0  # everyone else waits
+    assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") == 0  # the probe's next call
+    ratelimit.success(r, "a")
+    assert ratelimit.breaker_state(r, "a") == "closed"
+    assert ratelimit.acquire(r, "a", 100, 10, "other", "k2") == 0
+
+
+def test_a_failed_probe_opens_the_breaker_for_longer(r):
+    for _ in range(ratelimit.BREAKER_THRESHOLD):
+        ratelimit.transient_failure(r, "a")
+    r.delete("prov:rl:a:until")
+    assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") == 0
+    assert ratelimit.transient_failure(r, "a")  # the probe failed: open again
+    first = float(r.get("prov:cb:a:cooldown"))
+    assert first == min(ratelimit.BREAKER_MAX, ratelimit.BREAKER_COOLDOWN * 2)
+    assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") > 0
