@@ -13,7 +13,7 @@ import redis
 
 from tests.reference_model import check, predict
 from tests.support.harness import Harness, WorkerPool
-from tests.support.scimserver import ScimServer
+from tests.support.scimserver import DROP, DROP_AFTER, ScimServer
 from worker import keys
 from worker.redis_server import RedisServer
 
@@ -54,7 +54,8 @@ def random_history(h: Harness, rng: random.Random) -> list[dict]:
 
 
 class Faults:
-    """Answers a share of requests with 429 (Retry-After), 500, 503, or after a stall."""
+    """Answers a share of requests with 429 (Retry-After), 500 or 503, drops the connection
+    without an answer, or answers after a stall."""
 
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
@@ -73,7 +74,10 @@ class Faults:
         if roll < 0.09:
             self.injected[503] += 1
             return 503, {}, b"<html>unavailable</html>"
-        if roll < 0.12:
+        if roll < 0.11:
+            self.injected["dropped"] += 1
+            return DROP if roll < 0.10 else DROP_AFTER  # after: the write happened, unseen
+        if roll < 0.14:
             time.sleep(0.4)
         return None
 
@@ -113,7 +117,7 @@ def test_chaos(tmp_path):
             problems = check(predict(events), scim.users(), scim.groups())
             assert problems == [], "\n".join(problems[:20])
             audit = [json.loads(f[b"e"]) for _, f in client.xrange(keys.AUDIT)]
-            failed = Counter(e["status"] for e in audit if e["outcome"] == "failure")
+            failed = Counter(e["status"] or "dropped" for e in audit if e["outcome"] == "failure")
             for status, count in faults.injected.items():
                 # a worker killed between a failed call and its audit entry may lose a few
                 assert failed[status] >= count * 0.9 - 3, (status, failed, faults.injected)

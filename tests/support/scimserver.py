@@ -7,7 +7,9 @@ a request log and a fault hook (``inject``) that lets a test answer a request it
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
@@ -39,9 +41,22 @@ def _provider() -> ScimProvider:
     )
 
 
+DROP = "drop"  # what a fault returns to close the connection without an answer
+DROP_AFTER = "drop-after"  # the same, once the application has done the work
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        environ["test.connection"] = self.connection  # lets a fault drop the connection
+        return environ
+
+    def handle(self) -> None:
+        with contextlib.suppress(OSError):
+            super().handle()
 
 
 class ScimServer:
@@ -136,6 +151,11 @@ class ScimServer:
         answer = fault(environ) if fault is not None else None
         if answer is None:
             return self.app(environ, start_response)  # type: ignore[arg-type]
+        if answer in (DROP, DROP_AFTER):  # the connection dies before any answer
+            if answer == DROP_AFTER:
+                list(self.app(environ, lambda *args: None))  # type: ignore[arg-type]
+            environ["test.connection"].shutdown(socket.SHUT_RDWR)
+            raise ConnectionAbortedError  # wsgiref gives up on the request quietly
         status, headers, body = answer
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         start_response(f"{status} {phrase}", [*headers.items(), ("Content-Length", str(len(body)))])
