@@ -108,6 +108,7 @@ def body(prefix: str, first: int, count: int) -> bytes:
 
 @dataclass
 class LoadResult:
+    workers: int  # receiver processes
     events_per_request: int
     concurrency: int
     seconds: float
@@ -115,6 +116,7 @@ class LoadResult:
     accepted: int  # events answered 202
     journaled: int  # events added to the journal meanwhile (a cross-check)
     request_ms: list[float]  # send -> response, 202s only
+    sequential_ms: float  # p50 of requests sent one at a time on one keep-alive connection
     client_cpu: float  # CPU s of this process (the load generator) during the phase
     receiver_cpu: float  # CPU s of the receiver's processes (uvicorn and its workers)
     redis_cpu: float
@@ -134,16 +136,17 @@ class LoadResult:
 
 async def _load(url: str, prefix: str, per_request: int, seconds: float,
                 concurrency: int) -> tuple[float, Counter, int, list[float]]:  # fmt: skip
-    """``concurrency`` loops posting fresh bodies until ``seconds`` have passed."""
+    """``concurrency`` loops posting fresh bodies until ``seconds`` have passed. Each loop has
+    its own client (one keep-alive connection): a shared httpx pool scans every connection on
+    every request, which more than doubles the generator's CPU at 32 connections."""
     statuses: Counter = Counter()
     latencies: list[float] = []
     accepted = 0
     next_request = iter(range(10**9))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
 
-        async def loop(deadline: float) -> None:
-            nonlocal accepted
+    async def loop(deadline: float) -> None:
+        nonlocal accepted
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
             while time.monotonic() < deadline:
                 content = body(prefix, next(next_request) * per_request, per_request)
                 sent = time.perf_counter()
@@ -157,14 +160,20 @@ async def _load(url: str, prefix: str, per_request: int, seconds: float,
                     accepted += per_request
                     latencies.append((time.perf_counter() - sent) * 1000)
 
-        t0 = time.monotonic()
-        await asyncio.gather(*(loop(t0 + seconds) for _ in range(concurrency)))
-        elapsed = time.monotonic() - t0
-    return elapsed, statuses, accepted, latencies
+    t0 = time.monotonic()
+    await asyncio.gather(*(loop(t0 + seconds) for _ in range(concurrency)))
+    return time.monotonic() - t0, statuses, accepted, latencies
 
 
-def throughput(url: str, proc: subprocess.Popen[bytes], client: redis.Redis, prefix: str,
+def throughput(redis_url: str, client: redis.Redis, log: Path, workers: int, prefix: str,
                per_request: int, seconds: float, concurrency: int) -> LoadResult:  # fmt: skip
+    """One phase against a fresh receiver of ``workers`` processes."""
+    with receiver(redis_url, log, workers) as (proc, url):
+        return _throughput(url, proc, client, workers, prefix, per_request, seconds, concurrency)
+
+
+def _throughput(url: str, proc: subprocess.Popen[bytes], client: redis.Redis, workers: int,
+                prefix: str, per_request: int, seconds: float, concurrency: int) -> LoadResult:  # fmt: skip
     from worker import keys
 
     asyncio.run(_load(url, f"{prefix}-warm", per_request, 1.0, concurrency))  # connections, caches
@@ -173,13 +182,26 @@ def throughput(url: str, proc: subprocess.Popen[bytes], client: redis.Redis, pre
     elapsed, statuses, accepted, latencies = asyncio.run(
         _load(url, prefix, per_request, seconds, concurrency)
     )
+    cpu1, rcpu1, ccpu1 = common.tree_cpu([proc.pid]), common.redis_cpu(client), time.process_time()
+    journaled = client.xlen(keys.JOURNAL) - journal0
     return LoadResult(
-        events_per_request=per_request, concurrency=concurrency, seconds=elapsed,
-        statuses=statuses, accepted=accepted, journaled=client.xlen(keys.JOURNAL) - journal0,
-        request_ms=latencies, client_cpu=time.process_time() - ccpu0,
-        receiver_cpu=common.tree_cpu([proc.pid]) - cpu0,
-        redis_cpu=common.redis_cpu(client) - rcpu0,
+        workers=workers, events_per_request=per_request, concurrency=concurrency, seconds=elapsed,
+        statuses=statuses, accepted=accepted, journaled=journaled, request_ms=latencies,
+        sequential_ms=sequential(url, f"{prefix}-seq", per_request), client_cpu=ccpu1 - ccpu0,
+        receiver_cpu=cpu1 - cpu0, redis_cpu=rcpu1 - rcpu0,
     )  # fmt: skip
+
+
+def sequential(url: str, prefix: str, per_request: int, n: int = 50) -> float:
+    """p50 ms of ``n`` requests sent one at a time on one keep-alive connection."""
+    times = []
+    with httpx.Client(base_url=url, timeout=60) as http:
+        for i in range(n):
+            content = body(prefix, i * per_request, per_request)
+            sent = time.perf_counter()
+            http.post("/v1/events", content=content, headers=headers(content)).raise_for_status()
+            times.append((time.perf_counter() - sent) * 1000)
+    return common.percentile(times, 0.5)
 
 
 # -- latency -----------------------------------------------------------------------------------
@@ -284,27 +306,30 @@ def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> L
 class WebhookResult:
     single: LoadResult
     batched: LoadResult
+    single_one_worker: LoadResult  # a diagnostic: the same load on ``--workers 1``
     latency: LatencyResult
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
 
 
 def run(workdir: Path, seconds: float, concurrency: int, samples: int, shape: PoolShape,
         interval: float = 0.075, log: Any = print) -> WebhookResult:  # fmt: skip
-    with (
-        common.redis_server(workdir, "webhook") as (server, client),
-        receiver(server.url, workdir / "webhook.log") as (proc, url),
-    ):
-        log(f"webhook: single-event requests for {seconds:g} s, {concurrency} in flight ...")
-        single = throughput(url, proc, client, "s", 1, seconds, concurrency)
-        log(f"  {single.requests_rate:,.0f} requests/s accepted ({dict(single.statuses)})")
-        log(f"webhook: 1,000-event requests for {seconds:g} s, {concurrency} in flight ...")
-        batched = throughput(url, proc, client, "b", 1000, seconds, concurrency)
-        log(f"  {batched.events_rate:,.0f} events/s accepted ({dict(batched.statuses)})")
+    phases = {}
+    with common.redis_server(workdir, "webhook") as (server, client):
+        for name, workers, per_request in (("single", RECEIVER_WORKERS, 1),
+                                           ("batched", RECEIVER_WORKERS, 1000),
+                                           ("single_one_worker", 1, 1)):  # fmt: skip
+            log(f"webhook: {per_request:,}-event requests for {seconds:g} s, {concurrency} in "
+                f"flight, {workers} receiver workers ...")  # fmt: skip
+            x = throughput(server.url, client, workdir / "webhook.log", workers, name,
+                           per_request, seconds, concurrency)  # fmt: skip
+            phases[name] = x
+            log(f"  {x.requests_rate:,.0f} requests/s, {x.events_rate:,.0f} events/s accepted "
+                f"({dict(x.statuses)}); request p50 {common.percentile(x.request_ms, 0.5):.1f} ms")  # fmt: skip
     log(f"webhook: latency 202 -> SCIM write, {samples} samples, pool {shape} ...")
     lat = latency(workdir, samples, shape, interval)
     log(f"  p50 {lat.p(0.5):.1f} ms, p99 {lat.p(0.99):.1f} ms, max {max(lat.ms, default=0):.1f} ms"
         f", {lat.missed} missed")  # fmt: skip
-    return WebhookResult(single, batched, lat)
+    return WebhookResult(latency=lat, **phases)
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -334,40 +359,50 @@ def _met(ok: bool) -> str:
 
 def details(r: WebhookResult) -> list[str]:
     rows = []
-    for label, x in (("single-event requests", r.single), ("1,000-event requests", r.batched)):
+    phases = (("single-event", r.single), ("1,000-event", r.batched),
+              ("single-event (diagnostic)", r.single_one_worker))  # fmt: skip
+    for label, x in phases:
         others = ", ".join(
             f"{k or 'error'}: {v}" for k, v in sorted(x.statuses.items()) if k != 202
         )
         rows.append([
-            label, f"{x.seconds:.1f}", f"{x.requests:,}" + (f" (not 202: {others})" if others else ""),
-            f"{x.requests_rate:,.0f}", f"{x.events_rate:,.0f}",
-            f"{x.accepted:,} / {x.journaled:,}",
+            label, x.workers, f"{x.seconds:.1f}",
+            f"{x.requests:,}" + (f" (not 202: {others})" if others else ""),
+            f"{x.requests_rate:,.0f}", f"{x.events_rate:,.0f}", f"{x.accepted:,} / {x.journaled:,}",
             f"{common.percentile(x.request_ms, 0.5):.1f} / {common.percentile(x.request_ms, 0.99):.1f}",
+            f"{x.sequential_ms:.1f}",
             f"{x.client_cpu:.1f} ({x.client_cpu / x.seconds:.0%})",
-            f"{x.receiver_cpu:.1f} ({x.receiver_cpu / x.seconds:.0%})",
+            f"{x.receiver_cpu:.1f} ({x.receiver_cpu / x.seconds:.0%}; "
+            f"{x.receiver_cpu / max(1, x.requests) * 1000:.2f} ms/request)",
             f"{x.redis_cpu:.1f} ({x.redis_cpu / x.seconds:.0%})",
         ])  # fmt: skip
     lat = r.latency
-    c = r.single.concurrency
-    return [
+    two, one = r.single.sequential_ms, r.single_one_worker.sequential_ms
+    out = [
         "### Webhook receiver (issue 3)",
         "",
-        f"`provisioner webhook --workers {RECEIVER_WORKERS}` (uvicorn) on an embedded Redis with "
-        f"AOF on and `appendfsync everysec`; HMAC-signed requests of fresh `user.updated` events "
-        f"(unique ids, ~0.3 KB each), {c} in flight from one asyncio `httpx.AsyncClient` in the "
-        "benchmark process, for the time shown after a 1 s warm-up; only 202s count. No worker "
-        "runs during these two phases (the batches wait in Redis): this is the receiver and "
-        "Redis, not the ingest behind them. CPU is CPU seconds in the phase (share of one core).",
+        f"`provisioner webhook --workers N` (uvicorn) on an embedded Redis with AOF on and "
+        "`appendfsync everysec`; HMAC-signed requests of fresh `user.updated` events (unique ids, "
+        f"~0.3 KB each), {r.single.concurrency} in flight from asyncio `httpx.AsyncClient`s in the "
+        "benchmark process (one keep-alive connection each), for the time shown after a 1 s "
+        "warm-up; only 202s count. No worker runs during these phases (the batches wait in "
+        "Redis): this is the receiver and Redis, not the ingest behind them. CPU: seconds used "
+        "in the phase (share of one core). The last row is a diagnostic, not the target's "
+        'configuration: the same single-event load on one receiver process. "One at a time": '
+        "after each phase, 50 requests of the same size sent one after the other on one "
+        "keep-alive connection (p50).",
         "",
         table(
             [
                 "requests",
+                "receiver workers",
                 "wall s",
                 "202s",
                 "requests/s",
                 "events/s",
                 "accepted / journaled",
                 "request ms p50 / p99",
+                "one at a time: ms p50",
                 "CPU s: load generator",
                 "CPU s: receiver",
                 "CPU s: Redis",
@@ -378,14 +413,27 @@ def details(r: WebhookResult) -> list[str]:
         f"The machine has {r.cores} cores; the load generator runs on them too and competes "
         "with the receiver and Redis: its own CPU share is in the table (100% = one core), so "
         "the figures are a lower bound for a receiver with the machine to itself.",
+    ]
+    if two - one > 20:
+        out += [
+            "",
+            f"One at a time, a single-event request takes {two:.0f} ms (p50) with "
+            f"{r.single.workers} receiver workers against {one:.0f} ms with 1: uvicorn's multi-process mode binds the "
+            "listening socket itself with `proto` 0, so asyncio does not set `TCP_NODELAY` on "
+            "the accepted connections and each keep-alive response waits for the client's "
+            "delayed ACK (Nagle; uvicorn issue #3149).",
+        ]
+    return [
+        *out,
         "",
         f"**Latency from the 202 to the SCIM write** (idle pool {lat.shape} of `provisioner "
         f"worker`, app `{APP}` with the `zscaler` profile and the rate limit lifted, a "
-        f"scim2-server in the benchmark process): {lat.users} users provisioned through the "
-        f"webhook first; then {len(lat.ms) + lat.missed} `user.updated` events changing a user's "
-        f"department, one request at a time, {lat.interval_ms:.0f} ms apart; the time from the "
-        "202's arrival at the client to the arrival of that user's "
-        f"{'/'.join(sorted(lat.methods)) or 'PUT'} at the SCIM server.",
+        f"scim2-server in the benchmark process, a receiver of {RECEIVER_WORKERS} workers): "
+        f"{lat.users} users provisioned through the webhook first; then "
+        f"{len(lat.ms) + lat.missed} `user.updated` events changing a user's department, one "
+        f"request at a time, {lat.interval_ms:.0f} ms apart; the time from the 202's arrival at "
+        f"the client to the arrival of that user's {'/'.join(sorted(lat.methods)) or 'PUT'} at "
+        "the SCIM server.",
         "",
         table(
             ["", "p50 ms", "p90 ms", "p99 ms", "max ms"],

@@ -28,6 +28,7 @@ import json
 import logging
 import logging.config
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -434,7 +435,7 @@ def serve(
         config.settings()
     except ConfigurationError as error:
         raise SystemExit(f"provisioner webhook: {error}") from None
-    uvicorn.run(
+    settings = uvicorn.Config(
         "producers.webhook:app_from_env",
         factory=True,
         host=host,
@@ -445,6 +446,18 @@ def serve(
         server_header=False,
         proxy_headers=False,
     )
+    if workers <= 1:
+        uvicorn.Server(settings).run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    # uvicorn binds the shared socket itself for several workers, and asyncio then leaves
+    # TCP_NODELAY off on the connections it accepts: every keep-alive answer would wait for
+    # the client's delayed ACK (~40 ms). Accepted sockets inherit the option on Linux.
+    sock = settings.bind_socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(settings, sockets=[sock]).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
