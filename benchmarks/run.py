@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         report.write_section(Path(args.output), key, title, body)
         print(f"\n(recorded in {args.output})")
-    if n == FULL_EVENTS and elapsed > 300:
+    if key == "full" and elapsed > 300:
         print(f"note: the full run took {elapsed / 60:.1f} min (more than 5 minutes)")
     return 0
 

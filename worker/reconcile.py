@@ -41,7 +41,8 @@ from worker.scim.profiles import Profile
 
 MAX_ROUNDS = 6  # plan -> run rounds; a lookup or a vanished object costs one more round
 MEMBER_WAIT = 600.0  # seconds a group may wait for members being provisioned (rate-limited)
-MEMBER_RECHECK = 1.0  # and how often it looks again (their creation also marks it)
+MEMBER_RECHECK = 2.0  # and how often it looks again
+MEMBER_SLICE = 64  # members looked at per round trip while checking
 
 
 class LeaseLost(RuntimeError):
@@ -393,25 +394,26 @@ class Reconciler:
     def _members_on_their_way(self, group_id: str, missing: list[str], outcome: Outcome) -> bool:
         """Whether to wait for members that are being provisioned right now: each one's
         creation marks the group again, and one PATCH then carries them all instead of one
-        PATCH now and another per late member. Never waits longer than ``MEMBER_WAIT``."""
+        PATCH now and another per late member. Never waits longer than ``MEMBER_WAIT``.
+
+        Looks at the missing members a slice at a time and stops at the first one still
+        queued, so a large group waiting for many members costs one round trip a check."""
         group_key = f"{self.app.id} group {group_id}"
-        if not missing:
+        since = self.redis.hget(keys.WQ_DEFERRED, group_key) if missing else None
+        waited = (scripts.now_ms() - int(since)) / 1000 if since else 0.0
+        if missing and waited < MEMBER_WAIT:
+            for start in range(0, len(missing), MEMBER_SLICE):
+                pipe = self.redis.pipeline(transaction=False)
+                for user_id in missing[start : start + MEMBER_SLICE]:
+                    pipe.zscore(keys.WQ_DIRTY, f"{self.app.id} user {user_id}")
+                    pipe.hexists(keys.WQ_OWNER, f"{self.app.id} user {user_id}")
+                if any(pipe.execute()):
+                    if since is None:
+                        self.redis.hsetnx(keys.WQ_DEFERRED, group_key, scripts.now_ms())
+                    outcome.trace.append(f"group {group_id}: waiting for members on their way")
+                    return True
+        if since is not None or not missing:
             self.redis.hdel(keys.WQ_DEFERRED, group_key)
-            return False
-        pipe = self.redis.pipeline(transaction=False)
-        for user_id in missing:
-            user_key = f"{self.app.id} user {user_id}"
-            pipe.zscore(keys.WQ_DIRTY, user_key)
-            pipe.hexists(keys.WQ_OWNER, user_key)
-        pipe.hsetnx(keys.WQ_DEFERRED, group_key, scripts.now_ms())
-        pipe.hget(keys.WQ_DEFERRED, group_key)
-        answers = pipe.execute()
-        pending = sum(1 for i in range(len(missing)) if answers[2 * i] or answers[2 * i + 1])
-        waited = (scripts.now_ms() - int(answers[-1])) / 1000
-        if pending and waited < MEMBER_WAIT:
-            outcome.trace.append(f"group {group_id}: waiting for {pending} members on their way")
-            return True
-        self.redis.hdel(keys.WQ_DEFERRED, group_key)
         return False
 
     def _reread_user(
