@@ -184,7 +184,6 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 EVENT = TypeAdapter(Event)
-_one = EVENT
 _many = TypeAdapter(list[Event])
 
 
@@ -223,7 +222,7 @@ def _problems(error: ValidationError, prefix: tuple[Any, ...] = ()) -> list[dict
 def parse_event(document: Any) -> Event:
     """Validate one decoded JSON document as an event."""
     try:
-        return _one.validate_python(document)
+        return EVENT.validate_python(document)
     except ValidationError as error:
         raise EventError(_problems(error)) from None
 
