@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from benchmarks import common
 from benchmarks.common import PoolShape
 from benchmarks.workload import Clock, user_record
@@ -363,26 +361,6 @@ def _write(path: Path, events: list[dict[str, Any]]) -> Path:
     return path
 
 
-def _settled(client: redis.Redis, timeout: float) -> float:
-    """Wait until status is idle on 3 polls in a row (a follow-up mark may come just after a
-    release); returns when it first was."""
-    deadline = time.monotonic() + timeout
-    streak, first = 0, 0.0
-    while True:
-        if common.idle(client):
-            streak += 1
-            first = first if streak > 1 else time.monotonic()
-            if streak >= 3:
-                return first
-        else:
-            streak = 0
-        if time.monotonic() > deadline:
-            from worker.status import snapshot
-
-            raise TimeoutError(f"not idle after {timeout:.0f}s: {snapshot(client)['queue']}")
-        time.sleep(0.15)
-
-
 @dataclass
 class ChurnResult:
     shape: str
@@ -470,14 +448,14 @@ def run(
             _cli(
                 server.url, "replay", str(_write(workdir / "churn-initial.jsonl", w.initial_events))
             )
-            initial_seconds = _settled(client, 900) - t0
+            initial_seconds = common.settled(client, 900) - t0
             # ... the churn runs at the profile's rate (Zscaler: 5 requests/s), or ``rate``
             from worker.scim.profiles import ZSCALER
 
             churn_rate = rate or ZSCALER.requests_per_second
             burst = max(1, int(rate)) if rate else ZSCALER.burst
             _cli(server.url, *activate, "--rate", f"{churn_rate:g}", "--burst", str(burst))
-            _settled(client, 900)
+            common.settled(client, 900)
             initial_problems = check_app(scim, w.before, initial_view,
                                          app_groups_of(initial_view), set())  # fmt: skip
             remote = _remote_objects(scim, w.before)
@@ -485,7 +463,7 @@ def run(
             scim.timed.clear()
             t0 = time.monotonic()
             _cli(server.url, "replay", str(_write(workdir / "churn.jsonl", w.churn_events)))
-            seconds = _settled(client, 900) - t0
+            seconds = common.settled(client, 900) - t0
             requests = list(scim.requests)
             state = snapshot(client)
             stuck = [f"{len(a.get('held') or {})} held by the deletion guard, "
