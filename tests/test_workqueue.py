@@ -66,3 +66,15 @@ def test_a_lost_message_is_sent_again_when_its_queue_is_empty(r):
     time.sleep(0.05)
     assert queue.sweep(stale_seconds=0.01, resend_stale=False) == []
     assert queue.sweep(stale_seconds=0.01, resend_stale=True) == ["a user u1"]
+
+
+def test_renewing_while_the_app_is_active_stops_when_it_is_deactivated(r):
+    queue = Workqueue(r)
+    queue.mark(["a user u1"])
+    queue.claim("a user u1", "w1")
+    r.sadd("prov:apps:active", "a")
+    assert queue.renew("a user u1", "w1", while_active="a") is True
+    r.srem("prov:apps:active", "a")
+    assert queue.renew("a user u1", "w1", while_active="a") is False
+    assert queue.renew("a user u1", "w1") is True  # the lease itself is still ours
+    assert queue.release("a user u1", "w1") == "done"

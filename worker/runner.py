@@ -102,10 +102,7 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
                 scim,
                 profile,
                 # deactivating the app stops its reconciles in flight before their next call
-                still_ours=lambda: (
-                    queue.renew(key_text, token)
-                    and bool(client.sismember(keys.APPS_ACTIVE, key.app))
-                ),
+                still_ours=lambda: queue.renew(key_text, token, while_active=key.app),
                 causes=audit.take_causes(client, key_text),
                 throttle=lambda: _take_slot(client, app.id, rate, burst, token, key_text),
                 guard=lambda name, obj: _guard(client, app.id, key_text, name, obj),

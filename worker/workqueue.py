@@ -47,8 +47,11 @@ class Workqueue:
         """``claimed``, ``busy``, ``delayed`` or ``clean`` (see lua/claim.lua)."""
         return _decode1(scripts.run(self.redis, "claim", key, token, self.lease_ms))
 
-    def renew(self, key: str, token: str) -> bool:
-        return bool(scripts.run(self.redis, "renew", key, token, self.lease_ms))
+    def renew(self, key: str, token: str, *, while_active: str | None = None) -> bool:
+        """Extend the lease; False when it was lost, or when app ``while_active`` is not
+        active any more (one round trip for both)."""
+        extra = [while_active] if while_active else []
+        return bool(scripts.run(self.redis, "renew", key, token, self.lease_ms, *extra))
 
     def release(self, key: str, token: str, delay_seconds: float = 0.0) -> str:
         """``done``, ``reschedule`` (send a message), ``delayed`` or ``lost``."""
