@@ -36,22 +36,11 @@ def _key(app_id: str, part: str) -> str:
 
 def check(client: redis.Redis, app_id: str, reconcile_key: str, detail: str) -> None:
     """Count a destructive call of ``reconcile_key``; raise ``Held`` past the threshold."""
-    if client.exists(_key(app_id, "approved")):
-        return
     percent, minimum, window = _limits()
-    now = scripts.now_ms()
-    recent = _key(app_id, "recent")
-    pipe = client.pipeline()
-    pipe.zremrangebyscore(recent, "-inf", now - window * 1000)
-    pipe.zadd(recent, {reconcile_key: now}, nx=True)
-    pipe.zcard(recent)
-    pipe.zrank(recent, reconcile_key)
-    pipe.hlen(keys.mirror(app_id, "user"))
-    pipe.expire(recent, window)
-    _, _, _, rank, users, _ = pipe.execute()
-    threshold = max(minimum, int(users * percent / 100))
-    if rank is not None and rank >= threshold:
-        client.hset(_key(app_id, "held"), reconcile_key, detail)
+    threshold = scripts.run(
+        client, "guard", app_id, reconcile_key, detail, window, percent, minimum
+    )
+    if threshold:
         raise Held(f"{reconcile_key}: held by the deletion guard ({threshold} per {window}s)")
 
 
@@ -74,6 +63,6 @@ def reject(client: redis.Redis, app_id: str) -> list[str]:
     """Drop the held calls: those objects stay as they are in the app until they change."""
     pipe = client.pipeline()
     pipe.hkeys(_key(app_id, "held"))
-    pipe.delete(_key(app_id, "held"), _key(app_id, "recent"))
+    pipe.delete(_key(app_id, "held"), _key(app_id, "recent"), _key(app_id, "places"))
     held_keys, _ = pipe.execute()
     return [k.decode() for k in held_keys]
