@@ -15,7 +15,6 @@ A real receiver process (``provisioner webhook --workers 2``, uvicorn) on an emb
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import queue
@@ -134,60 +133,51 @@ class LoadResult:
         return self.requests / self.seconds
 
 
-async def _load(url: str, prefix: str, per_request: int, seconds: float,
-                concurrency: int) -> tuple[float, Counter, int, list[float]]:  # fmt: skip
-    """``concurrency`` loops posting fresh bodies until ``seconds`` have passed. Each loop has
-    its own client (one keep-alive connection): a shared httpx pool scans every connection on
-    every request, which more than doubles the generator's CPU at 32 connections."""
-    statuses: Counter = Counter()
-    latencies: list[float] = []
-    accepted = 0
-    next_request = iter(range(10**9))
+def _load(url: str, prefix: str, per_request: int, seconds: float, concurrency: int,
+          secret_file: Path) -> tuple[float, Counter, int, list[float], float]:  # fmt: skip
+    """Run ``benchmarks.loadgen`` in its own process; its figures and its CPU seconds."""
+    import resource
 
-    async def loop(deadline: float) -> None:
-        nonlocal accepted
-        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-            while time.monotonic() < deadline:
-                content = body(prefix, next(next_request) * per_request, per_request)
-                sent = time.perf_counter()
-                try:
-                    resp = await http.post("/v1/events", content=content, headers=headers(content))
-                except httpx.HTTPError:
-                    statuses[0] += 1
-                    continue
-                statuses[resp.status_code] += 1
-                if resp.status_code == 202:
-                    accepted += per_request
-                    latencies.append((time.perf_counter() - sent) * 1000)
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(loop(t0 + seconds) for _ in range(concurrency)))
-    return time.monotonic() - t0, statuses, accepted, latencies
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [common.python(), "-m", "benchmarks.loadgen", url, prefix, str(per_request),
+         str(seconds), str(concurrency), str(secret_file)],
+        cwd=common.ROOT, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    figures = json.loads(out)
+    statuses = Counter({int(k): v for k, v in figures["statuses"].items()})
+    return figures["seconds"], statuses, figures["accepted"], figures["latencies_ms"], cpu
 
 
 def throughput(redis_url: str, client: redis.Redis, log: Path, workers: int, prefix: str,
                per_request: int, seconds: float, concurrency: int) -> LoadResult:  # fmt: skip
     """One phase against a fresh receiver of ``workers`` processes."""
+    secret_file = log.parent / "webhook.secret"
+    secret_file.write_bytes(SECRET)
     with receiver(redis_url, log, workers) as (proc, url):
-        return _throughput(url, proc, client, workers, prefix, per_request, seconds, concurrency)
+        return _throughput(url, proc, client, workers, prefix, per_request, seconds, concurrency,
+                           secret_file)  # fmt: skip
 
 
 def _throughput(url: str, proc: subprocess.Popen[bytes], client: redis.Redis, workers: int,
-                prefix: str, per_request: int, seconds: float, concurrency: int) -> LoadResult:  # fmt: skip
+                prefix: str, per_request: int, seconds: float, concurrency: int,
+                secret_file: Path) -> LoadResult:  # fmt: skip
     from worker import keys
 
-    asyncio.run(_load(url, f"{prefix}-warm", per_request, 1.0, concurrency))  # connections, caches
+    _load(url, f"{prefix}-warm", per_request, 1.0, concurrency, secret_file)  # caches
     journal0 = client.xlen(keys.JOURNAL)
-    cpu0, rcpu0, ccpu0 = common.tree_cpu([proc.pid]), common.redis_cpu(client), time.process_time()
-    elapsed, statuses, accepted, latencies = asyncio.run(
-        _load(url, prefix, per_request, seconds, concurrency)
+    cpu0, rcpu0 = common.tree_cpu([proc.pid]), common.redis_cpu(client)
+    elapsed, statuses, accepted, latencies, client_cpu = _load(
+        url, prefix, per_request, seconds, concurrency, secret_file
     )
-    cpu1, rcpu1, ccpu1 = common.tree_cpu([proc.pid]), common.redis_cpu(client), time.process_time()
+    cpu1, rcpu1 = common.tree_cpu([proc.pid]), common.redis_cpu(client)
     journaled = client.xlen(keys.JOURNAL) - journal0
     return LoadResult(
         workers=workers, events_per_request=per_request, concurrency=concurrency, seconds=elapsed,
         statuses=statuses, accepted=accepted, journaled=journaled, request_ms=latencies,
-        sequential_ms=sequential(url, f"{prefix}-seq", per_request), client_cpu=ccpu1 - ccpu0,
+        sequential_ms=sequential(url, f"{prefix}-seq", per_request), client_cpu=client_cpu,
         receiver_cpu=cpu1 - cpu0, redis_cpu=rcpu1 - rcpu0,
     )  # fmt: skip
 

@@ -7,6 +7,7 @@ afterwards is only a wake-up; the workers' sweeper re-sends it if it was lost.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from worker.celery_app import send_ingest
 from worker.config import settings
 from worker.events import EVENT, Event, epoch_micros
 
+log = logging.getLogger("provisioner.publish")
+
 BATCH_SIZE = 1000
 BATCHES_PER_TRIP = 10
 
@@ -27,6 +30,16 @@ class PublishResult:
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     batches: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Request:
+    """A webhook request's events, stored all or nothing: ``claim`` names its signature's key
+    (``""``: none), which ``SET NX EX ttl`` must create, or the request is a replay."""
+
+    events: Sequence[Event]
+    claim: str = ""
+    ttl: int = 0
 
 
 def wire(event: Event) -> bytes:
@@ -52,28 +65,95 @@ def publish(
 ) -> PublishResult:
     """Store events durably (duplicates are reported, not stored) and wake the workers."""
     result = PublishResult()
-    maxlen = settings().journal_maxlen
-    step = batch_size * BATCHES_PER_TRIP
-    for trip in range(0, len(events), step):
+    chunks = [[Request(events[i : i + batch_size])] for i in range(0, len(events), batch_size)]
+    for trip in range(0, len(chunks), BATCHES_PER_TRIP):
         # Several batches per round trip; each batch is still one atomic script run.
-        pipe = client.pipeline(transaction=False)
-        chunks = []
-        for start in range(trip, min(trip + step, len(events)), batch_size):
-            chunk = events[start : start + batch_size]
-            batch_id = uuid.uuid4().hex
-            ids = [e.id for e in chunk]
-            scripts.run(pipe, "store_batch", batch_id, maxlen, len(chunk), *ids,
-                        *(wire(e) for e in chunk))  # fmt: skip
-            chunks.append((batch_id, ids))
-        for (batch_id, ids), duplicate_indexes in zip(chunks, pipe.execute(), strict=True):
-            duplicates = {int(i) for i in duplicate_indexes}
-            for i, event_id in enumerate(ids):
-                (result.duplicates if i in duplicates else result.accepted).append(event_id)
-            if len(duplicates) < len(ids):
+        for batch_id, (stored,) in _store(client, chunks[trip : trip + BATCHES_PER_TRIP]):
+            assert stored is not None  # nothing to claim
+            result.accepted += stored.accepted
+            result.duplicates += stored.duplicates
+            if stored.accepted:
                 result.batches.append(batch_id)
     if notify:
         send_ingest(result.batches)
     return result
+
+
+def publish_requests(
+    client: redis.Redis,
+    requests: Sequence[Request],
+    *,
+    batch_size: int = BATCH_SIZE,
+    notify: bool = True,
+) -> list[PublishResult | None]:
+    """Store several requests in one round trip (the webhook's group commit), packed whole
+    into batches of about ``batch_size`` events; ``None`` for a request refused as a replay.
+
+    One wake-up covers them all. A wake-up that fails is logged, not raised: the events are
+    durable and pending, and the workers' sweeper sends it again."""
+    batches: list[list[Request]] = [[]]
+    size = 0
+    for request in requests:
+        if batches[-1] and size + len(request.events) > batch_size:
+            batches.append([])
+            size = 0
+        batches[-1].append(request)
+        size += len(request.events)
+    results: list[PublishResult | None] = []
+    woken: list[str] = []
+    for batch_id, outcomes in _store(client, [b for b in batches if b]):
+        results += outcomes
+        if any(o is not None and o.accepted for o in outcomes):
+            woken.append(batch_id)
+    for outcome in results:
+        if outcome is not None:
+            outcome.batches = woken
+    if notify:
+        try:
+            send_ingest(woken)
+        except Exception as error:  # noqa: BLE001 - the sweeper re-sends; see the docstring
+            log.warning("wake-up not sent (%s); the sweeper will", error.__class__.__name__)
+    return results
+
+
+def _store(
+    client: redis.Redis, batches: Sequence[Sequence[Request]]
+) -> list[tuple[str, list[PublishResult | None]]]:
+    """Run ``store_batch`` once per batch, all in one round trip: per batch its id and, per
+    request, what was accepted and what was a duplicate (``None``: refused as a replay)."""
+    maxlen = settings().journal_maxlen
+    # One batch runs on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).
+    pipe = client.pipeline(transaction=False) if len(batches) > 1 else client
+    batch_ids, answers = [], []
+    for batch in batches:
+        batch_id = uuid.uuid4().hex
+        segments = [x for r in batch for x in (r.claim, r.ttl, len(r.events))]
+        events = [e for r in batch for e in r.events]
+        answers.append(scripts.run(pipe, "store_batch", batch_id, maxlen, len(events),
+                                   len(batch), *segments, *(e.id for e in events),
+                                   *(wire(e) for e in events)))  # fmt: skip
+        batch_ids.append(batch_id)
+    if pipe is not client:
+        answers = pipe.execute()
+    stored = []
+    for batch_id, batch, (duplicate_indexes, refused_indexes) in zip(
+        batch_ids, batches, answers, strict=True
+    ):
+        duplicates = {int(i) for i in duplicate_indexes}
+        refused = {int(i) for i in refused_indexes}
+        outcomes: list[PublishResult | None] = []
+        first = 0
+        for segment, request in enumerate(batch):
+            if segment in refused:
+                outcomes.append(None)
+            else:
+                outcome = PublishResult()
+                for i, event in enumerate(request.events, start=first):
+                    (outcome.duplicates if i in duplicates else outcome.accepted).append(event.id)
+                outcomes.append(outcome)
+            first += len(request.events)
+        stored.append((batch_id, outcomes))
+    return stored
 
 
 def publish_wire(

@@ -30,27 +30,29 @@ import logging.config
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import redis
 from kombu.exceptions import OperationalError
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producers import signing
-from producers.publish import PublishResult, publish
+from producers.groupcommit import GroupCommit
+from producers.publish import PublishResult, publish_requests
+from producers.publish import Request as PublishRequest
 from worker import config, keys
-from worker.events import Event, EventError, parse_events
+from worker.events import Event, EventError, parse_documents, parse_event
 from worker.observability import init_sentry
 from worker.sweeper import alive_workers
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = dict[str, str]  # lowercase names; the first of repeated headers
 
 log = logging.getLogger("provisioner.webhook")
 
@@ -58,6 +60,7 @@ MAX_BODY = 1024 * 1024  # bytes
 MAX_EVENTS = 1000  # events per request
 INLINE_PARSE = 64 * 1024  # bodies above this are validated off the event loop
 SIGNATURE_KEY_PREFIX = keys.PREFIX + "webhook:sig:"
+SIGNATURE_HEADER = signing.HEADER.lower()
 READY_TIMEOUT = 2.0  # seconds /readyz waits for Redis
 
 ALLOW_BEARER_ENV = "PROVISIONER_WEBHOOK_ALLOW_BEARER"
@@ -85,9 +88,9 @@ class Refused(Exception):
         self.status, self.error, self.detail = status, error, detail
         self.problems, self.headers = problems, headers or {}
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         body = {"error": self.error, "detail": self.detail, "problems": self.problems}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return Response(self.status, body, self.headers)
 
 
 def env_flag(name: str) -> bool:
@@ -116,9 +119,9 @@ class Authenticator:
         problem = {"pointer": "", "header": header, "reason": reason}
         return Refused(401, "unauthorized", reason, [problem], {"WWW-Authenticate": self.challenge})
 
-    def before_body(self, request: Request) -> bool:
+    def before_body(self, headers: Headers) -> bool:
         """Check what the headers alone decide; True when the body's signature must be checked."""
-        header = request.headers.get(signing.HEADER)
+        header = headers.get(SIGNATURE_HEADER)
         if not self.secrets:  # insecure mode without secrets: nothing to check against
             return False
         if header is not None:
@@ -127,7 +130,7 @@ class Authenticator:
             except signing.SignatureError as error:
                 raise self.refuse(error.reason) from None
             return True
-        authorization = request.headers.get("authorization")
+        authorization = headers.get("authorization")
         if authorization is not None:
             self.check_bearer(authorization)
             return False
@@ -146,8 +149,8 @@ class Authenticator:
         if not any(matches):
             raise self.refuse("wrong bearer secret", "Authorization")
 
-    def check_signature(self, request: Request, body: bytes) -> signing.Signature:
-        header = request.headers.get(signing.HEADER)
+    def check_signature(self, headers: Headers, body: bytes) -> signing.Signature:
+        header = headers.get(SIGNATURE_HEADER)
         try:
             return signing.check(header, body, self.secrets, time.time(), self.window)
         except signing.SignatureError as error:
@@ -157,8 +160,8 @@ class Authenticator:
 # --- reading and validating --------------------------------------------------------------------
 
 
-def check_content_type(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def check_content_type(headers: Headers) -> None:
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         shown = media_type or "none"
         raise Refused(
@@ -175,20 +178,25 @@ def too_large(declared: str | None = None) -> Refused:
     return Refused(413, "body_too_large", reason, [{"pointer": "", "reason": reason}])
 
 
-def check_content_length(request: Request) -> None:
-    declared = request.headers.get("content-length")
+def check_content_length(headers: Headers) -> None:
+    declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
         raise too_large(declared)
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     """The raw body, refused as soon as it grows past ``MAX_BODY`` (never buffered beyond)."""
     body = bytearray()
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Disconnected
+        chunk = message.get("body", b"")
         if len(body) + len(chunk) > MAX_BODY:
             raise too_large()
         body += chunk
-    return bytes(body)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def decode(body: bytes) -> Any:
@@ -206,7 +214,9 @@ def validate(body: bytes) -> list[Event]:
         reason = f"{len(document)} events in one request; at most {MAX_EVENTS} are accepted"
         raise Refused(413, "too_many_events", reason, [{"pointer": "", "reason": reason}])
     try:
-        return parse_events(body)
+        if isinstance(document, list):
+            return parse_documents(document)
+        return [parse_event(document)]
     except EventError as error:
         detail = f"invalid events, nothing was accepted: {summary(error.problems)}"
         raise Refused(422, "invalid_events", detail, error.problems) from None
@@ -226,77 +236,170 @@ def unavailable(error: Exception) -> Refused:
     )
 
 
+# --- HTTP -----------------------------------------------------------------------------------
+# A plain ASGI application: three routes need no framework, and the hot path (one request of
+# one event) is then the HTTP parser, the checks, the commit and one log line.
+
+
+class Disconnected(Exception):
+    """The client went away before its body was read."""
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, send: Send, head_only: bool = False) -> None:
+        content = json.dumps(self.body, separators=(",", ":")).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(content)).encode())]  # fmt: skip
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in self.headers.items()]  # fmt: skip
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head_only else content})
+
+
+@dataclass
+class Exchange:
+    """One request as the access log sees it."""
+
+    method: str
+    path: str
+    headers: Headers
+    events: int = 0
+    error: str | None = None
+
+
+def header_map(scope: Scope) -> Headers:
+    headers: Headers = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: answer uvicorn's lifespan messages."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 # --- the application -------------------------------------------------------------------------
 
 
 class Receiver:
-    """The endpoints, bound to their authenticator and Redis client."""
+    """The ASGI application: the endpoints, bound to their authenticator and Redis client."""
 
     def __init__(self, auth: Authenticator, client: Callable[[], redis.Redis]):
         self.auth = auth
         self.client = client
+        self.group_commit = GroupCommit(self.commit)
+        self.routes: dict[str, tuple[str, Callable[[Exchange, Receive], Awaitable[Response]]]] = {
+            "/v1/events": ("POST", self.events),
+            "/healthz": ("GET", self.healthz),
+            "/readyz": ("GET", self.readyz),
+        }
 
-    async def events(self, request: Request) -> Response:
-        request.state.events = 0
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # no websockets
+        started = time.perf_counter()
+        exchange = Exchange(scope["method"], scope["path"], header_map(scope))
         try:
-            events = await self.receive(request)
-            request.state.events = len(events)
-            result = await run_in_threadpool(self.store, events, request.state.signature)
+            response = await self.route(exchange, receive)
+        except Exception:
+            log.exception("%s %s failed", exchange.method, exchange.path)
+            exchange.error = "internal_error"
+            response = Response(500, {"error": "internal_error", "detail": "internal error",
+                                      "problems": []})  # fmt: skip
+        await response.send(send, head_only=exchange.method == "HEAD")
+        access_log(exchange, response.status, (time.perf_counter() - started) * 1000)
+
+    async def route(self, exchange: Exchange, receive: Receive) -> Response:
+        route = self.routes.get(exchange.path)
+        if route is None:
+            return Response(404, {"error": "not_found", "detail": "Not Found", "problems": []})
+        method, endpoint = route
+        allowed = (method, "HEAD") if method == "GET" else (method,)
+        if exchange.method not in allowed:
+            body = {"error": "method_not_allowed", "detail": "Method Not Allowed", "problems": []}
+            return Response(405, body, {"Allow": ", ".join(allowed)})
+        return await endpoint(exchange, receive)
+
+    async def events(self, exchange: Exchange, receive: Receive) -> Response:
+        try:
+            events, signature = await self.receive(exchange.headers, receive)
+            exchange.events = len(events)
+            result = await self.store(events, signature)
         except Refused as refused:
-            request.state.error = refused.error
+            exchange.error = refused.error
             return refused.response()
-        except ClientDisconnect:
-            request.state.error = "client_disconnected"
-            return Response(status_code=400)
-        body = {"accepted": result.accepted, "duplicates": result.duplicates}
-        return JSONResponse(body, status_code=202)
+        except Disconnected:
+            exchange.error = "client_disconnected"
+            return Response(400, {"error": "client_disconnected", "detail": "", "problems": []})
+        return Response(202, {"accepted": result.accepted, "duplicates": result.duplicates})
 
-    async def receive(self, request: Request) -> list[Event]:
+    async def receive(
+        self, headers: Headers, receive: Receive
+    ) -> tuple[list[Event], signing.Signature | None]:
         """Everything that decides on the request's content, before anything is stored."""
-        request.state.signature = None
-        check_content_type(request)
-        check_content_length(request)
-        signed = self.auth.before_body(request)
-        body = await read_body(request)
-        if signed:
-            request.state.signature = self.auth.check_signature(request, body)
+        check_content_type(headers)
+        check_content_length(headers)
+        signed = self.auth.before_body(headers)
+        body = await read_body(receive)
+        signature = self.auth.check_signature(headers, body) if signed else None
         if len(body) <= INLINE_PARSE:
-            return validate(body)
-        return await run_in_threadpool(validate, body)
+            return validate(body), signature
+        return await anyio.to_thread.run_sync(validate, body), signature
 
-    def store(self, events: list[Event], signature: signing.Signature | None) -> PublishResult:
-        """Claim the signature (a replay is refused), then publish; release it on failure."""
-        claimed = None
+    async def store(
+        self, events: list[Event], signature: signing.Signature | None
+    ) -> PublishResult:
+        """Publish with the requests around it (group commit), claiming the signature in the
+        same step: a replayed request is refused and stores nothing."""
+        claim, ttl = "", 0
+        if signature is not None:
+            claim = SIGNATURE_KEY_PREFIX + signature.digest
+            ttl = max(1, int(signature.timestamp + self.auth.window - time.time()) + 1)
+        result = await self.group_commit.submit(PublishRequest(events, claim, ttl))
+        if result is None:
+            raise self.auth.refuse("replayed signature: this request was already accepted")
+        return result
+
+    def commit(self, requests: Sequence[PublishRequest]) -> list[PublishResult | None]:
+        """Store a group of requests (in a worker thread); a Redis outage refuses them all
+        with 503, and releases their signatures so that they can be sent again as they are."""
+        client = None
         try:
             client = self.client()
-            if signature is not None:
-                claimed = self.claim(client, signature)
-            return publish(client, events)
+            return publish_requests(client, requests)
         except _UNAVAILABLE as error:
-            if claimed is not None:
+            claims = [r.claim for r in requests if r.claim]
+            if client is not None and claims:
                 with contextlib.suppress(*_UNAVAILABLE):
-                    client.delete(claimed)
+                    client.delete(*claims)
             log.warning("publish failed: %s", error.__class__.__name__)
             raise unavailable(error) from None
 
-    def claim(self, client: redis.Redis, signature: signing.Signature) -> str:
-        """Remember the signature until its timestamp leaves the window; refuse a replay."""
-        key = SIGNATURE_KEY_PREFIX + signature.digest
-        ttl = max(1, int(signature.timestamp + self.auth.window - time.time()) + 1)
-        if not client.set(key, 1, nx=True, ex=ttl):
-            raise self.auth.refuse("replayed signature: this request was already accepted")
-        return key
+    async def healthz(self, exchange: Exchange, receive: Receive) -> Response:
+        return Response(200, {"status": "ok"})
 
-    async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(self, request: Request) -> Response:
+    async def readyz(self, exchange: Exchange, receive: Receive) -> Response:
         checks = {"redis": f"no answer within {READY_TIMEOUT:g} s", "workers": "unknown"}
         with anyio.move_on_after(READY_TIMEOUT):  # the thread is abandoned, not waited for
             checks = await anyio.to_thread.run_sync(self.readiness, abandon_on_cancel=True)
         ready = all(value == "ok" for value in checks.values())
         body = {"status": "ok" if ready else "unavailable", "checks": checks}
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return Response(200 if ready else 503, body)
 
     def readiness(self) -> dict[str, str]:
         try:
@@ -312,54 +415,15 @@ class Receiver:
         return {"redis": "ok", "workers": workers}
 
 
-async def http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (404, 405) in the same JSON shape."""
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": code, "detail": exc.detail, "problems": []}
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-
-class AccessLog:
-    """One log line per request: method, path, status, events, duration (no body, no secret)."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            self.write(scope, status, (time.perf_counter() - started) * 1000)
-
-    @staticmethod
-    def write(scope: Scope, status: int, millis: float) -> None:
-        state = scope.get("state") or {}
-        probe = scope["path"] in ("/healthz", "/readyz")
-        level = logging.DEBUG if probe and status < 500 else logging.INFO
-        error = f" error={state['error']}" if state.get("error") else ""
-        log.log(
-            level,
-            "%s %s %d events=%d duration_ms=%.1f%s",
-            scope["method"],
-            scope["path"],
-            status,
-            state.get("events", 0),
-            millis,
-            error,
-        )
+def access_log(exchange: Exchange, status: int, millis: float) -> None:
+    """One line per request: method, path, status, events, duration (no body, no secret)."""
+    probe = exchange.path in ("/healthz", "/readyz")
+    level = logging.DEBUG if probe and status < 500 else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    error = f" error={exchange.error}" if exchange.error else ""
+    log.log(level, "%s %s %d events=%d duration_ms=%.1f%s", exchange.method, exchange.path,
+            status, exchange.events, millis, error)  # fmt: skip
 
 
 def create_app(
@@ -369,7 +433,7 @@ def create_app(
     insecure: bool = False,
     redis_client: redis.Redis | None = None,
     window: int = signing.WINDOW,
-) -> Starlette:
+) -> Receiver:
     """Build the receiver. ``None`` means: from the environment (secrets, bearer, Redis).
 
     Raises ``ConfigurationError`` when no secret is configured, unless ``insecure``.
@@ -394,18 +458,10 @@ def create_app(
         )
     auth = Authenticator(secrets, allow_bearer, insecure, window)
     client = (lambda: redis_client) if redis_client is not None else config.redis_client
-    receiver = Receiver(auth, client)
-    routes = [
-        Route("/v1/events", receiver.events, methods=["POST"]),
-        Route("/healthz", receiver.healthz, methods=["GET"]),
-        Route("/readyz", receiver.readyz, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
-    app.add_middleware(AccessLog)  # type: ignore[arg-type]
-    return app
+    return Receiver(auth, client)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> Receiver:
     """The factory uvicorn's workers call: everything from the environment."""
     init_sentry("webhook")  # when SENTRY_DSN is set
     return create_app(insecure=env_flag(INSECURE_ENV))
@@ -416,7 +472,14 @@ def log_config() -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
     conf = copy.deepcopy(LOGGING_CONFIG)
-    conf["loggers"]["provisioner"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # A plain formatter for the access lines: uvicorn's copies every record to colour it.
+    conf["formatters"]["provisioner"] = {
+        "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    }
+    conf["handlers"]["provisioner"] = {"formatter": "provisioner", "class": "logging.StreamHandler",
+                                       "stream": "ext://sys.stderr"}  # fmt: skip
+    conf["loggers"]["provisioner"] = {"handlers": ["provisioner"], "level": "INFO",
+                                      "propagate": False}  # fmt: skip
     return conf
 
 
@@ -438,6 +501,8 @@ def serve(
     settings = uvicorn.Config(
         "producers.webhook:app_from_env",
         factory=True,
+        http="httptools",
+        loop="uvloop",
         host=host,
         port=port,
         workers=workers,
