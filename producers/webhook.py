@@ -2,13 +2,18 @@
 
 A request is checked in this order, and nothing of a refused request is published:
 content type (415), declared size (413), credentials (401), body read up to 1 MiB (413),
-JSON (400), event count (413), the v1 contract (422). It is answered 202 only once ``publish``
-returned, i.e. the events are journaled and their batch is pending in Redis; a Redis outage
-answers 503 and the request can be sent again as it is.
+JSON (400), event count (413), the v1 contract (422). It is answered 202 only once its events
+are journaled and their batch is pending in Redis; a Redis outage answers 503 and the request
+can be sent again as it is.
 
-A signature is accepted once: its digest is remembered in Redis (``SET NX``) until the
-timestamp leaves the window, so a replayed request is refused even though duplicate event ids
-would be harmless.
+Requests are stored by group commit (``groupcommit.py``): those that arrive while a commit is
+in flight are stored together by the next one, each still all or nothing, in one round trip
+with one wake-up for the workers. The application is plain ASGI on uvicorn (httptools,
+uvloop); several worker processes share the port with ``--workers N``.
+
+A signature is accepted once: its digest is remembered in Redis (``SET NX``, in the same
+script that stores the events) until the timestamp leaves the window, so a replayed request
+is refused even though duplicate event ids would be harmless.
 
 | variable | default | meaning |
 |---|---|---|
