@@ -184,7 +184,7 @@ def test_replay_since_until_over_the_cli_is_idempotent(harness: Harness) -> None
     assert f"republished {len(changes)} journal events" in result.stdout
     assert "replay " in result.stderr  # progress lines in a pipe
     h.wait()
-    result = h.cli("replay", "--since=-1h")  # all of it
+    result = h.cli("replay", "--since", "-1h")  # all of it (a relative time as its own word)
     assert f"republished {len(documents) + 1} journal events" in result.stdout
     h.wait()
     assert snapshot(h) == state and len(h.writes()) == writes  # no SCIM write: LWW registers

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -194,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", nargs="?", help="JSON Lines or a JSON array; - for standard input")
     p.add_argument(
-        "--since", metavar="T", help="journal events accepted from T: RFC 3339, 2h, --since=-2h"
+        "--since",
+        metavar="T",
+        help="journal events accepted from T: RFC 3339, or a time back: 2h, -2h, 30m, 7d",
     )
     p.add_argument("--until", metavar="T", help="... and before T (default: now)")
     p.add_argument("--dry-run", action="store_true", help="validate and count only")
@@ -230,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_relative_times(argv: list[str]) -> list[str]:
+    """``--since -2h`` as ``--since=-2h``: argparse would take ``-2h`` for an option."""
+    joined: list[str] = []
+    for word in argv:
+        if joined and joined[-1] in TIME_OPTIONS and re.fullmatch(r"-\d+(\.\d+)?[a-z]*", word):
+            joined[-1] += "=" + word
+        else:
+            joined.append(word)
+    return joined
+
+
+TIME_OPTIONS = ("--since", "--until")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -238,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in DELEGATED:
         module = __import__(DELEGATED[argv[0]], fromlist=["main"])
         return module.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_relative_times(argv))
     try:
         return args.func(args)
     except AppError as error:
