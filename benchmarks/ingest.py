@@ -257,7 +257,9 @@ def profile_replay(
         "publish (all batches)": cum("producers/publish.py", "(publish)"),
         "  wire(): dump_json + version": cum("producers/publish.py", "(wire)"),
         "  EVALSHA store_batch (round trip)": cum("redis/commands/core.py", "(evalsha)"),
-        "  send_ingest (Celery messages)": cum("worker/celery_app.py", "(send_ingest)"),
+        "  wake-up messages (built for store_batch)": cum(
+            "worker/celery_app.py", "(ingest_message)"
+        ),
         "interpreter start + imports (outside main)": max(0.0, seconds - total),
     }
     return ProfileResult(seconds, rows[:15], groups)

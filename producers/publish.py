@@ -1,13 +1,13 @@
 """Publishing events: the one way events enter the product (webhook, replay, import).
 
-An event is durable once ``publish`` returns: the batch is stored in Redis and marked pending
-in the same atomic step that journals it and filters duplicates. The ingest message sent
-afterwards is only a wake-up; the workers' sweeper re-sends it if it was lost.
+An event is durable once ``publish`` returns: the batch is stored in Redis, marked pending and
+its wake-up (the ``prov.ingest`` message) queued in the same atomic step that journals it and
+filters duplicates (``lua/store_batch.lua``). Should a wake-up be lost with a worker, the
+workers' sweeper sends it again for every batch still pending.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 import redis
 
 from worker import scripts
-from worker.celery_app import send_ingest
+from worker.celery_app import INGEST_QUEUE, ingest_message, send_ingest
 from worker.config import settings
 from worker.events import EVENT, Event, epoch_micros
-
-log = logging.getLogger("provisioner.publish")
 
 BATCH_SIZE = 1000
 BATCHES_PER_TRIP = 10
@@ -68,14 +66,12 @@ def publish(
     chunks = [[Request(events[i : i + batch_size])] for i in range(0, len(events), batch_size)]
     for trip in range(0, len(chunks), BATCHES_PER_TRIP):
         # Several batches per round trip; each batch is still one atomic script run.
-        for batch_id, (stored,) in _store(client, chunks[trip : trip + BATCHES_PER_TRIP]):
+        for batch_id, (stored,) in _store(client, chunks[trip : trip + BATCHES_PER_TRIP], notify):
             assert stored is not None  # nothing to claim
             result.accepted += stored.accepted
             result.duplicates += stored.duplicates
             if stored.accepted:
                 result.batches.append(batch_id)
-    if notify:
-        send_ingest(result.batches)
     return result
 
 
@@ -87,10 +83,7 @@ def publish_requests(
     notify: bool = True,
 ) -> list[PublishResult | None]:
     """Store several requests in one round trip (the webhook's group commit), packed whole
-    into batches of about ``batch_size`` events; ``None`` for a request refused as a replay.
-
-    One wake-up covers them all. A wake-up that fails is logged, not raised: the events are
-    durable and pending, and the workers' sweeper sends it again."""
+    into batches of about ``batch_size`` events; ``None`` for a request refused as a replay."""
     batches: list[list[Request]] = [[]]
     size = 0
     for request in requests:
@@ -100,27 +93,23 @@ def publish_requests(
         batches[-1].append(request)
         size += len(request.events)
     results: list[PublishResult | None] = []
-    woken: list[str] = []
-    for batch_id, outcomes in _store(client, [b for b in batches if b]):
+    stored: list[str] = []
+    for batch_id, outcomes in _store(client, [b for b in batches if b], notify):
         results += outcomes
         if any(o is not None and o.accepted for o in outcomes):
-            woken.append(batch_id)
+            stored.append(batch_id)
     for outcome in results:
         if outcome is not None:
-            outcome.batches = woken
-    if notify:
-        try:
-            send_ingest(woken)
-        except Exception as error:  # noqa: BLE001 - the sweeper re-sends; see the docstring
-            log.warning("wake-up not sent (%s); the sweeper will", error.__class__.__name__)
+            outcome.batches = stored
     return results
 
 
 def _store(
-    client: redis.Redis, batches: Sequence[Sequence[Request]]
+    client: redis.Redis, batches: Sequence[Sequence[Request]], notify: bool
 ) -> list[tuple[str, list[PublishResult | None]]]:
     """Run ``store_batch`` once per batch, all in one round trip: per batch its id and, per
-    request, what was accepted and what was a duplicate (``None``: refused as a replay)."""
+    request, what was accepted and what was a duplicate (``None``: refused as a replay).
+    ``notify``: each batch queues its wake-up as it is stored."""
     maxlen = settings().journal_maxlen
     # One batch runs on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).
     pipe = client.pipeline(transaction=False) if len(batches) > 1 else client
@@ -129,9 +118,10 @@ def _store(
         batch_id = uuid.uuid4().hex
         segments = [x for r in batch for x in (r.claim, r.ttl, len(r.events))]
         events = [e for r in batch for e in r.events]
+        wakeup = ingest_message(batch_id) if notify else b""
         answers.append(scripts.run(pipe, "store_batch", batch_id, maxlen, len(events),
-                                   len(batch), *segments, *(e.id for e in events),
-                                   *(wire(e) for e in events)))  # fmt: skip
+                                   len(batch), INGEST_QUEUE, wakeup, *segments,
+                                   *(e.id for e in events), *(wire(e) for e in events)))  # fmt: skip
         batch_ids.append(batch_id)
     if pipe is not client:
         answers = pipe.execute()

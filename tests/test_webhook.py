@@ -170,6 +170,11 @@ def test_the_same_event_again_is_a_duplicate(base: str, r: redis.Redis) -> None:
     assert response.status_code == 202
     assert response.json()["duplicates"] == [document["id"]]
     assert r.xlen(keys.JOURNAL) == 2
+    woken = broker_length(r)
+    body_last = encode([document])  # nothing new: stored nowhere, and no wake-up
+    response = post(base, body_last, signed(body_last))
+    assert response.json() == {"accepted": [], "duplicates": [document["id"]]}
+    assert r.xlen(keys.JOURNAL) == 2 and broker_length(r) == woken
 
 
 def test_content_type_with_charset_is_accepted(base: str) -> None:

@@ -83,6 +83,11 @@ def send_ingest(batch_ids: Iterable[str]) -> None:
     _send("prov.ingest", INGEST_QUEUE, batch_ids)
 
 
+def ingest_message(batch_id: str) -> bytes:
+    """The wake-up for a batch, for ``store_batch.lua`` to queue as it stores the batch."""
+    return task_message("prov.ingest", INGEST_QUEUE, batch_id)
+
+
 def send_reconcile(reconcile_keys: Iterable[str]) -> None:
     _send("prov.reconcile", RECONCILE_QUEUE, reconcile_keys)
 

@@ -1,9 +1,10 @@
--- ARGV: now_ms, batch_id, journal_maxlen, n, k, then k segments (claim_key, ttl_s, count),
--- then id_1..id_n, event_1..event_n (JSON).
+-- ARGV: now_ms, batch_id, journal_maxlen, n, k, queue, wake-up message, then k segments
+-- (claim_key, ttl_s, count), then id_1..id_n, event_1..event_n (JSON).
 -- Make a batch durable: drop events whose id was accepted before (a duplicate changes
--- nothing), journal the others, store them as one batch and mark the batch pending.
--- Returns {duplicates, refused}: the 0-based indexes of the duplicates, and of the segments
--- refused.
+-- nothing), journal the others, store them as one batch, mark the batch pending and queue its
+-- wake-up (a Celery message, pushed to the list `queue`; none if empty): the workers learn of
+-- the batch in the same step. Returns {duplicates, refused}: the 0-based indexes of the
+-- duplicates, and of the segments refused.
 --
 -- Segments are the webhook's requests, committed together (group commit): each covers the
 -- next `count` events and claims its signature (`SET claim_key NX EX ttl_s`); a segment whose
@@ -16,7 +17,8 @@
 -- them, so the work per call stays bounded. A duplicate older than that is accepted again,
 -- and changes nothing (last-writer-wins registers).
 local batch_id, maxlen, n, k = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local base = 5 + 3 * k  -- ARGV[base + i] is id i, ARGV[base + n + i] event i
+local queue, wakeup = ARGV[6], ARGV[7]
+local base = 7 + 3 * k  -- ARGV[base + i] is id i, ARGV[base + n + i] event i
 local max_age = tonumber(redis.call('GET', P .. 'journal:max_age_ms') or '') or 2592000000
 local recent = P .. 'ev:recent'
 
@@ -24,8 +26,8 @@ local ids, seen, skip, refused = {}, {}, {}, {}
 for i = 1, n do ids[i] = ARGV[base + i] end
 local first_event = 1
 for segment = 1, k do
-  local claim, ttl = ARGV[3 + 3 * segment], ARGV[4 + 3 * segment]
-  local count = tonumber(ARGV[5 + 3 * segment])
+  local claim, ttl = ARGV[5 + 3 * segment], ARGV[6 + 3 * segment]
+  local count = tonumber(ARGV[7 + 3 * segment])
   if claim ~= '' and not redis.call('SET', claim, 1, 'NX', 'EX', ttl) then
     refused[#refused + 1] = segment - 1
     for i = first_event, first_event + count - 1 do skip[i] = true end
@@ -66,5 +68,6 @@ if #kept > 0 then
   redis.call('SET', P .. 'batch:' .. batch_id, '[' .. table.concat(kept, ',') .. ']')
   redis.call('ZADD', P .. 'ingest:pending', now, batch_id)
   redis.call('HINCRBY', P .. 'counters', 'published', #kept)
+  if wakeup ~= '' then redis.call('LPUSH', queue, wakeup) end
 end
 return {duplicates, refused}
