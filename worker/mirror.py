@@ -5,7 +5,7 @@ an object's remote id is known."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import redis
 
@@ -20,6 +20,25 @@ class Mirror:
         self.app_id = app_id
         self.users_key = keys.mirror(app_id, "user")
         self.groups_key = keys.mirror(app_id, "group")
+        self._riders: list[Callable[[redis.client.Pipeline], object]] = []
+
+    # commands that ride along with the next write of the mirror, in its transaction (the
+    # audit entry of the call whose outcome that write records: one round trip for both)
+    def then(self, add: Callable[[redis.client.Pipeline], object]) -> None:
+        """Queue ``add(pipeline)`` to run with the next write of the mirror (or ``flush``)."""
+        self._riders.append(add)
+
+    def flush(self) -> None:
+        """Send the queued riders now, if any."""
+        if self._riders:
+            self._pipeline().execute()
+
+    def _pipeline(self) -> redis.client.Pipeline:
+        pipe = self.redis.pipeline()
+        riders, self._riders = self._riders, []
+        for add in riders:
+            add(pipe)
+        return pipe
 
     # lookups that found nothing: kept until the object is created, so that a run cut short
     # (throttled, crashed) between the lookup and the create does not look up again
@@ -51,13 +70,18 @@ class Mirror:
 
     def clear_doubt(self, kind: Kind, object_id: str) -> None:
         """Forget an earlier lookup too: after an interrupted create, look up again."""
-        pipe = self.redis.pipeline()
+        pipe = self._pipeline()
         pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
         pipe.srem(keys.mirror_absent(self.app_id, kind), object_id)
         pipe.execute()
 
     def remember_absent(self, kind: Kind, object_id: str) -> None:
-        self.redis.sadd(keys.mirror_absent(self.app_id, kind), object_id)
+        if not self._riders:
+            self.redis.sadd(keys.mirror_absent(self.app_id, kind), object_id)
+            return
+        pipe = self._pipeline()
+        pipe.sadd(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.execute()
 
     # users
     def user(self, user_id: str) -> MirrorUser | None:
@@ -65,14 +89,14 @@ class Mirror:
 
     def save_user(self, user_id: str, entry: MirrorUser) -> None:
         document = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
-        pipe = self.redis.pipeline()
+        pipe = self._pipeline()
         pipe.hset(self.users_key, user_id, json.dumps(document))
         pipe.srem(keys.mirror_absent(self.app_id, "user"), user_id)
         pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
         pipe.execute()
 
     def forget_user(self, user_id: str) -> None:
-        pipe = self.redis.pipeline()
+        pipe = self._pipeline()
         pipe.hdel(self.users_key, user_id)
         pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
         pipe.execute()
@@ -104,7 +128,7 @@ class Mirror:
             "name": entry.display_name,
             "members": dict(entry.members),
         }
-        pipe = self.redis.pipeline()
+        pipe = self._pipeline()
         pipe.hset(self.groups_key, group_id, json.dumps(document))
         pipe.srem(keys.mirror_absent(self.app_id, "group"), group_id)
         pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
@@ -122,7 +146,7 @@ class Mirror:
         ]
 
     def forget_group(self, group_id: str) -> None:
-        pipe = self.redis.pipeline()
+        pipe = self._pipeline()
         pipe.hdel(self.groups_key, group_id)
         pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
         pipe.execute()

@@ -33,14 +33,37 @@ class Throttled(Exception):
         self.wait = wait
 
 
+LOST = -1.0  # what ``acquire`` returns when the caller's lease was lost (see ``lease``)
+
+
 def acquire(
-    client: redis.Redis, app_id: str, rate: float, burst: int, probe: str, key: str
+    client: redis.Redis,
+    app_id: str,
+    rate: float,
+    burst: int,
+    probe: str,
+    key: str,
+    *,
+    lease: tuple[str, int] | None = None,
+    doubt: tuple[str, str] | None = None,
 ) -> float:
     """Take a request slot for ``key``; returns 0.0, or the seconds until the slot reserved
-    for it (asking again then goes through)."""
+    for it (asking again then goes through).
+
+    In the same round trip: with ``lease`` (token, lease ms), the caller's lease of ``key`` is
+    checked and renewed, and the app must still be active, else ``LOST`` and no slot is
+    taken; with ``doubt`` (set key, member), a slot granted marks the write about to be sent
+    as in doubt (``Mirror.begin_write``)."""
     interval_ms = 1000.0 / rate
-    wait_ms = scripts.run(client, "throttle", app_id, repr(interval_ms), max(burst, 1), probe, key)
-    return int(wait_ms) / 1000.0
+    extra: list[object] = []
+    if lease or doubt:
+        token, lease_ms = lease or ("", "")
+        set_key, member = doubt or ("", "")
+        extra = [lease_ms, token, set_key, member]
+    wait_ms = scripts.run(
+        client, "throttle", app_id, repr(interval_ms), max(burst, 1), probe, key, *extra
+    )
+    return LOST if int(wait_ms) < 0 else int(wait_ms) / 1000.0
 
 
 def pause(client: redis.Redis, app_id: str, seconds: float) -> None:

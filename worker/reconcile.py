@@ -17,7 +17,7 @@ import redis
 from worker import audit, keys, projection, rules, scripts
 from worker.apps import AppConfig
 from worker.audit import AuditEntry
-from worker.keys import ReconcileKey
+from worker.keys import Kind, ReconcileKey
 from worker.mirror import Mirror
 from worker.model import MirrorGroup, MirrorUser
 from worker.plan import (
@@ -62,6 +62,7 @@ class Outcome:
     calls: int = 0
     trace: list[str] = field(default_factory=list)
     follow_up: list[str] = field(default_factory=list)  # keys to mark dirty afterwards
+    stopped_waiting: bool = False  # a group no longer waits for members: forget since when
 
 
 class Reconciler:
@@ -80,11 +81,18 @@ class Reconciler:
         causes: tuple[str, ...] = (),
         throttle: Callable[[], None] = lambda: None,
         guard: Callable[[str, str], None] = lambda name, obj: None,
+        gate: Callable[[str, str, tuple[Kind, str] | None], None] | None = None,
         wait_for_members: bool = True,
     ):
         """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
         passes an in-memory mirror and its own recorder. ``causes`` are the ids of the
-        directory events that dirtied the key, carried into every audit entry."""
+        directory events that dirtied the key, carried into every audit entry.
+
+        Before each call, ``still_ours`` (else ``LeaseLost``), ``guard`` and ``throttle`` run,
+        then a write is marked in doubt; ``gate(name, obj, (kind, id) of a write or None)``,
+        when given, does all of that itself (the worker's: in one round trip). With the default
+        mirror and audit log, a call's audit entry is written in the same transaction as the
+        mirror's record of its outcome."""
         self.redis = client
         self.app = app
         self.settings = app.settings()
@@ -96,16 +104,22 @@ class Reconciler:
         self.causes = causes
         self.throttle = throttle
         self.guard = guard
+        self.gate = gate
+        # the audit entry of a call rides with the mirror write that follows it
+        self._ride = mirror is None and record is None
         self.wait_for_members = wait_for_members  # explain shows the plan as of now
 
     def reconcile(self, key: ReconcileKey, outcome: Outcome | None = None) -> Outcome:
         """Reconcile one key; ``outcome`` collects calls, trace and follow-ups even when an
         error of the application cuts the run short."""
         outcome = outcome if outcome is not None else Outcome()
-        if key.kind == "user":
-            self._user(key.id, outcome)
-        else:
-            self._group(key.id, outcome)
+        try:
+            if key.kind == "user":
+                self._user(key.id, outcome)
+            else:
+                self._group(key.id, outcome)
+        finally:
+            self.mirror.flush()  # an audit entry with no mirror write after it
         return outcome
 
     # -- users ----------------------------------------------------------------------------
@@ -413,7 +427,7 @@ class Reconciler:
                     outcome.trace.append(f"group {group_id}: waiting for members on their way")
                     return True
         if since is not None or not missing:
-            self.redis.hdel(keys.WQ_DEFERRED, group_key)
+            outcome.stopped_waiting = True  # forgotten when the key is released (runner.py)
         return False
 
     def _reread_user(
@@ -493,13 +507,18 @@ class Reconciler:
         detail: str = "",
         write: bool = True,
     ) -> object:
-        if not self.still_ours():
-            raise LeaseLost(obj)
-        self.guard(name, obj)  # may raise Held: too many deactivations or deletions at once
-        self.throttle()  # may raise Throttled: the key comes back when the app has room
-        if write:
-            kind, _, object_id = obj.partition(":")
-            self.mirror.begin_write(kind, object_id)  # type: ignore[arg-type]
+        self.mirror.flush()  # entries stay in the order of the calls
+        kind, _, object_id = obj.partition(":")
+        doubt = (kind, object_id) if write else None
+        if self.gate is not None:
+            self.gate(name, obj, doubt)  # type: ignore[arg-type]
+        else:
+            if not self.still_ours():
+                raise LeaseLost(obj)
+            self.guard(name, obj)  # may raise Held: too many deactivations or deletions at once
+            self.throttle()  # may raise Throttled: the key comes back when the app has room
+            if doubt:
+                self.mirror.begin_write(kind, object_id)  # type: ignore[arg-type]
         outcome.calls += 1
         try:
             result = send()
@@ -517,11 +536,13 @@ class Reconciler:
             )
             raise
         remote_id = getattr(result, "id", None)
-        self.record(
-            AuditEntry(
-                name, self.app.id, obj, "success", status, detail, remote_id, causes=self.causes
-            )
+        entry = AuditEntry(
+            name, self.app.id, obj, "success", status, detail, remote_id, causes=self.causes
         )
+        if self._ride:  # written with the mirror's record of this outcome, which comes next
+            self.mirror.then(lambda pipe: audit.record(pipe, entry))
+        else:
+            self.record(entry)
         return result
 
 

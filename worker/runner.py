@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -82,20 +83,29 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     """Claim a key, reconcile it, release it; send the messages that follow."""
     queue = Workqueue(client, settings().lease_seconds)
     token = uuid.uuid4().hex
-    state = queue.claim(key_text, token)
+    # one round trip: the lease, the app's config and the causes of the run (a malformed key
+    # is never dirty: it comes back "clean" and is dropped here)
+    app_id = key_text.partition(" ")[0]
+    state, config, causes = queue.claim_run(key_text, token, app_id, audit.cause_key(key_text))
     if state != "claimed":
         return RunResult(key_text, state)
     key = ReconcileKey.parse(key_text)
     delay = 0.0
     result = RunResult(key_text, "done")
+    succeeded = False
     try:
-        app = apps.load(client, key.app)
+        app = _app_config(config) if config is not None else None
         if app is None or not app.active or app.paused:
             result.state = "skipped"  # re-derived by a full sync on (re)activation
         else:
             scim, profile = clients.get(app)
             rate = app.rate or profile.requests_per_second
             burst = app.burst or profile.burst
+            options = {}
+            if not dryrun.is_dry_run(app):  # a dry run keeps the mirror's doubts in memory
+                options["gate"] = lambda name, obj, doubt: _gate(
+                    client, queue, app.id, rate, burst, token, key_text, name, obj, doubt
+                )
             reconciler = dryrun.reconciler(  # the app's own Reconciler, or its dry run
                 client,
                 app,
@@ -103,14 +113,13 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
                 profile,
                 # deactivating the app stops its reconciles in flight before their next call
                 still_ours=lambda: queue.renew(key_text, token, while_active=key.app),
-                causes=audit.take_causes(client, key_text),
+                causes=causes,
                 throttle=lambda: _take_slot(client, app.id, rate, burst, token, key_text),
                 guard=lambda name, obj: _guard(client, app.id, key_text, name, obj),
+                **options,
             )
             reconciler.reconcile(key, result.outcome)
-            queue.succeeded(key_text)
-            if result.outcome.calls:
-                ratelimit.success(client, app.id)
+            succeeded = True  # failures forgotten, breaker closed when released, below
     except LeaseLost:
         result.state = "lost"
         if queue.release(key_text, token) == "reschedule":  # still ours: app deactivated
@@ -152,8 +161,16 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         log.exception("%s failed; again in %.1fs", key_text, delay)
     # Follow-ups are marked while we still hold the lease: marked after it, there would be a
     # moment with nothing dirty and nothing in flight, and `wait` would report idle too early.
-    follow_up = queue.mark(result.outcome.follow_up)
-    released = queue.release(key_text, token, delay)
+    # One round trip for the end of the run (lua/release.lua).
+    released, follow_up = queue.finish(
+        key_text,
+        token,
+        delay,
+        succeeded=succeeded,
+        close_breaker=key.app if succeeded and result.outcome.calls else None,
+        forget_deferral=result.outcome.stopped_waiting,
+        follow_up=result.outcome.follow_up,
+    )
     to_send = follow_up + ([key_text] if released == "reschedule" else [])
     send_reconcile(to_send)
     return result
@@ -170,12 +187,59 @@ def _guard(client: redis.Redis, app_id: str, key: str, name: str, obj: str) -> N
         raise
 
 
+def _app_config(raw: bytes) -> AppConfig:
+    """An app's config as stored (read by lua/claim.lua), parsed as ``apps.load`` does."""
+    data = json.loads(raw)
+    data["excluded_attributes"] = tuple(data.get("excluded_attributes", ()))
+    return AppConfig(**data)
+
+
+def _gate(
+    client: redis.Redis,
+    queue: Workqueue,
+    app_id: str,
+    rate: float,
+    burst: int,
+    token: str,
+    key: str,
+    name: str,
+    obj: str,
+    doubt: tuple[str, str] | None,
+) -> None:
+    """Before a call: the lease still ours and the app active (else ``LeaseLost``), the
+    deletion guard for a destructive call (``Held``), a request slot (``Throttled``), and a
+    write marked in doubt. One round trip (lua/throttle.lua), two more for a destructive call,
+    whose lease is checked before the guard counts it."""
+    lease: tuple[str, int] | None = (token, queue.lease_ms)
+    if name in guard.DESTRUCTIVE:
+        if not queue.renew(key, token, while_active=app_id):
+            raise LeaseLost(obj)
+        _guard(client, app_id, key, name, obj)
+        lease = None
+    marked = None
+    if doubt is not None:
+        kind, object_id = doubt
+        marked = (keys.mirror_doubt(app_id, kind), object_id)  # type: ignore[arg-type]
+    _take_slot(client, app_id, rate, burst, token, key, lease=lease, doubt=marked, obj=obj)
+
+
 def _take_slot(
-    client: redis.Redis, app_id: str, rate: float, burst: int, token: str, key: str
+    client: redis.Redis,
+    app_id: str,
+    rate: float,
+    burst: int,
+    token: str,
+    key: str,
+    *,
+    lease: tuple[str, int] | None = None,
+    doubt: tuple[str, str] | None = None,
+    obj: str = "",
 ) -> None:
     """Wait for a request slot of the app only if it is a matter of milliseconds."""
     for _ in range(3):
-        wait = ratelimit.acquire(client, app_id, rate, burst, token, key)
+        wait = ratelimit.acquire(client, app_id, rate, burst, token, key, lease=lease, doubt=doubt)
+        if wait == ratelimit.LOST:
+            raise LeaseLost(obj or key)
         if wait == 0:
             return
         if wait > ratelimit.SHORT_WAIT:

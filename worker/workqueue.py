@@ -47,6 +47,20 @@ class Workqueue:
         """``claimed``, ``busy``, ``delayed`` or ``clean`` (see lua/claim.lua)."""
         return _decode1(scripts.run(self.redis, "claim", key, token, self.lease_ms))
 
+    def claim_run(
+        self, key: str, token: str, app_id: str, causes_key: str
+    ) -> tuple[str, bytes | None, list[str]]:
+        """``claim``, and when claimed, in the same round trip: the app's stored config and
+        the ids of the events that dirtied the key, taken (oldest first; see lua/claim.lua)."""
+        answer = scripts.run(
+            self.redis, "claim", key, token, self.lease_ms, keys.app(app_id), causes_key
+        )
+        state = _decode1(answer[0])
+        if state != "claimed":
+            return state, None, []
+        config = answer[1] or None  # a missing field comes back as a nil (None)
+        return state, config, _decode(answer[:1:-1])
+
     def renew(self, key: str, token: str, *, while_active: str | None = None) -> bool:
         """Extend the lease; False when it was lost, or when app ``while_active`` is not
         active any more (one round trip for both)."""
@@ -57,6 +71,35 @@ class Workqueue:
         """``done``, ``reschedule`` (send a message), ``delayed`` or ``lost``."""
         delay_ms = int(delay_seconds * 1000)
         return _decode1(scripts.run(self.redis, "release", key, token, delay_ms))
+
+    def finish(
+        self,
+        key: str,
+        token: str,
+        delay_seconds: float = 0.0,
+        *,
+        succeeded: bool = False,
+        close_breaker: str | None = None,
+        forget_deferral: bool = False,
+        follow_up: list[str] | tuple[str, ...] = (),
+    ) -> tuple[str, list[str]]:
+        """The end of a run in one round trip: ``release``, and first (lease or not) forget
+        the key's failures when it ``succeeded``, close app ``close_breaker``'s circuit
+        breaker, forget since when the key waited for members, and ``mark`` the ``follow_up``
+        keys. Returns the release's answer and the follow-ups that need a message."""
+        delay_ms = int(delay_seconds * 1000)
+        answer = scripts.run(
+            self.redis,
+            "release",
+            key,
+            token,
+            delay_ms,
+            "1" if succeeded else "0",
+            close_breaker or "",
+            "1" if forget_deferral else "0",
+            *follow_up,
+        )
+        return _decode1(answer[0]), _decode(answer[1:])
 
     def sweep(self, *, stale_seconds: float, resend_stale: bool, limit: int = 1000) -> list[str]:
         """Recover expired leases, due backoffs and (when ``resend_stale``) lost messages."""

@@ -1,13 +1,25 @@
--- ARGV: now_ms, key, token, lease_ms. Take the lease of a dirty key.
+-- ARGV: now_ms, key, token, lease_ms[, app_key, causes_key]. Take the lease of a dirty key.
 -- Returns 'claimed', 'busy' (another worker holds it: it will reschedule on release),
 -- 'delayed' (waiting out a backoff) or 'clean' (nothing to do: a duplicate message).
+-- With `app_key` and `causes_key`, returns {state, app config or false, cause ids...}
+-- instead, the causes taken only when claimed (newest first, see audit.take_causes): what a
+-- run needs to start, in the round trip that claims it.
 local key, token, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('HEXISTS', P .. 'wq:owner', key) == 1 then return 'busy' end
+local app_key, causes_key = ARGV[5], ARGV[6]
+local function answer(state)
+  if not app_key then return state end
+  if state ~= 'claimed' then return {state} end
+  local result = {state, redis.call('HGET', app_key, 'config')}
+  for _, id in ipairs(redis.call('LRANGE', causes_key, 0, -1)) do result[#result + 1] = id end
+  redis.call('DEL', causes_key)
+  return result
+end
+if redis.call('HEXISTS', P .. 'wq:owner', key) == 1 then return answer('busy') end
 local due = redis.call('ZSCORE', P .. 'wq:delayed', key)
-if due and tonumber(due) > now then return 'delayed' end
+if due and tonumber(due) > now then return answer('delayed') end
 if due then redis.call('ZREM', P .. 'wq:delayed', key) end
-if not redis.call('ZSCORE', P .. 'wq:dirty', key) then return 'clean' end
+if not redis.call('ZSCORE', P .. 'wq:dirty', key) then return answer('clean') end
 redis.call('ZREM', P .. 'wq:dirty', key)
 redis.call('HSET', P .. 'wq:owner', key, token)
 redis.call('ZADD', P .. 'wq:leases', now + lease_ms, key)
-return 'claimed'
+return answer('claimed')

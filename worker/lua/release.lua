@@ -1,18 +1,44 @@
--- ARGV: now_ms, key, token, delay_ms. Give a lease back.
+-- ARGV: now_ms, key, token, delay_ms[, succeeded, breaker_app, forget_deferral, follow_up...].
+-- Give a lease back.
 -- delay_ms > 0 keeps the key dirty and lets it run again only after the delay (a backoff).
 -- Returns 'lost' (the lease had expired and was taken over), 'delayed', 'reschedule' (it was
 -- dirtied while being reconciled: the caller sends a message) or 'done'.
+-- With the optional arguments (the end of a run, in one round trip), returns {state,
+-- follow-up keys that need a message...}, and first, whether or not the lease is still ours:
+-- `succeeded` ('1') forgets the key's failures and parking; `breaker_app` (not '') closes that
+-- app's circuit breaker (a call went through); `forget_deferral` ('1') forgets since when the
+-- key waited for members (reconcile.py); each `follow_up` key is marked dirty (while we still
+-- hold the lease: never a moment with nothing dirty and nothing in flight).
 local key, token, delay_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
-if redis.call('HGET', P .. 'wq:owner', key) ~= token then return 'lost' end
+local extended = #ARGV > 4
+if extended then
+  if ARGV[5] == '1' then
+    redis.call('HDEL', P .. 'wq:attempts', key)
+    redis.call('HDEL', P .. 'wq:parked', key)
+  end
+  if ARGV[6] ~= '' then
+    local cb = P .. 'cb:' .. ARGV[6]
+    redis.call('DEL', cb .. ':fails', cb .. ':state', cb .. ':probe', cb .. ':cooldown')
+  end
+  if ARGV[7] == '1' then redis.call('HDEL', P .. 'wq:deferred', key) end
+  for i = 8, #ARGV do mark_key(ARGV[i]) end
+end
+local function answer(state)
+  if not extended then return state end
+  local result = {state}
+  for _, k in ipairs(schedule) do result[#result + 1] = k end
+  return result
+end
+if redis.call('HGET', P .. 'wq:owner', key) ~= token then return answer('lost') end
 redis.call('HDEL', P .. 'wq:owner', key)
 redis.call('ZREM', P .. 'wq:leases', key)
 if delay_ms > 0 then
   redis.call('ZADD', P .. 'wq:delayed', now + delay_ms, key)
   redis.call('ZADD', P .. 'wq:dirty', 'NX', now, key)
-  return 'delayed'
+  return answer('delayed')
 end
 if redis.call('ZSCORE', P .. 'wq:dirty', key) then
   redis.call('ZADD', P .. 'wq:dirty', now, key)
-  return 'reschedule'
+  return answer('reschedule')
 end
-return 'done'
+return answer('done')

@@ -1,4 +1,5 @@
--- ARGV: now_ms, app, interval_ms (1000 / rate), burst, probe_token, key.
+-- ARGV: now_ms, app, interval_ms (1000 / rate), burst, probe_token, key
+--       [, lease_ms, lease_token, doubt_set, doubt_member].
 -- Take one request slot of an application for the whole pool, or reserve the next free one.
 -- Returns 0 (go now) or the ms until the caller's reserved slot; the caller gives its key
 -- back with that delay and, when it runs again, its reservation lets it through.
@@ -6,9 +7,22 @@
 -- 2. After a breaker's pause, one request goes through as a probe; the others wait for it.
 -- 3. GCRA: requests are spaced `interval` apart, with `burst` of them allowed at once;
 --    reservations queue in order.
+-- With `lease_ms` (not ''), the caller's lease of `key` is checked and renewed first, as
+-- renew.lua does with its app: -1 when the lease was lost or the app is no longer active (no
+-- slot is taken then). With `doubt_set` (not ''), a slot granted also marks `doubt_member` in
+-- it: the write about to be sent is in doubt until its outcome is recorded (mirror.py).
+-- One round trip per SCIM call for all three.
 local app, interval, burst = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local probe, key = ARGV[5], ARGV[6]
+local lease_ms, lease_token = ARGV[7], ARGV[8]
+local doubt_set, doubt_member = ARGV[9], ARGV[10]
 local base = P .. 'rl:' .. app
+
+if lease_ms and lease_ms ~= '' then
+  if redis.call('HGET', P .. 'wq:owner', key) ~= lease_token then return -1 end
+  redis.call('ZADD', P .. 'wq:leases', now + tonumber(lease_ms), key)
+  if redis.call('SISMEMBER', P .. 'apps:active', app) == 0 then return -1 end
+end
 
 -- 4. A hard cap over the requests actually let through in the last second (plus a margin
 --    for the trip to the app): slots used late (a key coming back a little after its
@@ -29,26 +43,34 @@ local function go()
   return 0
 end
 
-local paused_until = tonumber(redis.call('GET', base .. ':until') or '0')
-if paused_until > now then return math.ceil(paused_until - now) end
-local breaker = redis.call('GET', P .. 'cb:' .. app .. ':state')
-if breaker == 'open' then
-  redis.call('SET', P .. 'cb:' .. app .. ':state', 'probing', 'PX', 30000)
-  redis.call('SET', P .. 'cb:' .. app .. ':probe', probe, 'PX', 30000)
-elseif breaker == 'probing' then
-  if redis.call('GET', P .. 'cb:' .. app .. ':probe') ~= probe then return 250 end
+local function slot()
+  local paused_until = tonumber(redis.call('GET', base .. ':until') or '0')
+  if paused_until > now then return math.ceil(paused_until - now) end
+  local breaker = redis.call('GET', P .. 'cb:' .. app .. ':state')
+  if breaker == 'open' then
+    redis.call('SET', P .. 'cb:' .. app .. ':state', 'probing', 'PX', 30000)
+    redis.call('SET', P .. 'cb:' .. app .. ':probe', probe, 'PX', 30000)
+  elseif breaker == 'probing' then
+    if redis.call('GET', P .. 'cb:' .. app .. ':probe') ~= probe then return 250 end
+  end
+  local reserved = redis.call('HGET', base .. ':res', key)
+  if reserved then
+    if tonumber(reserved) > now then return math.ceil(tonumber(reserved) - now) end
+    redis.call('HDEL', base .. ':res', key)
+    return go()
+  end
+  local tat = tonumber(redis.call('GET', base) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  redis.call('SET', base, tostring(new_tat), 'PX', math.ceil(new_tat - now + burst * interval + 60000))
+  local wait = new_tat - now - burst * interval
+  if wait <= 0 then return go() end
+  redis.call('HSET', base .. ':res', key, tostring(now + wait))
+  return math.ceil(wait)
 end
-local reserved = redis.call('HGET', base .. ':res', key)
-if reserved then
-  if tonumber(reserved) > now then return math.ceil(tonumber(reserved) - now) end
-  redis.call('HDEL', base .. ':res', key)
-  return go()
+
+local wait = slot()
+if wait == 0 and doubt_set and doubt_set ~= '' then
+  redis.call('SADD', doubt_set, doubt_member)
 end
-local tat = tonumber(redis.call('GET', base) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-redis.call('SET', base, tostring(new_tat), 'PX', math.ceil(new_tat - now + burst * interval + 60000))
-local wait = new_tat - now - burst * interval
-if wait <= 0 then return go() end
-redis.call('HSET', base .. ':res', key, tostring(now + wait))
-return math.ceil(wait)
+return wait
