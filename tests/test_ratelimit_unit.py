@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import own_redis
-from worker import ratelimit
+from worker import keys, ratelimit
 from worker.redis_server import RedisServer
 
 
@@ -54,3 +54,24 @@ def test_a_failed_probe_opens_the_breaker_for_longer(r):
     first = float(r.get("prov:cb:a:cooldown"))
     assert first == min(ratelimit.BREAKER_MAX, ratelimit.BREAKER_COOLDOWN * 2)
     assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") > 0
+
+
+def test_a_slot_checks_the_lease_and_marks_the_write_in_doubt_in_the_same_round_trip(r):
+    r.hset("prov:wq:owner", "k1", "t1")
+    r.sadd("prov:apps:active", "a")
+    lease, doubt = ("t1", 60000), (keys.mirror_doubt("a", "user"), "u1")
+    assert ratelimit.acquire(r, "a", 5, 1, "t1", "k1", lease=lease, doubt=doubt) == 0
+    assert r.sismember(*doubt)
+    assert r.zscore("prov:wq:leases", "k1") > 0  # renewed
+    # not our lease, or the app deactivated: no slot taken, nothing marked
+    r.delete(doubt[0])
+    stolen = ("someone else", 60000)
+    assert ratelimit.acquire(r, "a", 5, 1, "t1", "k1", lease=stolen, doubt=doubt) == ratelimit.LOST
+    r.srem("prov:apps:active", "a")
+    assert ratelimit.acquire(r, "a", 5, 1, "t1", "k1", lease=lease, doubt=doubt) == ratelimit.LOST
+    assert not r.exists(doubt[0])
+    # the app is back; the next slot is 200 ms away: reserved, and nothing is in doubt yet
+    r.sadd("prov:apps:active", "a")
+    wait = ratelimit.acquire(r, "a", 5, 1, "t1", "k1", lease=lease, doubt=doubt)
+    assert 0 < wait <= 0.2
+    assert not r.exists(doubt[0])

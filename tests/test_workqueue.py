@@ -78,3 +78,48 @@ def test_renewing_while_the_app_is_active_stops_when_it_is_deactivated(r):
     assert queue.renew("a user u1", "w1", while_active="a") is False
     assert queue.renew("a user u1", "w1") is True  # the lease itself is still ours
     assert queue.release("a user u1", "w1") == "done"
+
+
+def test_claiming_a_run_also_reads_the_app_and_takes_its_causes(r):
+    queue = Workqueue(r)
+    r.hset("prov:app:a", "config", b'{"id": "a"}')
+    r.lpush("prov:wq:cause:a user u1", "e1", "e2")  # newest first, as lua/mark.lua keeps them
+    assert queue.claim_run("a user u1", "w1", "a", "prov:wq:cause:a user u1") == ("clean", None, [])
+    assert r.llen("prov:wq:cause:a user u1") == 2  # not claimed: the causes stay
+    queue.mark(["a user u1"])
+    state, config, causes = queue.claim_run("a user u1", "w1", "a", "prov:wq:cause:a user u1")
+    assert (state, config, causes) == ("claimed", b'{"id": "a"}', ["e1", "e2"])
+    assert not r.exists("prov:wq:cause:a user u1")
+    assert queue.claim_run("a user u1", "w2", "a", "prov:wq:cause:a user u1")[0] == "busy"
+    queue.release("a user u1", "w1")
+    queue.mark(["b user u2"])  # an app that is not stored: no config
+    claimed = queue.claim_run("b user u2", "w1", "b", "prov:wq:cause:b user u2")
+    assert claimed == ("claimed", None, [])
+
+
+def test_finishing_a_run_releases_marks_follow_ups_and_forgets_failures_in_one_go(r):
+    queue = Workqueue(r)
+    queue.mark(["a user u1", "a group g2"])
+    queue.claim("a user u1", "w1")
+    r.hset("prov:wq:attempts", "a user u1", 3)
+    r.hset("prov:wq:parked", "a user u1", "why")
+    r.hset("prov:wq:deferred", "a user u1", 1)
+    r.set("prov:cb:a:state", "probing")
+    r.set("prov:cb:a:fails", 4)
+    released, follow_up = queue.finish(
+        "a user u1", "w1", succeeded=True, close_breaker="a", forget_deferral=True,
+        follow_up=["a group g1", "a group g2"],
+    )  # fmt: skip
+    assert (released, follow_up) == ("done", ["a group g1"])  # g2 was dirty already
+    assert not r.hexists("prov:wq:attempts", "a user u1")
+    assert not r.hexists("prov:wq:parked", "a user u1")
+    assert not r.hexists("prov:wq:deferred", "a user u1")
+    assert not r.exists("prov:cb:a:state", "prov:cb:a:fails")
+    # a failed run: nothing forgotten, the key comes back after its backoff
+    queue.mark(["a user u1"])
+    queue.claim("a user u1", "w2")
+    r.hset("prov:wq:attempts", "a user u1", 1)
+    assert queue.finish("a user u1", "w2", 0.5) == ("delayed", [])
+    assert r.hexists("prov:wq:attempts", "a user u1")
+    # a lost lease: the follow-ups are marked all the same
+    assert queue.finish("a user u1", "w2", follow_up=["a group g3"]) == ("lost", ["a group g3"])
