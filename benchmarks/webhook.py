@@ -356,7 +356,7 @@ def details(r: WebhookResult) -> list[str]:
             f"{k or 'error'}: {v}" for k, v in sorted(x.statuses.items()) if k != 202
         )
         rows.append([
-            label, x.workers, f"{x.seconds:.1f}",
+            label, x.workers, x.concurrency, f"{x.seconds:.1f}",
             f"{x.requests:,}" + (f" (not 202: {others})" if others else ""),
             f"{x.requests_rate:,.0f}", f"{x.events_rate:,.0f}", f"{x.accepted:,} / {x.journaled:,}",
             f"{common.percentile(x.request_ms, 0.5):.1f} / {common.percentile(x.request_ms, 0.99):.1f}",
@@ -387,6 +387,7 @@ def details(r: WebhookResult) -> list[str]:
             [
                 "requests",
                 "receiver workers",
+                "in flight",
                 "wall s",
                 "202s",
                 "requests/s",

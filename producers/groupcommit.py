@@ -1,8 +1,8 @@
 """Group commit for the webhook receiver: requests that arrive while a commit is in flight are
 stored together by the next one, in one Redis round trip with one wake-up for the workers.
 
-Under load, one commit carries many requests, so the per-request cost of the round trip, the
-thread hop and the Celery message shrinks with the load; one request alone is committed at
+Under load, one commit carries many requests, so the per-request cost of the round trip and
+of the wake-up shrinks with the load; one request alone is committed at
 once (no timer, no added latency). Each request is still stored all or nothing, and answered
 only once its events are durable (``publish_requests``).
 """
@@ -10,13 +10,12 @@ only once its events are durable (``publish_requests``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from producers.publish import PublishResult, Request
 
-Commit = Callable[[Sequence[Request]], list[PublishResult | None]]
+Commit = Callable[[Sequence[Request]], Awaitable[list[PublishResult | None]]]
 
 
 @dataclass
@@ -27,13 +26,12 @@ class _Waiting:
 
 class GroupCommit:
     """``await submit(request)``: its outcome (``None``: refused as a replay), or the error
-    the commit raised. ``commit`` runs in a worker thread, one commit at a time."""
+    the commit raised. One commit at a time; the event loop serves requests meanwhile."""
 
     def __init__(self, commit: Commit):
         self.commit = commit
         self.waiting: list[_Waiting] = []
         self.committer: asyncio.Task[None] | None = None
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="group-commit")
 
     async def submit(self, request: Request) -> PublishResult | None:
         answer: asyncio.Future[PublishResult | None] = asyncio.get_running_loop().create_future()
@@ -49,9 +47,7 @@ class GroupCommit:
             while self.waiting:
                 group, self.waiting = self.waiting, []
                 try:
-                    outcomes = await asyncio.get_running_loop().run_in_executor(
-                        self.thread, self.commit, [w.request for w in group]
-                    )
+                    outcomes = await self.commit([w.request for w in group])
                 except Exception as error:  # noqa: BLE001 - every request gets the error
                     for waiting in group:
                         if not waiting.answer.done():

@@ -8,11 +8,14 @@ workers' sweeper sends it again for every batch still pending.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+import redis.asyncio
 
 from worker import scripts
 from worker.celery_app import INGEST_QUEUE, ingest_message, send_ingest
@@ -84,66 +87,99 @@ def publish_requests(
 ) -> list[PublishResult | None]:
     """Store several requests in one round trip (the webhook's group commit), packed whole
     into batches of about ``batch_size`` events; ``None`` for a request refused as a replay."""
-    batches: list[list[Request]] = [[]]
+    return _per_request(_store(client, pack(requests, batch_size), notify))
+
+
+async def publish_requests_async(
+    client: redis.asyncio.Redis,
+    requests: Sequence[Request],
+    *,
+    batch_size: int = BATCH_SIZE,
+    notify: bool = True,
+) -> list[PublishResult | None]:
+    """``publish_requests`` on an asyncio client (the webhook's event loop)."""
+    batches = pack(requests, batch_size)
+    calls = [store_arguments(batch, notify) for batch in batches]
+    answers = await asyncio.gather(
+        *(scripts.run_async(client, "store_batch", *args) for _, args in calls)
+    )
+    return _per_request(
+        [(batch_id, outcomes(batch, answer))
+         for batch, (batch_id, _), answer in zip(batches, calls, answers, strict=True)]
+    )  # fmt: skip
+
+
+def pack(requests: Sequence[Request], batch_size: int) -> list[list[Request]]:
+    """Requests, whole and in order, in batches of at most ``batch_size`` events (a larger
+    request is a batch of its own)."""
+    batches: list[list[Request]] = []
     size = 0
     for request in requests:
-        if batches[-1] and size + len(request.events) > batch_size:
+        if not batches or (batches[-1] and size + len(request.events) > batch_size):
             batches.append([])
             size = 0
         batches[-1].append(request)
         size += len(request.events)
-    results: list[PublishResult | None] = []
-    stored: list[str] = []
-    for batch_id, outcomes in _store(client, [b for b in batches if b], notify):
-        results += outcomes
-        if any(o is not None and o.accepted for o in outcomes):
-            stored.append(batch_id)
+    return batches
+
+
+def _per_request(
+    stored: list[tuple[str, list[PublishResult | None]]],
+) -> list[PublishResult | None]:
+    """Each request's outcome; ``batches`` names every batch of the group that stored events."""
+    results = [outcome for _, batch_outcomes in stored for outcome in batch_outcomes]
+    batch_ids = [batch_id for batch_id, batch_outcomes in stored
+                 if any(o is not None and o.accepted for o in batch_outcomes)]  # fmt: skip
     for outcome in results:
         if outcome is not None:
-            outcome.batches = stored
+            outcome.batches = batch_ids
     return results
+
+
+def store_arguments(batch: Sequence[Request], notify: bool) -> tuple[str, list[Any]]:
+    """A new batch id and the ``store_batch`` arguments that store ``batch`` under it
+    (``notify``: queue its wake-up as it is stored)."""
+    batch_id = uuid.uuid4().hex
+    segments = [x for r in batch for x in (r.claim, r.ttl, len(r.events))]
+    events = [e for r in batch for e in r.events]
+    wakeup = ingest_message(batch_id) if notify else b""
+    return batch_id, [batch_id, settings().journal_maxlen, len(events), len(batch), INGEST_QUEUE,
+                      wakeup, *segments, *(e.id for e in events), *(wire(e) for e in events)]  # fmt: skip
+
+
+def outcomes(batch: Sequence[Request], answer: Any) -> list[PublishResult | None]:
+    """Per request of a batch, what ``store_batch`` accepted and what was a duplicate
+    (``None``: refused as a replay)."""
+    duplicate_indexes, refused_indexes = answer
+    duplicates = {int(i) for i in duplicate_indexes}
+    refused = {int(i) for i in refused_indexes}
+    result: list[PublishResult | None] = []
+    first = 0
+    for segment, request in enumerate(batch):
+        if segment in refused:
+            result.append(None)
+        else:
+            outcome = PublishResult()
+            for i, event in enumerate(request.events, start=first):
+                (outcome.duplicates if i in duplicates else outcome.accepted).append(event.id)
+            result.append(outcome)
+        first += len(request.events)
+    return result
 
 
 def _store(
     client: redis.Redis, batches: Sequence[Sequence[Request]], notify: bool
 ) -> list[tuple[str, list[PublishResult | None]]]:
-    """Run ``store_batch`` once per batch, all in one round trip: per batch its id and, per
-    request, what was accepted and what was a duplicate (``None``: refused as a replay).
-    ``notify``: each batch queues its wake-up as it is stored."""
-    maxlen = settings().journal_maxlen
+    """Run ``store_batch`` once per batch, all in one round trip; per batch its id and its
+    requests' outcomes."""
     # One batch runs on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).
     pipe = client.pipeline(transaction=False) if len(batches) > 1 else client
-    batch_ids, answers = [], []
-    for batch in batches:
-        batch_id = uuid.uuid4().hex
-        segments = [x for r in batch for x in (r.claim, r.ttl, len(r.events))]
-        events = [e for r in batch for e in r.events]
-        wakeup = ingest_message(batch_id) if notify else b""
-        answers.append(scripts.run(pipe, "store_batch", batch_id, maxlen, len(events),
-                                   len(batch), INGEST_QUEUE, wakeup, *segments,
-                                   *(e.id for e in events), *(wire(e) for e in events)))  # fmt: skip
-        batch_ids.append(batch_id)
+    calls = [store_arguments(batch, notify) for batch in batches]
+    answers = [scripts.run(pipe, "store_batch", *args) for _, args in calls]
     if pipe is not client:
         answers = pipe.execute()
-    stored = []
-    for batch_id, batch, (duplicate_indexes, refused_indexes) in zip(
-        batch_ids, batches, answers, strict=True
-    ):
-        duplicates = {int(i) for i in duplicate_indexes}
-        refused = {int(i) for i in refused_indexes}
-        outcomes: list[PublishResult | None] = []
-        first = 0
-        for segment, request in enumerate(batch):
-            if segment in refused:
-                outcomes.append(None)
-            else:
-                outcome = PublishResult()
-                for i, event in enumerate(request.events, start=first):
-                    (outcome.duplicates if i in duplicates else outcome.accepted).append(event.id)
-                outcomes.append(outcome)
-            first += len(request.events)
-        stored.append((batch_id, outcomes))
-    return stored
+    return [(batch_id, outcomes(batch, answer))
+            for batch, (batch_id, _), answer in zip(batches, calls, answers, strict=True)]  # fmt: skip
 
 
 def publish_wire(

@@ -42,11 +42,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import redis
-from kombu.exceptions import OperationalError
+import redis.asyncio
 
 from producers import signing
 from producers.groupcommit import GroupCommit
-from producers.publish import PublishResult, publish_requests
+from producers.publish import PublishResult, publish_requests_async
 from producers.publish import Request as PublishRequest
 from worker import config, keys
 from worker.events import Event, EventError, parse_documents, parse_event
@@ -67,11 +67,13 @@ INLINE_PARSE = 64 * 1024  # bodies above this are validated off the event loop
 SIGNATURE_KEY_PREFIX = keys.PREFIX + "webhook:sig:"
 SIGNATURE_HEADER = signing.HEADER.lower()
 READY_TIMEOUT = 2.0  # seconds /readyz waits for Redis
+CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": 30, "socket_connect_timeout": 5,
+                                  "health_check_interval": 30}  # fmt: skip
 
 ALLOW_BEARER_ENV = "PROVISIONER_WEBHOOK_ALLOW_BEARER"
 INSECURE_ENV = "PROVISIONER_WEBHOOK_INSECURE"
 
-_UNAVAILABLE = (redis.RedisError, OperationalError, ConnectionError, TimeoutError)
+_UNAVAILABLE = (redis.RedisError, ConnectionError, TimeoutError)
 
 
 class ConfigurationError(RuntimeError):
@@ -301,15 +303,32 @@ async def lifespan(receive: Receive, send: Send) -> None:
 class Receiver:
     """The ASGI application: the endpoints, bound to their authenticator and Redis client."""
 
-    def __init__(self, auth: Authenticator, client: Callable[[], redis.Redis]):
+    def __init__(self, auth: Authenticator, redis_url: str | None = None):
         self.auth = auth
-        self.client = client
+        self.redis_url = redis_url  # None: REDIS_URL, read when first needed
+        self._client: redis.Redis | None = None
+        self._async_client: redis.asyncio.Redis | None = None
         self.group_commit = GroupCommit(self.commit)
         self.routes: dict[str, tuple[str, Callable[[Exchange, Receive], Awaitable[Response]]]] = {
             "/v1/events": ("POST", self.events),
             "/healthz": ("GET", self.healthz),
             "/readyz": ("GET", self.readyz),
         }
+
+    def client(self) -> redis.Redis:
+        """The blocking client (readiness, in a thread)."""
+        if self.redis_url is None:
+            return config.redis_client()
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.redis_url, **CLIENT_OPTIONS)
+        return self._client
+
+    def async_client(self) -> redis.asyncio.Redis:
+        """The event loop's client (commits), made in the loop that uses it."""
+        if self._async_client is None:
+            url = self.redis_url or config.settings().redis_url
+            self._async_client = redis.asyncio.Redis.from_url(url, **CLIENT_OPTIONS)
+        return self._async_client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -380,18 +399,17 @@ class Receiver:
             raise self.auth.refuse("replayed signature: this request was already accepted")
         return result
 
-    def commit(self, requests: Sequence[PublishRequest]) -> list[PublishResult | None]:
-        """Store a group of requests (in a worker thread); a Redis outage refuses them all
-        with 503, and releases their signatures so that they can be sent again as they are."""
-        client = None
+    async def commit(self, requests: Sequence[PublishRequest]) -> list[PublishResult | None]:
+        """Store a group of requests; a Redis outage refuses them all with 503, and releases
+        their signatures so that they can be sent again as they are."""
+        client = self.async_client()
         try:
-            client = self.client()
-            return publish_requests(client, requests)
+            return await publish_requests_async(client, requests)
         except _UNAVAILABLE as error:
             claims = [r.claim for r in requests if r.claim]
-            if client is not None and claims:
+            if claims:
                 with contextlib.suppress(*_UNAVAILABLE):
-                    client.delete(*claims)
+                    await client.delete(*claims)
             log.warning("publish failed: %s", error.__class__.__name__)
             raise unavailable(error) from None
 
@@ -436,7 +454,7 @@ def create_app(
     secrets: Sequence[bytes] | None = None,
     allow_bearer: bool | None = None,
     insecure: bool = False,
-    redis_client: redis.Redis | None = None,
+    redis_url: str | None = None,
     window: int = signing.WINDOW,
 ) -> Receiver:
     """Build the receiver. ``None`` means: from the environment (secrets, bearer, Redis).
@@ -462,8 +480,7 @@ def create_app(
             "accepted; never expose it beyond this machine"
         )
     auth = Authenticator(secrets, allow_bearer, insecure, window)
-    client = (lambda: redis_client) if redis_client is not None else config.redis_client
-    return Receiver(auth, client)
+    return Receiver(auth, redis_url)
 
 
 def app_from_env() -> Receiver:

@@ -118,17 +118,15 @@ def assert_refused(response: httpx.Response, status: int, error: str,
 
 
 @pytest.fixture(scope="module")
-def app_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    client.close()
+def app_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="module")
-def base(app_client: redis.Redis) -> Iterator[str]:
+def base(app_url: str) -> Iterator[str]:
     """The receiver with two secrets (a rotation in progress), bearer disabled."""
     with running(create_app(secrets=[NEW, OLD], allow_bearer=False,
-                            redis_client=app_client)) as url:  # fmt: skip
+                            redis_url=app_url)) as url:  # fmt: skip
         yield url
 
 
@@ -150,6 +148,16 @@ def test_a_single_event_is_accepted_once_durable(base: str, r: redis.Redis, befo
     assert r.xlen(keys.JOURNAL) == 1
     assert r.zcard(keys.PENDING_BATCHES) == 1
     assert broker_length(r) == before + 1  # the wake-up message (no worker runs here)
+
+
+def test_scripts_lost_by_redis_are_loaded_again(base: str, r: redis.Redis) -> None:
+    """After a Redis restart (its script cache empty) the receiver loads its script again."""
+    body = encode(event())
+    assert post(base, body, signed(body)).status_code == 202
+    r.script_flush()
+    body = encode(event(1))
+    assert post(base, body, signed(body)).status_code == 202
+    assert r.xlen(keys.JOURNAL) == 2
 
 
 def test_a_batch_is_accepted_whole(base: str, r: redis.Redis) -> None:
@@ -351,8 +359,8 @@ def test_bearer_is_refused_unless_enabled(base: str, r: redis.Redis, before: int
     assert_nothing_stored(r, before)
 
 
-def test_bearer_when_enabled(app_client: redis.Redis, r: redis.Redis, before: int) -> None:
-    app = create_app(secrets=[NEW, OLD], allow_bearer=True, redis_client=app_client)
+def test_bearer_when_enabled(app_url: str, r: redis.Redis, before: int) -> None:
+    app = create_app(secrets=[NEW, OLD], allow_bearer=True, redis_url=app_url)
     with running(app) as url:
         json_type = {"Content-Type": "application/json"}
         wrong = post(url, encode(event()), json_type | {"Authorization": "Bearer nope"})
@@ -390,10 +398,10 @@ def test_no_secret_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_insecure_mode_accepts_unauthenticated_requests(
-    app_client: redis.Redis, r: redis.Redis, caplog: pytest.LogCaptureFixture
+    app_url: str, r: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="provisioner.webhook"):
-        app = create_app(secrets=[], insecure=True, redis_client=app_client)
+        app = create_app(secrets=[], insecure=True, redis_url=app_url)
     assert "INSECURE" in caplog.text
     with running(app) as url:
         document = event()
@@ -409,8 +417,8 @@ def test_insecure_mode_accepts_unauthenticated_requests(
 
 
 def test_redis_outage_answers_503(r: redis.Redis, before: int) -> None:
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=1)
-    with running(create_app(secrets=[NEW], redis_client=dead)) as url:
+    dead = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    with running(create_app(secrets=[NEW], redis_url=dead)) as url:
         body = encode(event())
         response = post(url, body, signed(body))
         assert_refused(response, 503, "unavailable", "Redis is unavailable")
@@ -429,19 +437,19 @@ def test_a_failed_publish_releases_the_signature(
 ) -> None:
     """After a 503 the same request can be sent again: it is not taken for a replay. The fault:
     Redis stored the request (signature claimed) but the answer was lost on the way back."""
-    real_publish = webhook.publish_requests
+    real_publish = webhook.publish_requests_async
 
-    def answer_lost(*args: Any, **kwargs: Any) -> Any:
-        real_publish(*args, **kwargs)
+    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        await real_publish(*args, **kwargs)
         raise redis.ConnectionError("connection lost")
 
     document = event()
     body = encode(document)
     headers = signed(body)
-    monkeypatch.setattr(webhook, "publish_requests", answer_lost)
+    monkeypatch.setattr(webhook, "publish_requests_async", answer_lost)
     assert_refused(post(base, body, headers), 503, "unavailable", "retry")
     assert list(r.scan_iter(match=webhook.SIGNATURE_KEY_PREFIX + "*")) == []
-    monkeypatch.setattr(webhook, "publish_requests", real_publish)
+    monkeypatch.setattr(webhook, "publish_requests_async", real_publish)
     again = post(base, body, headers)
     assert again.status_code == 202
     assert again.json() == {"accepted": [], "duplicates": [document["id"]]}
