@@ -41,6 +41,16 @@ from .errors import Invalid, Transient, error_for_status, parse_retry_after, scr
 from .profiles import Profile
 
 ScimUser = User[EnterpriseUser]
+# The parametrised classes, built once: pydantic caches ``ListResponse[X]`` only weakly and
+# rebuilds it after a garbage collection (tens of ms each, the largest cost of a worker).
+_LIST_OF: dict[type[Any], type[ListResponse[Any]]] = {
+    ScimUser: ListResponse[ScimUser],
+    Group: ListResponse[Group],
+}
+_PATCH_OF: dict[type[Any], type[PatchOp[Any]]] = {
+    ScimUser: PatchOp[ScimUser],
+    Group: PatchOp[Group],
+}
 ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 SCIM_JSON = "application/scim+json"
 MAX_BODY_BYTES = 1 << 20
@@ -156,7 +166,7 @@ class ScimClient:
     def verify(self) -> None:
         """Check the base URL and the token with an authenticated read."""
         data = self._request("GET", "/Users", params={"startIndex": 1, "count": 1})
-        self._parse(ListResponse[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
+        self._parse(_LIST_OF[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
 
     # -- users -------------------------------------------------------------
     def find_user(self, user_name: str) -> RemoteUser | None:
@@ -209,7 +219,7 @@ class ScimClient:
         while True:
             params = {"startIndex": start, "count": page_size}
             data = self._request("GET", "/Users", params=params)
-            page = self._parse(ListResponse[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
+            page = self._parse(_LIST_OF[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
             resources = page.resources or []
             for user in resources:
                 yield self._remote_user(user)
@@ -360,11 +370,11 @@ class ScimClient:
     def _search(self, model: type[Resource[Any]], path: str, scim_filter: str) -> list[Any]:
         params = {"filter": scim_filter, "startIndex": 1, "count": 10}
         data = self._request("GET", path, params=params)
-        page = self._parse(ListResponse[model], data, Context.RESOURCE_QUERY_RESPONSE)
+        page = self._parse(_LIST_OF[model], data, Context.RESOURCE_QUERY_RESPONSE)
         return list(page.resources or [])
 
     def _patch(self, model: type[Resource[Any]], path: str, ops: list[Any]) -> None:
-        patch = _build(PatchOp[model], operations=ops)
+        patch = _build(_PATCH_OF[model], operations=ops)
         self._request("PATCH", path, body=patch.model_dump(scim_ctx=Context.RESOURCE_PATCH_REQUEST))
 
     def _parse(self, model: type[M], data: Any, ctx: Context) -> M:
