@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import own_redis
 from worker import keys, ratelimit
 from worker.redis_server import RedisServer
+from worker.workqueue import Workqueue
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def test_the_breaker_opens_then_lets_a_single_probe_through(r):
     assert ratelimit.breaker_state(r, "a") == "probing"
     assert ratelimit.acquire(r, "a", 100, 10, "other", "k2") > 0  # everyone else waits
     assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") == 0  # the probe's next call
-    ratelimit.success(r, "a")
+    # A run whose call went through closes the breaker as it ends (lease or not).
+    Workqueue(r).finish("a user k1", "probe", close_breaker="a")
     assert ratelimit.breaker_state(r, "a") == "closed"
     assert ratelimit.acquire(r, "a", 100, 10, "other", "k2") == 0
 

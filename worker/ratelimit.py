@@ -97,12 +97,6 @@ def transient_failure(client: redis.Redis, app_id: str) -> bool:
     return False
 
 
-def success(client: redis.Redis, app_id: str) -> None:
-    """A call went through: the breaker closes and the failure count restarts."""
-    base = f"{keys.PREFIX}cb:{app_id}"
-    client.delete(base + ":fails", base + ":state", base + ":probe", base + ":cooldown")
-
-
 def breaker_state(client: redis.Redis, app_id: str) -> str:
     state = client.get(f"{keys.PREFIX}cb:{app_id}:state")
     return state.decode() if state else "closed"

@@ -124,12 +124,6 @@ class Workqueue:
         attempt = self.redis.hincrby(keys.WQ_ATTEMPTS, key, 1)
         return random.uniform(0, min(cap, base * 2 ** min(attempt - 1, 20)))
 
-    def succeeded(self, key: str) -> None:
-        pipe = self.redis.pipeline()
-        pipe.hdel(keys.WQ_ATTEMPTS, key)
-        pipe.hdel(keys.WQ_PARKED, key)
-        pipe.execute()
-
     def stats(self) -> QueueStats:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zcard(keys.WQ_DIRTY)
