@@ -7,6 +7,7 @@ import time
 import redis
 
 from producers.publish import publish
+from tests.support.scimserver import DROP_AFTER
 from worker import keys
 from worker.events import parse_events
 from worker.redis_server import RedisServer
@@ -108,3 +109,66 @@ def test_a_poison_message_is_parked_and_the_worker_goes_on(harness):
     assert h.redis.exists(keys.batch("poison"))  # kept for inspection, never retried
     status = json.loads(h.cli("status", "--json").stdout)
     assert status["queue"]["parked_batches"] == 1 and status["idle"]
+
+
+def _drop_the_first_create(h, path: str, before_answer) -> list[str]:  # noqa: ANN001
+    """Inject: the first POST to ``path`` is done by the app, but its answer is lost; before
+    the connection drops (the worker is still waiting), ``before_answer()`` runs."""
+    dropped: list[str] = []
+
+    def fault(environ):  # noqa: ANN001, ANN202
+        post = environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"].endswith(path)
+        if post and not dropped:
+            dropped.append(path)
+            before_answer()
+            return DROP_AFTER
+        return None
+
+    h.scim.inject(fault)
+    return dropped
+
+
+def _publish_and_apply(h, *documents) -> None:  # noqa: ANN001
+    """Publish and wait until the projection has applied them (a key may be in flight)."""
+    applied = int(h.redis.hget(keys.COUNTERS, "applied") or 0)
+    publish(h.redis, parse_events(json.dumps(list(documents))))
+    deadline = time.monotonic() + 10
+    while int(h.redis.hget(keys.COUNTERS, "applied") or 0) < applied + len(documents):
+        assert time.monotonic() < deadline, "the events were not applied"
+        time.sleep(0.02)
+
+
+def test_an_interrupted_create_of_a_user_no_longer_wanted_is_found_and_undone(harness):
+    """The create reached the app but its answer was lost, and meanwhile the user left the
+    app: the next run looks the user up anyway and deactivates it (found by the chaos test:
+    the user stayed active in the app)."""
+    h = harness
+    h.activate("zs")
+
+    def leave() -> None:  # made when it happens: newer than the association
+        _publish_and_apply(h, h.event("app.user_disassociated", app_id="zs", user_id="u1"))
+
+    dropped = _drop_the_first_create(h, "/Users", leave)
+    h.send(h.user("u1"), h.event("app.user_associated", app_id="zs", user_id="u1"))
+    h.scim.inject(None)
+    assert dropped == ["/Users"]
+    (user,) = h.scim.users()
+    assert user["userName"] == "u1@example.com" and user["active"] is False
+
+
+def test_an_interrupted_create_of_a_group_deleted_meanwhile_is_found_and_deleted(harness):
+    """The same for a group: created, answer lost, deleted in the directory meanwhile: found
+    by its name and deleted in the app, its member deactivated."""
+    h = harness
+    h.activate("zs")
+
+    def leave() -> None:
+        _publish_and_apply(h, h.event("group.deleted", group_id="g1"))
+
+    dropped = _drop_the_first_create(h, "/Groups", leave)
+    h.send(h.group("g1", "Group One"), h.user("u1"), h.member("g1", "u1"),
+           h.associate("zs", "g1"))  # fmt: skip
+    h.scim.inject(None)
+    assert dropped == ["/Groups"]
+    assert h.scim.groups() == []
+    assert [u["active"] for u in h.scim.users()] == [False]

@@ -76,11 +76,10 @@ class Mirror:
         pipe.execute()
 
     def remember_absent(self, kind: Kind, object_id: str) -> None:
-        if not self._riders:
-            self.redis.sadd(keys.mirror_absent(self.app_id, kind), object_id)
-            return
+        """A lookup found nothing: no write of ours is in doubt any more either."""
         pipe = self._pipeline()
         pipe.sadd(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
         pipe.execute()
 
     # users

@@ -19,7 +19,7 @@ from worker.apps import AppConfig
 from worker.audit import AuditEntry
 from worker.keys import Kind, ReconcileKey
 from worker.mirror import Mirror
-from worker.model import MirrorGroup, MirrorUser
+from worker.model import GroupFacts, MirrorGroup, MirrorUser, UserFacts
 from worker.plan import (
     Call,
     CreateGroup,
@@ -127,7 +127,7 @@ class Reconciler:
         facts = projection.user_facts(self.redis, self.app.id, user_id)
         entry, looked_up, in_doubt = self.mirror.load_user(user_id)
         if in_doubt:
-            entry, looked_up = self._reread_user(user_id, entry, outcome), False
+            entry, looked_up = self._reread_user(user_id, entry, facts, outcome)
         intent = rules.user_intent(facts, entry, self.settings)
         outcome.trace.append(f"user {user_id}: {type(intent).__name__} ({_why(intent)})")
         try:
@@ -273,7 +273,7 @@ class Reconciler:
         facts = projection.group_facts(self.redis, self.app.id, group_id)
         entry, looked_up, in_doubt = self.mirror.load_group(group_id)
         if in_doubt:
-            entry, looked_up = self._reread_group(group_id, entry, outcome), False
+            entry, looked_up = self._reread_group(group_id, entry, facts, outcome)
         remote_ids = self.mirror.remote_user_ids(facts.members)
         missing = [u for u, rid in remote_ids.items() if rid is None]
         if (
@@ -431,39 +431,50 @@ class Reconciler:
         return False
 
     def _reread_user(
-        self, user_id: str, entry: MirrorUser | None, outcome: Outcome
-    ) -> MirrorUser | None:
-        """A write of ours was interrupted: read what the app really holds before planning."""
+        self, user_id: str, entry: MirrorUser | None, facts: UserFacts, outcome: Outcome
+    ) -> tuple[MirrorUser | None, bool]:
+        """A write of ours was interrupted: read what the app really holds before planning.
+        Returns the entry and whether a lookup found nothing."""
         outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
-        if entry is None:  # an interrupted create: look up again (adopt if it happened)
-            self.mirror.clear_doubt("user", user_id)
-            return None
+        if entry is None:
+            # An interrupted create may have made the user, even if it is no longer wanted:
+            # look it up whatever the intent (adopted if found, so the plan can undo it).
+            user_name = (facts.user.record or {}).get(rules.USER_MAPPING["userName"])
+            if user_name and self.profile.filter_supported:
+                entry, _ = self._user_call(user_id, LookupUser(user_name), None, outcome)
+                return entry, entry is None
+            self.mirror.clear_doubt("user", user_id)  # nothing to look it up by
+            return None, False
         try:
             remote = self._send(outcome, "user_lookup_provision", f"user:{user_id}",
                                 lambda: self.scim.get_user(entry.remote_id), write=False,
                                 detail="re-read after an interrupted write")  # fmt: skip
         except NotFound:
             self.mirror.forget_user(user_id)
-            return None
+            return None, False
         entry = MirrorUser(remote.id, remote.attributes)
         self.mirror.save_user(user_id, entry)
-        return entry
+        return entry, False
 
     def _reread_group(
-        self, group_id: str, entry: MirrorGroup | None, outcome: Outcome
-    ) -> MirrorGroup | None:
+        self, group_id: str, entry: MirrorGroup | None, facts: GroupFacts, outcome: Outcome
+    ) -> tuple[MirrorGroup | None, bool]:
+        """``_reread_user`` for a group."""
         outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
         if entry is None:
+            if facts.name and self.profile.filter_supported:
+                entry, _ = self._group_call(group_id, LookupGroup(facts.name), None, outcome)
+                return entry, entry is None
             self.mirror.clear_doubt("group", group_id)
-            return None
+            return None, False
         try:
             remote = self._send(outcome, "group_update_provision", f"group:{group_id}",
                                 lambda: self.scim.get_group(entry.remote_id), write=False,
                                 detail="re-read after an interrupted write")  # fmt: skip
         except NotFound:
             self.mirror.forget_group(group_id)
-            return None
-        return self._take_over(group_id, remote)
+            return None, False
+        return self._take_over(group_id, remote), False
 
     def _take_over(self, group_id: str, found) -> MirrorGroup:  # noqa: ANN001
         """Manage an existing group of the same name: its members become ours to sync."""
