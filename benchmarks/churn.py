@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -347,15 +345,6 @@ def _timed_scim_server():  # noqa: ANN202
     return TimedScimServer()
 
 
-def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(common.ROOT)}
-    result = subprocess.run([common.python(), "-m", "worker.cli", *args], env=env,
-                            cwd=common.ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
-    if result.returncode != 0:
-        raise RuntimeError(f"provisioner {' '.join(args[:2])} failed: {result.stderr[-2000:]}")
-    return result
-
-
 def _write(path: Path, events: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events))
     return path
@@ -436,16 +425,11 @@ def run(
         # administrator's approval: this measures the calls, so its threshold is lifted.
         pool = common.start_pool(server.url, shape, {"PROVISIONER_GUARD_MINIMUM": "1000000"})
         try:
-            common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
-                            what="workers")  # fmt: skip
-            token = workdir / "scim.token"
-            token.write_text(scim.token)
-            activate = ["apps", "activate", APP, "--base-url", scim.base_url,
-                        "--token-file", str(token), "--profile", "zscaler"]  # fmt: skip
             # the initial directory is provisioned without the rate limit (faster set-up) ...
-            _cli(server.url, *activate, "--rate", "10000", "--burst", "1000")
+            activate = common.activate_when_ready(server.url, client, shape.processes, scim,
+                                                  workdir, APP, "--rate", "10000", "--burst", "1000")  # fmt: skip
             t0 = time.monotonic()
-            _cli(
+            common.cli(
                 server.url, "replay", str(_write(workdir / "churn-initial.jsonl", w.initial_events))
             )
             initial_seconds = common.settled(client, 900) - t0
@@ -454,7 +438,7 @@ def run(
 
             churn_rate = rate or ZSCALER.requests_per_second
             burst = max(1, int(rate)) if rate else ZSCALER.burst
-            _cli(server.url, *activate, "--rate", f"{churn_rate:g}", "--burst", str(burst))
+            common.cli(server.url, *activate, "--rate", f"{churn_rate:g}", "--burst", str(burst))
             common.settled(client, 900)
             initial_problems = check_app(scim, w.before, initial_view,
                                          app_groups_of(initial_view), set())  # fmt: skip
@@ -462,7 +446,7 @@ def run(
             scim.clear_requests()
             scim.timed.clear()
             t0 = time.monotonic()
-            _cli(server.url, "replay", str(_write(workdir / "churn.jsonl", w.churn_events)))
+            common.cli(server.url, "replay", str(_write(workdir / "churn.jsonl", w.churn_events)))
             seconds = common.settled(client, 900) - t0
             requests = list(scim.requests)
             state = snapshot(client)

@@ -106,6 +106,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         time.sleep(interval)
 
 
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``provisioner ARGS`` against the Redis at ``url``; raises with its stderr on failure."""
+    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([python(), "-m", "worker.cli", *args], env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"provisioner {' '.join(args[:2])} failed: {result.stderr[-2000:]}")
+    return result
+
+
+def activate_when_ready(url: str, client: redis.Redis, processes: int, scim: Any, workdir: Path,
+                        app: str, *options: str) -> list[str]:  # fmt: skip
+    """Wait for ``processes`` workers, then ``apps activate app`` on ``scim`` (profile
+    ``zscaler``, its token in a file) with ``options``; returns the command without them."""
+    wait_for(lambda: workers_ready(client, processes), 60, what="workers")
+    token = workdir / "scim.token"
+    token.write_text(scim.token)
+    activate = ["apps", "activate", app, "--base-url", scim.base_url, "--token-file", str(token),
+                "--profile", "zscaler"]  # fmt: skip
+    cli(url, *activate, *options)
+    return activate
+
+
 def workers_ready(client: redis.Redis, count: int) -> bool:
     from worker.status import snapshot
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
-from benchmarks.churn import _cli
 from benchmarks.common import PoolShape
 from benchmarks.report import table
 from benchmarks.workload import Clock, user_record
@@ -184,12 +183,8 @@ def run(workdir: Path, users: int, rate: float, shape: PoolShape, burst: int | N
     ):
         pool = common.start_pool(server.url, shape)
         try:
-            common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
-                            what="workers")  # fmt: skip
-            token = workdir / "scim.token"
-            token.write_text(scim.token)
-            _cli(server.url, "apps", "activate", APP, "--base-url", scim.base_url, "--token-file",
-                 str(token), "--profile", "zscaler", "--rate", f"{rate:g}", "--burst", str(burst))  # fmt: skip
+            common.activate_when_ready(server.url, client, shape.processes, scim, workdir, APP,
+                                       "--rate", f"{rate:g}", "--burst", str(burst))  # fmt: skip
             common.settled(client, 60)
             rec = _Recorder(scim.app)
             scim.app = rec.timed
@@ -201,7 +196,7 @@ def run(workdir: Path, users: int, rate: float, shape: PoolShape, burst: int | N
             log(f"  publishing {len(d.events):,} events; minimal plan {reads + writes:,} calls, "
                 f"{(reads + writes) / rate:,.0f} s at {rate:g}/s ...")  # fmt: skip
             t0 = time.monotonic()
-            _cli(server.url, "replay", str(path))
+            common.cli(server.url, "replay", str(path))
             replay_seconds = time.monotonic() - t0
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             t_idle = common.settled(client, timeout, interval=0.5)

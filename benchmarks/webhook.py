@@ -32,7 +32,6 @@ import httpx
 import redis
 
 from benchmarks import common
-from benchmarks.churn import _cli
 from benchmarks.common import PoolShape
 from benchmarks.report import table
 from benchmarks.workload import Clock
@@ -236,12 +235,8 @@ def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> L
     ):
         pool = common.start_pool(server.url, shape)
         try:
-            common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
-                            what="workers")  # fmt: skip
-            token = workdir / "scim.token"
-            token.write_text(scim.token)
-            _cli(server.url, "apps", "activate", APP, "--base-url", scim.base_url, "--token-file",
-                 str(token), "--profile", "zscaler", "--rate", "10000", "--burst", "1000")  # fmt: skip
+            common.activate_when_ready(server.url, client, shape.processes, scim, workdir, APP,
+                                       "--rate", "10000", "--burst", "1000")  # fmt: skip
             initial = [event("user.created", user=_user(u, "Engineering")) for u in uids]
             initial.append(event("group.created", group={"id": "lat-g", "name": "latency"}))
             initial += [event("group.member_added", group_id="lat-g", user_id=u) for u in uids]

@@ -103,8 +103,7 @@ def _send(task: str, queue: str, arguments: Iterable[str]) -> None:
     compares them with what ``send_task`` writes, field by field."""
     messages = [task_message(task, queue, argument) for argument in arguments]
     if messages:
-        celery()  # the broker is the configured Redis
-        redis_client().lpush(queue, *messages)
+        redis_client().lpush(queue, *messages)  # the broker: the same Redis (configure())
 
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
