@@ -135,12 +135,6 @@ def workers_ready(client: redis.Redis, count: int) -> bool:
     return len(snapshot(client)["workers"]) >= count
 
 
-def idle(client: redis.Redis) -> bool:
-    from worker.status import snapshot
-
-    return bool(snapshot(client)["idle"])
-
-
 def counters(client: redis.Redis) -> dict[str, int]:
     from worker import keys
 
@@ -232,13 +226,12 @@ def tree_cpu(roots: list[int]) -> float:
 def settled(client: redis.Redis, timeout: float, interval: float = 0.15) -> float:
     """Wait until status is idle on 3 polls in a row (a follow-up mark may come just after a
     release); returns the monotonic time it first was."""
-    from worker.status import snapshot
+    from worker.status import idle, snapshot
 
     deadline = time.monotonic() + timeout
     streak, first = 0, 0.0
     while True:
-        state = snapshot(client)
-        if state["idle"]:
+        if idle(client):  # cheap: the full snapshot reads every dirty key
             streak += 1
             first = first if streak > 1 else time.monotonic()
             if streak >= 3:
@@ -246,7 +239,7 @@ def settled(client: redis.Redis, timeout: float, interval: float = 0.15) -> floa
         else:
             streak = 0
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not idle after {timeout:.0f}s: {state['queue']}")
+            raise TimeoutError(f"not idle after {timeout:.0f}s: {snapshot(client)['queue']}")
         time.sleep(interval)
 
 

@@ -19,6 +19,7 @@ import redis
 
 from benchmarks import common
 from benchmarks.common import PoolShape
+from worker.status import idle
 
 TARGET_EVENTS_PER_S = 20_000
 
@@ -94,7 +95,7 @@ def pipeline(path: Path, n: int, workdir: Path, shape: PoolShape) -> PipelineRes
                     replay_cpu = _children_cpu() - children0
                     replay_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
                     _check_replay(proc, log)
-                if t_replay is not None and common.idle(client):
+                if t_replay is not None and idle(client):
                     t1 = time.monotonic()
                     break
                 if time.monotonic() - t0 > 3600:
@@ -174,7 +175,7 @@ def split(path: Path, n: int, workdir: Path, shape: PoolShape) -> SplitResult:
                 applied = int(client.hget("prov:counters", "applied") or 0)
                 if t_first is None and applied > 0:
                     t_first, first_applied = time.monotonic(), applied
-                if t_first is not None and common.idle(client):
+                if t_first is not None and idle(client):
                     t_end = time.monotonic()
                     break
                 if time.monotonic() - t_start > 3600:

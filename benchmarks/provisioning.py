@@ -204,7 +204,8 @@ def run(workdir: Path, users: int, rate: float, shape: PoolShape, burst: int | N
                    - children0.ru_utime - children0.ru_stime}  # fmt: skip
             for i, (pid, start) in enumerate(zip(roots, before, strict=True), 1):
                 now = common.process_cpu([pid])
-                cpu[f"worker {i}: main process"] = now.pop(pid) - start.get(pid, 0.0)
+                name = f"worker {i}: main process" if len(now) > 1 else f"worker {i} (threads)"
+                cpu[name] = now.pop(pid) - start.get(pid, 0.0)
                 for k, (p, used) in enumerate(sorted(now.items()), 1):
                     cpu[f"worker {i}: pool process {k}"] = used - start.get(p, 0.0)
             cpu["Redis"] = common.redis_cpu(client) - redis0

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from celery import Celery
 from celery.utils.saferepr import saferepr
 from kombu import Exchange, Queue
+from kombu import pools as kombu_pools
 
 from worker.config import redis_client, settings
 
@@ -37,6 +38,7 @@ def configure(celery: Celery) -> None:
     conf = settings()
     celery.conf.update(
         broker_url=conf.redis_url,
+        broker_transport="worker.broker:Transport",  # kombu's, minus a client per ack
         broker_transport_options={"visibility_timeout": conf.visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_acks_late=True,
@@ -74,6 +76,7 @@ def celery() -> Celery:
             if app._pool is not None:
                 app._pool.force_close_all()
             app._after_fork()  # drops the connection and producer pools of the old broker
+            kombu_pools.reset()  # and kombu's own, which send_task's producers come from
         configure(app)
         _configured_for = url
     return app

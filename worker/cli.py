@@ -89,20 +89,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    from worker.status import snapshot
+    from worker.status import idle, snapshot
 
     deadline = time.monotonic() + args.timeout
     client = _redis()
-    while True:
-        state = snapshot(client)
-        if state["idle"]:
-            return EXIT_OK
+    while not idle(client):  # a cheap read: a backlog can hold many thousand keys
         if time.monotonic() > deadline:
+            state = snapshot(client)
             print(
                 f"still busy after {args.timeout}s: {json.dumps(state['queue'])}", file=sys.stderr
             )
             return EXIT_FAIL
         time.sleep(0.1)
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -145,6 +144,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "worker",
             "--queues",
             f"{INGEST_QUEUE},{RECONCILE_QUEUE}",
+            "--pool",
+            args.pool,
             "--concurrency",
             str(args.concurrency),
             "--loglevel",
@@ -179,7 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("worker", help="run a Celery worker (ingest and reconcile)")
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4, help="tasks at once (4)")
+    p.add_argument(
+        "--pool",
+        choices=("threads", "prefork"),
+        default="threads",
+        help="threads (the default: a reconcile mostly waits on Redis and the app, and threads "
+        "skip prefork's hand-over of every task to a child process) or prefork",
+    )
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", default="provisioner@%h")
     p.set_defaults(func=cmd_worker)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -62,17 +63,22 @@ def settings() -> Settings:
 
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
+_clients_lock = threading.Lock()
 
 
 def redis_client() -> redis.Redis:
-    """One connection pool per process (a forked child builds its own)."""
+    """One connection pool per process, shared by its threads (a forked child builds its own)."""
     key = (os.getpid(), settings().redis_url)
-    if key not in _clients:
-        _clients[key] = redis.Redis.from_url(
-            settings().redis_url,
-            socket_timeout=30,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            retry_on_timeout=True,
-        )
-    return _clients[key]
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _clients_lock:  # a worker's task threads share the pool
+        if key not in _clients:
+            _clients[key] = redis.Redis.from_url(
+                settings().redis_url,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+                health_check_interval=30,
+                retry_on_timeout=True,
+            )
+        return _clients[key]

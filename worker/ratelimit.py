@@ -22,7 +22,7 @@ BREAKER_WINDOW = 60  # seconds over which they count
 # first pause; doubles on each failed probe, up to BREAKER_MAX
 BREAKER_COOLDOWN = float(os.environ.get("PROVISIONER_BREAKER_COOLDOWN", "15"))
 BREAKER_MAX = 300.0
-SHORT_WAIT = 0.05  # waits below this are slept through instead of re-queued
+SHORT_WAIT = 0.1  # waits below this are slept through instead of re-queued
 
 
 class Throttled(Exception):

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,11 +45,13 @@ class RunResult:
 
 
 class Clients:
-    """SCIM clients of this process, one per application, built after fork on first use."""
+    """SCIM clients of this process, one per application, built after fork on first use and
+    shared by the worker's task threads (an httpx client is thread-safe)."""
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[tuple[object, ...], ScimClient, Profile]] = {}
         self._pid = os.getpid()
+        self._lock = threading.Lock()
 
     def reset(self) -> None:
         self._cache.clear()
@@ -65,6 +68,13 @@ class Clients:
         cached = self._cache.get(app.id)
         if cached and cached[0] == fingerprint:
             return cached[1], cached[2]
+        with self._lock:  # one client per app, not one per thread that missed it
+            cached = self._cache.get(app.id)
+            if cached and cached[0] == fingerprint:
+                return cached[1], cached[2]
+            return self._build(app, fingerprint)
+
+    def _build(self, app: AppConfig, fingerprint: tuple[object, ...]) -> tuple[ScimClient, Profile]:
         token = apps.read_token(app.token_file)
         http = make_http_client(app.base_url, token)
         profile = profile_by_name(app.profile)

@@ -15,6 +15,17 @@ from worker.sweeper import alive_workers
 from worker.workqueue import QueueStats
 
 
+def idle(client: redis.Redis) -> bool:
+    """Nothing published left to apply and no reconcile dirty, in flight or waiting: what
+    ``snapshot`` says as "idle", read cheaply (four counts in one atomic read) for polling."""
+    pipe = client.pipeline(transaction=True)
+    pipe.zcard(keys.PENDING_BATCHES)
+    pipe.zcard(keys.WQ_DIRTY)
+    pipe.hlen(keys.WQ_OWNER)
+    pipe.zcard(keys.WQ_DELAYED)
+    return not any(pipe.execute())
+
+
 def snapshot(client: redis.Redis) -> dict[str, Any]:
     # One atomic read (MULTI): read in separate steps, a batch could be ingested between the
     # read of the dirty set and that of the backlog, and "idle" would be seen mid-pipeline.

@@ -40,12 +40,14 @@ class WorkerPool:
         log_file: Path | None = None,
         loglevel: str = "WARNING",
         env: dict[str, str] | None = None,
+        pool: str = "threads",
     ):
         self.env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url, **(env or {})}
         self.log_file = log_file
         self.loglevel = loglevel
         self.processes = processes
         self.concurrency = concurrency
+        self.pool = pool
         self.workers: list[subprocess.Popen[bytes]] = []
         self._names = count()
 
@@ -53,7 +55,7 @@ class WorkerPool:
         name = f"test{next(self._names)}@%h"
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--concurrency",
+            [sys.executable, "-m", "worker.cli", "worker", "--pool", self.pool, "--concurrency",
              str(self.concurrency), "--loglevel", self.loglevel, "--hostname", name],
             env=self.env, cwd=ROOT, stdout=output, stderr=output,
             start_new_session=True,

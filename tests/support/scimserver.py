@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, make_server
 
 import httpx
 import pytest
@@ -45,7 +46,44 @@ DROP = "drop"  # what a fault returns to close the connection without an answer
 DROP_AFTER = "drop-after"  # the same, once the application has done the work
 
 
+class _KeepAliveServerHandler(ServerHandler):
+    http_version = "1.1"
+    sent: tuple[str | None, Any] = (None, None)  # the status and headers, kept past close()
+
+    def close(self) -> None:
+        self.sent = (self.status, self.headers)
+        super().close()
+
+
+class _Server(ThreadingWSGIServer):
+    """A thread per connection; ``close_connections`` ends the kept-alive ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[socket.socket] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        for connection in list(self.connections):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
 class _QuietHandler(WSGIRequestHandler):
+    """wsgiref's request handler, quiet, with HTTP/1.1 keep-alive: a connection serves requests
+    until the client closes it, as real applications do (wsgiref's own handler closes it after
+    each request, which would cost the worker a TCP connection per SCIM call)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as written, with no ACK wait
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass
 
@@ -56,7 +94,30 @@ class _QuietHandler(WSGIRequestHandler):
 
     def handle(self) -> None:
         with contextlib.suppress(OSError):
-            super().handle()
+            self.close_connection = False
+            while not self.close_connection:
+                self._handle_one()
+
+    def _handle_one(self) -> None:
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline or len(self.raw_requestline) > 65536:
+            self.close_connection = True
+            return
+        if not self.parse_request():  # answered with an error; decides close_connection
+            return
+        # the body is read whole, so that nothing of it is left for the next request
+        length = int(self.headers.get("Content-Length") or 0)
+        body = io.BytesIO(self.rfile.read(length) if length > 0 else b"")
+        handler = _KeepAliveServerHandler(
+            body, self.wfile, self.get_stderr(), self.get_environ(), multithread=True
+        )
+        handler.request_handler = self
+        handler.run(self.server.get_app())
+        status, headers = handler.sent
+        if status is None or (
+            status[:3] not in ("204", "304") and "Content-Length" not in (headers or {})
+        ):
+            self.close_connection = True  # the body ended with the connection
 
 
 class ScimServer:
@@ -69,7 +130,7 @@ class ScimServer:
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._fault: Fault | None = None
-        self._server: ThreadingWSGIServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
 
@@ -79,7 +140,7 @@ class ScimServer:
             "127.0.0.1",
             0,
             self._wsgi,
-            server_class=ThreadingWSGIServer,
+            server_class=_Server,
             handler_class=_QuietHandler,
         )
         self._server = server
@@ -94,6 +155,7 @@ class ScimServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
