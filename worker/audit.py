@@ -15,7 +15,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from functools import cache
@@ -28,7 +27,6 @@ from worker import keys
 MAXLEN_ENV = "PROVISIONER_AUDIT_MAXLEN"
 DEFAULT_MAXLEN = 200_000
 CAUSES_PREFIX = keys.PREFIX + "wq:cause:"  # LIST per reconcile key, newest event id first
-MAX_CAUSES, CAUSES_TTL = 20, 86400  # as in lua/mark.lua
 
 
 @dataclass(frozen=True)
@@ -112,21 +110,6 @@ def take_causes(client: redis.Redis, reconcile_key: str) -> tuple[str, ...]:
     pipe.delete(cause_key(reconcile_key))
     ids, _ = pipe.execute()
     return tuple(i.decode() for i in reversed(ids))
-
-
-def give_causes(client: redis.Redis, reconcile_keys: Iterable[str], causes: Iterable[str]) -> None:
-    """Remember ``causes`` (oldest first) for keys that will run because of them: the
-    follow-ups of a run, or its own key when the run was cut short and will run again."""
-    causes = list(causes)
-    reconcile_keys = list(reconcile_keys)
-    if not causes or not reconcile_keys:
-        return
-    pipe = client.pipeline(transaction=False)
-    for key in reconcile_keys:
-        pipe.lpush(cause_key(key), *causes)
-        pipe.ltrim(cause_key(key), 0, MAX_CAUSES - 1)
-        pipe.expire(cause_key(key), CAUSES_TTL)
-    pipe.execute()
 
 
 def forget_causes(client: redis.Redis, app_id: str) -> int:

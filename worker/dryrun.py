@@ -16,9 +16,8 @@ import redis
 from worker import audit
 from worker.apps import AppConfig
 from worker.audit import AuditEntry
-from worker.keys import ReconcileKey
 from worker.mirror import Mirror
-from worker.reconcile import Outcome, Reconciler
+from worker.reconcile import Reconciler
 from worker.scim import RemoteGroup, RemoteUser, ScimClient, escape_filter_value
 from worker.scim.profiles import Profile
 
@@ -252,29 +251,13 @@ class OverlayMirror(Mirror):
         super().__init__(OverlayRedis(client), app_id)  # type: ignore[arg-type]
 
 
-class CausalReconciler(Reconciler):
-    """Hands its causes on: to the follow-up keys it marks (a group synced because its member
-    was just created answers the same events), and back to its own key when the run is cut
-    short (throttled, failed: the next attempt answers them)."""
-
-    def reconcile(self, key: ReconcileKey, outcome: Outcome | None = None) -> Outcome:
-        outcome = outcome if outcome is not None else Outcome()
-        try:
-            return super().reconcile(key, outcome)
-        except BaseException:
-            audit.give_causes(self.redis, [str(key)], self.causes)
-            raise
-        finally:
-            audit.give_causes(self.redis, outcome.follow_up, self.causes)
-
-
 def reconciler(
     client: redis.Redis, app: AppConfig, scim: ScimClient, profile: Profile, **options: Any
 ) -> Reconciler:
     """The worker's reconciler for ``app``: the real one, or a dry run that sends reads only,
     leaves the mirror as it is and audits each planned call with outcome ``dry_run``."""
     if not is_dry_run(app):
-        return CausalReconciler(client, app, scim, profile, **options)
+        return Reconciler(client, app, scim, profile, **options)
     planner = DryRunScim(scim, profile)
     options.pop("guard", None)  # nothing is deactivated or deleted: nothing to hold back
 
@@ -284,7 +267,7 @@ def reconciler(
             entry = dataclasses.replace(entry, outcome="dry_run", detail=detail, remote_id=None)
         audit.record(client, entry)
 
-    return CausalReconciler(
+    return Reconciler(
         client,
         app,
         planner,  # type: ignore[arg-type]

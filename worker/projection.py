@@ -1,6 +1,7 @@
 """Reading the directory projection that ``lua/ingest.lua`` writes (DESIGN §1).
 
-Each reader costs two pipelined round trips, whatever the size of the group.
+Each reader is one round trip (``lua/user_facts.lua``, ``lua/group_facts.lua``), whatever the
+size of the group.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import json
 
 import redis
 
-from worker import keys
+from worker import keys, scripts
 from worker.model import DirectoryUser, GroupFacts, UserFacts
 
 
@@ -28,41 +29,26 @@ def directory_user(fields: dict[bytes, bytes], user_id: str) -> DirectoryUser:
 
 
 def user_facts(client: redis.Redis, app_id: str, user_id: str) -> UserFacts:
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.user(user_id))
-    pipe.sismember(keys.app_users(app_id), user_id)
-    pipe.smembers(keys.user_groups(user_id))
-    fields, direct, groups = pipe.execute()
-    group_ids = sorted(g.decode() for g in groups)
-    for group_id in group_ids:
-        pipe.hexists(keys.group(group_id), "del")
-        pipe.sismember(keys.group_apps(group_id), app_id)
-    answers = pipe.execute() if group_ids else []
-    covering = frozenset(
-        group_id
-        for i, group_id in enumerate(group_ids)
-        if not answers[2 * i] and answers[2 * i + 1]
+    raw, direct, *covering = scripts.run(client, "user_facts", app_id, user_id)
+    return UserFacts(
+        directory_user(_hash(raw), user_id), bool(direct), frozenset(g.decode() for g in covering)
     )
-    return UserFacts(directory_user(fields, user_id), bool(direct), covering)
 
 
 def group_facts(client: redis.Redis, app_id: str, group_id: str) -> GroupFacts:
-    pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.group(group_id))
-    pipe.sismember(keys.app_groups(app_id), group_id)
-    pipe.smembers(keys.group_members(group_id))
-    fields, associated, members = pipe.execute()
-    member_ids = sorted(m.decode() for m in members)
-    for user_id in member_ids:
-        pipe.hexists(keys.user(user_id), "del")
-    deleted = pipe.execute() if member_ids else []
+    raw, associated, *members = scripts.run(client, "group_facts", app_id, group_id)
+    fields = _hash(raw)
     return GroupFacts(
         id=group_id,
         name=_text(fields.get(b"name")),
         deleted=b"del" in fields,
         associated=bool(associated),
-        members=frozenset(u for u, gone in zip(member_ids, deleted, strict=True) if not gone),
+        members=frozenset(m.decode() for m in members),
     )
+
+
+def _hash(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def covered_keys(client: redis.Redis, app_id: str) -> list[str]:

@@ -132,7 +132,8 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
             succeeded = True  # failures forgotten, breaker closed when released, below
     except LeaseLost:
         result.state = "lost"
-        if queue.release(key_text, token) == "reschedule":  # still ours: app deactivated
+        released, _ = queue.finish(key_text, token, causes=causes, keep_causes=True)
+        if released == "reschedule":  # still ours: app deactivated
             send_reconcile([key_text])
         return result
     except guard.Held as held:
@@ -171,7 +172,7 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         log.exception("%s failed; again in %.1fs", key_text, delay)
     # Follow-ups are marked while we still hold the lease: marked after it, there would be a
     # moment with nothing dirty and nothing in flight, and `wait` would report idle too early.
-    # One round trip for the end of the run (lua/release.lua).
+    # One round trip for the end of the run, causes handed on included (lua/release.lua).
     released, follow_up = queue.finish(
         key_text,
         token,
@@ -180,6 +181,8 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         close_breaker=key.app if succeeded and result.outcome.calls else None,
         forget_deferral=result.outcome.stopped_waiting,
         follow_up=result.outcome.follow_up,
+        causes=causes,
+        keep_causes=not succeeded and result.state != "skipped",  # cut short: runs again
     )
     to_send = follow_up + ([key_text] if released == "reschedule" else [])
     send_reconcile(to_send)

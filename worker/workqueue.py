@@ -82,11 +82,15 @@ class Workqueue:
         close_breaker: str | None = None,
         forget_deferral: bool = False,
         follow_up: list[str] | tuple[str, ...] = (),
+        causes: list[str] | tuple[str, ...] = (),
+        keep_causes: bool = False,
     ) -> tuple[str, list[str]]:
         """The end of a run in one round trip: ``release``, and first (lease or not) forget
         the key's failures when it ``succeeded``, close app ``close_breaker``'s circuit
-        breaker, forget since when the key waited for members, and ``mark`` the ``follow_up``
-        keys. Returns the release's answer and the follow-ups that need a message."""
+        breaker, forget since when the key waited for members, ``mark`` the ``follow_up``
+        keys and hand them the run's ``causes`` (event ids, oldest first), which go back to
+        the key itself with ``keep_causes``. Returns the release's answer and the follow-ups
+        that need a message."""
         delay_ms = int(delay_seconds * 1000)
         answer = scripts.run(
             self.redis,
@@ -97,6 +101,9 @@ class Workqueue:
             "1" if succeeded else "0",
             close_breaker or "",
             "1" if forget_deferral else "0",
+            "1" if keep_causes else "0",
+            len(causes),
+            *causes,
             *follow_up,
         )
         return _decode1(answer[0]), _decode(answer[1:])

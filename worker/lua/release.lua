@@ -1,4 +1,5 @@
--- ARGV: now_ms, key, token, delay_ms[, succeeded, breaker_app, forget_deferral, follow_up...].
+-- ARGV: now_ms, key, token, delay_ms[, succeeded, breaker_app, forget_deferral, keep_causes,
+--       n, cause_1 .. cause_n, follow_up...].
 -- Give a lease back.
 -- delay_ms > 0 keeps the key dirty and lets it run again only after the delay (a backoff).
 -- Returns 'lost' (the lease had expired and was taken over), 'delayed', 'reschedule' (it was
@@ -8,7 +9,10 @@
 -- `succeeded` ('1') forgets the key's failures and parking; `breaker_app` (not '') closes that
 -- app's circuit breaker (a call went through); `forget_deferral` ('1') forgets since when the
 -- key waited for members (reconcile.py); each `follow_up` key is marked dirty (while we still
--- hold the lease: never a moment with nothing dirty and nothing in flight).
+-- hold the lease: never a moment with nothing dirty and nothing in flight). The run's causes
+-- (event ids, oldest first) are handed on to its follow-ups, and back to the key itself when
+-- `keep_causes` is '1' (a run cut short: its next attempt answers them), as audit.py keeps
+-- them: newest first, the last 20, for a day.
 local key, token, delay_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local extended = #ARGV > 4
 if extended then
@@ -21,7 +25,21 @@ if extended then
     redis.call('DEL', cb .. ':fails', cb .. ':state', cb .. ':probe', cb .. ':cooldown')
   end
   if ARGV[7] == '1' then redis.call('HDEL', P .. 'wq:deferred', key) end
-  for i = 8, #ARGV do mark_key(ARGV[i]) end
+  local n = tonumber(ARGV[9])
+  local causes = {}
+  for i = 10, 9 + n do causes[#causes + 1] = ARGV[i] end
+  local function give_causes(k)
+    if n == 0 then return end
+    local list = P .. 'wq:cause:' .. k
+    redis.call('LPUSH', list, unpack(causes))
+    redis.call('LTRIM', list, 0, 19)
+    redis.call('EXPIRE', list, 86400)
+  end
+  if ARGV[8] == '1' then give_causes(key) end
+  for i = 10 + n, #ARGV do
+    mark_key(ARGV[i])
+    give_causes(ARGV[i])
+  end
 end
 local function answer(state)
   if not extended then return state end
