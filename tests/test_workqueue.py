@@ -123,3 +123,41 @@ def test_finishing_a_run_releases_marks_follow_ups_and_forgets_failures_in_one_g
     assert r.hexists("prov:wq:attempts", "a user u1")
     # a lost lease: the follow-ups are marked all the same
     assert queue.finish("a user u1", "w2", follow_up=["a group g3"]) == ("lost", ["a group g3"])
+
+
+def test_the_end_of_a_run_hands_its_causes_on(r):
+    """Follow-ups get the run's causes; a run cut short keeps them for its next attempt."""
+    from worker.audit import cause_key
+
+    queue = Workqueue(r)
+    queue.mark(["a user u1"])
+    assert queue.claim("a user u1", "w1") == "claimed"
+    r.lpush(cause_key("a group g1"), "e0")  # a follow-up with a cause of its own
+    state, scheduled = queue.finish("a user u1", "w1", succeeded=True, causes=["e1", "e2"],
+                                    follow_up=["a group g1", "a group g2"])  # fmt: skip
+    assert (state, scheduled) == ("done", ["a group g1", "a group g2"])
+    assert r.lrange(cause_key("a group g1"), 0, -1) == [b"e2", b"e1", b"e0"]  # newest first
+    assert r.lrange(cause_key("a group g2"), 0, -1) == [b"e2", b"e1"]
+    assert not r.exists(cause_key("a user u1"))  # answered by this run
+    assert 0 < r.ttl(cause_key("a group g2")) <= 86400
+
+    queue.mark(["a user u2"])
+    assert queue.claim("a user u2", "w1") == "claimed"
+    state, _ = queue.finish("a user u2", "w1", 2.0, causes=["e3"], keep_causes=True)
+    assert state == "delayed"
+    assert r.lrange(cause_key("a user u2"), 0, -1) == [b"e3"]
+
+
+def test_idle_is_what_the_snapshot_says(r):
+    from worker.status import idle, snapshot
+
+    assert idle(r) and snapshot(r)["idle"]
+    queue = Workqueue(r)
+    queue.mark(["a user u1"])
+    assert not idle(r) and not snapshot(r)["idle"]
+    queue.claim("a user u1", "w1")
+    assert not idle(r) and not snapshot(r)["idle"]  # in flight
+    queue.release("a user u1", "w1", 5.0)
+    assert not idle(r) and not snapshot(r)["idle"]  # waiting out a backoff
+    r.delete("prov:wq:dirty", "prov:wq:delayed")
+    assert idle(r) and snapshot(r)["idle"]
