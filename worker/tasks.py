@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import redis
@@ -41,8 +42,18 @@ def park_batch(client: redis.Redis, batch_id: str, reason: str) -> None:
 
 
 @app.task(name="prov.reconcile")
-def reconcile(key: str) -> None:
-    process_key(redis_client(), key)
+def reconcile(*reconcile_keys: str) -> None:
+    """Run each key of the message in turn (``send_reconcile`` groups a backlog's keys)."""
+    client = redis_client()
+    for i, key in enumerate(reconcile_keys):
+        try:
+            process_key(client, key)
+        except Exception:
+            # Redis failing under us: the keys not run yet keep a wake-up if it can be sent,
+            # else the sweeper sends them again (they stay dirty)
+            with contextlib.suppress(redis.RedisError):
+                send_reconcile(reconcile_keys[i + 1 :])
+            raise
 
 
 # -- worker lifecycle ------------------------------------------------------------------------

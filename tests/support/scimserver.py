@@ -108,11 +108,15 @@ class _QuietHandler(WSGIRequestHandler):
         # the body is read whole, so that nothing of it is left for the next request
         length = int(self.headers.get("Content-Length") or 0)
         body = io.BytesIO(self.rfile.read(length) if length > 0 else b"")
+        # the response goes out in one write: wsgiref writes each part of it separately, and
+        # each write gives the GIL away to the other connections' threads, to wait for it back
+        response = io.BytesIO()
         handler = _KeepAliveServerHandler(
-            body, self.wfile, self.get_stderr(), self.get_environ(), multithread=True
+            body, response, self.get_stderr(), self.get_environ(), multithread=True
         )
         handler.request_handler = self
         handler.run(self.server.get_app())
+        self.wfile.write(response.getvalue())
         status, headers = handler.sent
         if status is None or (
             status[:3] not in ("204", "304") and "Content-Length" not in (headers or {})

@@ -429,6 +429,12 @@ class ScimClient:
     def _parse(self, model: type[M], data: Any, ctx: Context) -> M:
         if not isinstance(data, dict):
             raise Invalid(None, "empty or non-object response where a SCIM resource was expected")
+        try:
+            return model.model_validate(data, scim_ctx=ctx)  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            if not any("emails" in error["loc"] for error in exc.errors()):
+                raise Invalid(None, f"response is not SCIM: {self._scrub(_short(exc))}") from None
+        # an address scim2-models refuses: drop it (and only it), so it never hides a user
         _drop_bad_emails(data)
         for resource in data.get("Resources") or []:
             _drop_bad_emails(resource)
