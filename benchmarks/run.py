@@ -73,8 +73,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--provisioning", metavar="U@R,...",
                    help=f"initial provisioning runs, users@requests/s (default {FULL_PROVISIONING}"
                         f"; --quick {QUICK_PROVISIONING})")  # fmt: skip
-    p.add_argument("--provisioning-pool", default="2x4", type=PoolShape.parse,
-                   help="worker pool for the initial provisioning (2x4: 2 workers of 4 threads; "
+    p.add_argument("--provisioning-pool", default="2x6", type=PoolShape.parse,
+                   help="worker pool for the initial provisioning (2x6: 2 workers of 6 threads; "
                         "a SCIM call mostly waits)")  # fmt: skip
     p.add_argument("--workdir", help="where files and Redis data go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")

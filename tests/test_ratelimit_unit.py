@@ -1,5 +1,6 @@
 """The pacing script on a real Redis, step by step (no worker touches this Redis)."""
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +78,17 @@ def test_a_slot_checks_the_lease_and_marks_the_write_in_doubt_in_the_same_round_
     wait = ratelimit.acquire(r, "a", 5, 1, "t1", "k1", lease=lease, doubt=doubt)
     assert 0 < wait <= 0.2
     assert not r.exists(doubt[0])
+
+
+def test_a_fast_app_is_paced_so_that_the_cap_holds_on_its_own(r):
+    """At 200/s with a burst of 5, slots are reserved (rate + burst) / 1.1 s apart, 5.37 ms:
+    a backlog never meets the hard cap, which would cost a key a second run."""
+    slots = []  # when each slot is due, on this process's clock
+    for i in range(400):
+        asked = time.monotonic()
+        slots.append(asked + ratelimit.acquire(r, "fast", 200, 5, "t", f"k{i}"))
+    assert all(s <= slots[4] for s in slots[:5])  # the burst
+    spacing = (slots[-1] - slots[100]) / 299
+    assert spacing == pytest.approx(1.1 / 205, abs=0.0002)
+    slow = [ratelimit.acquire(r, "slow", 5, 5, "t", f"k{i}") for i in range(8)]
+    assert slow[6] - slow[5] == pytest.approx(0.2, abs=0.005)  # 5/s keeps 1 / rate

@@ -133,6 +133,9 @@ class ScimServer:
         self.app = BearerTokenApplication(self.storage, _provider(), bearer_tokens=[token])
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
+        # scim2-server's handler runs one request at a time: the connections' threads would
+        # otherwise share the GIL in 5 ms turns, each request taking several times its CPU
+        self._handling = threading.Lock()
         self._fault: Fault | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -216,7 +219,8 @@ class ScimServer:
         fault = self._fault
         answer = fault(environ) if fault is not None else None
         if answer is None:
-            return self.app(environ, start_response)  # type: ignore[arg-type]
+            with self._handling:
+                return self.app(environ, start_response)  # type: ignore[arg-type]
         if answer in (DROP, DROP_AFTER):  # the connection dies before any answer
             if answer == DROP_AFTER:
                 list(self.app(environ, lambda *args: None))  # type: ignore[arg-type]
