@@ -87,18 +87,23 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_section(path: Path, key: str, title: str, body: str) -> None:
-    """Rewrite the header and this run's section of BENCHMARKS.md; keep the other sections."""
+    """Rewrite the header and this run's section of BENCHMARKS.md; keep the other sections,
+    and the hand-written text after the last of them (notes, earlier figures)."""
     sections: dict[str, tuple[str, str]] = {}
+    tail = ""
     if path.exists():
         text = path.read_text()
         pattern = re.compile(r"## (?P<title>[^\n]*)\n+<!-- results:(?P<key>[\w.=-]+) -->\n"
                              r"(?P<body>.*?)<!-- /results:(?P=key) -->", re.S)  # fmt: skip
         for m in pattern.finditer(text):
             sections[m["key"]] = (m["title"], m["body"].strip("\n"))
+            tail = text[m.end() :].strip("\n")
     sections[key] = (title, body.strip("\n"))
     order = sorted(sections, key=lambda k: (k != "full", k != "quick", k))
     parts = [HEADER.rstrip("\n")]
     for k in order:
         t, b = sections[k]
         parts.append(f"## {t}\n\n{START.format(key=k)}\n{b}\n{END.format(key=k)}")
+    if tail:
+        parts.append(tail)
     path.write_text("\n\n".join(parts) + "\n")
