@@ -64,7 +64,6 @@ _sweeper = None
 @signals.worker_ready.connect
 def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
     global _sweeper
-    _quiet_garbage_collector()
     from worker.sweeper import Sweeper
 
     _sweeper = Sweeper(redis.Redis.from_url(settings().redis_url), name=str(sender.hostname))
@@ -77,7 +76,8 @@ def _stop_sweeper(**_: object) -> None:
         _sweeper.stop()
 
 
-def _quiet_garbage_collector() -> None:
+@signals.worker_ready.connect
+def _quiet_garbage_collector(**_: object) -> None:
     """Everything loaded at start-up (Celery, pydantic's schemas) is left out of collections,
     and the youngest generation is collected every 20,000 allocations rather than 700: a
     reconcile allocates many short-lived objects, and the collector's pauses delay the request
@@ -96,4 +96,4 @@ def _init_sentry(**_: object) -> None:
 def _init_process(**_: object) -> None:
     """A forked child builds its own Redis pool and HTTP clients on first use."""
     CLIENTS.reset()
-    _quiet_garbage_collector()
+    _quiet_garbage_collector()  # prefork: each child, after the fork
