@@ -88,8 +88,11 @@ def read_token(path: str) -> str:
 
 def load(client: redis.Redis, app_id: str) -> AppConfig | None:
     raw = client.hget(keys.app(app_id), "config")
-    if raw is None:
-        return None
+    return None if raw is None else parse(raw)
+
+
+def parse(raw: bytes | str) -> AppConfig:
+    """An app's config as stored (``save``); the worker reads it in the claim's round trip."""
     data = json.loads(raw)
     data["excluded_attributes"] = tuple(data.get("excluded_attributes", ()))
     return AppConfig(**data)

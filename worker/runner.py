@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -104,7 +103,7 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     result = RunResult(key_text, "done")
     succeeded = False
     try:
-        app = _app_config(config) if config is not None else None
+        app = apps.parse(config) if config is not None else None
         if app is None or not app.active or app.paused:
             result.state = "skipped"  # re-derived by a full sync on (re)activation
         else:
@@ -198,13 +197,6 @@ def _guard(client: redis.Redis, app_id: str, key: str, name: str, obj: str) -> N
     except guard.Held as held:
         audit.record(client, AuditEntry(name, app_id, obj, "held", None, str(held)))
         raise
-
-
-def _app_config(raw: bytes) -> AppConfig:
-    """An app's config as stored (read by lua/claim.lua), parsed as ``apps.load`` does."""
-    data = json.loads(raw)
-    data["excluded_attributes"] = tuple(data.get("excluded_attributes", ()))
-    return AppConfig(**data)
 
 
 def _gate(
