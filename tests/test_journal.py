@@ -1,21 +1,18 @@
-"""The journal: retention by size and age (with the duplicate filter), ``replay --since/--until``
-over the CLI, ``--dry-run``, idempotency, and ``rebuild`` ending in the same application state."""
+"""The journal over the CLI, with workers: ``replay --since/--until``, ``--dry-run``,
+idempotency, and ``rebuild`` ending in the same application state."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 import redis
 
 from producers import journal
-from producers.publish import Request, publish, publish_requests
 from tests.support.harness import Harness
-from worker import config, keys
+from worker import keys
 from worker.events import parse_events
 
 
@@ -42,106 +39,6 @@ def instant() -> datetime:
     moment = datetime.now(UTC)
     time.sleep(0.01)
     return moment
-
-
-@pytest.fixture
-def small_journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("PROVISIONER_JOURNAL_MAXLEN", "100")
-    config.settings.cache_clear()
-    yield
-    monkeypatch.undo()
-    config.settings.cache_clear()
-
-
-# -- retention ---------------------------------------------------------------------------------
-def test_retention_by_size_bounds_the_journal_and_the_duplicate_filter(
-    r: redis.Redis, small_journal: None
-) -> None:
-    for start in range(0, 1000, 50):
-        publish(r, events("e", 1000)[start : start + 50], notify=False)
-    assert 100 <= r.xlen(keys.JOURNAL) < 300  # MAXLEN ~: whole stream nodes of 100 entries
-    assert r.zcard(keys.RECENT_EVENTS) == 100  # exact: the newest 100 ids
-    again = publish(r, events("e", 1000)[890:910], notify=False)
-    assert again.duplicates == [f"e-{i}" for i in range(900, 910)]  # remembered
-    assert again.accepted == [f"e-{i}" for i in range(890, 900)]  # forgotten: harmless again
-
-
-def test_retention_by_age_trims_the_journal_and_the_duplicate_filter(r: redis.Redis) -> None:
-    publish(r, events("old", 50), notify=False)
-    assert journal.trim(r, max_age_seconds=0.5, approximate=False) == 0
-    time.sleep(0.6)
-    publish(r, events("new", 20), notify=False)  # forgets the old ids beyond the age itself
-    assert r.zcard(keys.RECENT_EVENTS) == 20
-    assert journal.trim(r, max_age_seconds=0.5, approximate=False) == 50
-    assert [json.loads(d)["id"] for d in journal.read_range(r)] == [f"new-{i}" for i in range(20)]
-    assert publish(r, events("old", 3), notify=False).accepted == ["old-0", "old-1", "old-2"]
-    assert publish(r, events("new", 3), notify=False).duplicates == ["new-0", "new-1", "new-2"]
-
-
-def test_the_age_limit_comes_from_the_environment(
-    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PROVISIONER_JOURNAL_MAX_AGE_DAYS", "7")
-    journal.trim(r)
-    assert int(r.get(keys.JOURNAL_MAX_AGE)) == 7 * 86_400_000
-    monkeypatch.setenv("PROVISIONER_JOURNAL_MAX_AGE_DAYS", "0")
-    with pytest.raises(ValueError, match="positive"):
-        journal.trim(r)
-
-
-def test_a_duplicate_within_one_batch_is_reported(r: redis.Redis) -> None:
-    twice = events("d", 2) + events("d", 1)
-    result = publish(r, twice, notify=False)
-    assert result.accepted == ["d-0", "d-1"] and result.duplicates == ["d-0"]
-    assert r.xlen(keys.JOURNAL) == 2
-
-
-def test_grouped_requests_are_stored_whole_and_a_replay_stores_nothing(r: redis.Redis) -> None:
-    """The webhook's group commit: requests packed whole into batches of about 1,000 events;
-    each signature claimed in the same step as its events are stored."""
-    r.set("test:claim:seen", 1)  # a signature accepted before
-    requests = [
-        Request(events("a", 600), "test:claim:a", 60),
-        Request(events("b", 600), "test:claim:b", 60),  # does not fit beside a: next batch
-        Request(events("c", 5), "test:claim:seen", 60),  # a replay: nothing of it is stored
-        Request(events("a", 1) + events("d", 2), "test:claim:d", 60),  # a-0: a duplicate
-        Request(events("e", 1), "test:claim:b", 60),  # b's signature, within the same commit
-        Request(events("f", 2)),  # no signature to claim
-    ]
-    outcomes = publish_requests(r, requests, notify=False)
-    assert [o is None for o in outcomes] == [False, False, True, False, True, False]
-    a, b, _, d, _, f = outcomes
-    assert a and a.accepted == [f"a-{i}" for i in range(600)] and a.duplicates == []
-    assert b and len(b.accepted) == 600
-    assert d and d.accepted == ["d-0", "d-1"] and d.duplicates == ["a-0"]
-    assert f and f.accepted == ["f-0", "f-1"]
-    assert len(a.batches) == 2 and a.batches == f.batches  # [a], [b, c, d, e, f]
-    stored = [json.loads(doc)["id"] for doc in journal.read_range(r)]
-    assert len(stored) == 1204 and not [i for i in stored if i[0] in "ce"]
-    assert r.ttl("test:claim:a") > 0 and r.ttl("test:claim:d") > 0
-    assert int(r.hget(keys.COUNTERS, "published")) == 1204
-
-
-def test_read_range_is_half_open_and_pages(r: redis.Redis) -> None:
-    publish(r, events("a", 1500), notify=False)
-    middle = instant()
-    publish(r, events("b", 10), notify=False)
-    documents = list(journal.read_range(r))
-    assert len(documents) == 1510 and json.loads(documents[0])["v"].endswith(" a-0")
-    assert len(list(journal.read_range(r, until=middle))) == 1500
-    assert [json.loads(d)["id"] for d in journal.read_range(r, since=middle)] == [
-        f"b-{i}" for i in range(10)
-    ]
-    assert list(journal.read_range(r, since=datetime.now(UTC))) == []
-
-
-def test_times_are_rfc3339_or_relative() -> None:
-    assert journal.parse_time("2026-11-28T17:50:51Z") == datetime(2026, 11, 28, 17, 50, 51, 0, UTC)
-    assert abs((datetime.now(UTC) - journal.parse_time("-2h")).total_seconds() - 7200) < 5
-    assert abs((datetime.now(UTC) - journal.parse_time("-30m")).total_seconds() - 1800) < 5
-    for bad in ("2026-11-28T17:50:51", "yesterday", "-2x"):
-        with pytest.raises(ValueError):
-            journal.parse_time(bad)
 
 
 # -- replay of a range, over the CLI -----------------------------------------------------------
