@@ -58,6 +58,10 @@ class _KeepAliveServerHandler(ServerHandler):
 class _Server(ThreadingWSGIServer):
     """A thread per connection; ``close_connections`` ends the kept-alive ones."""
 
+    # socketserver's backlog of 5 overflows when a pool opens its connections at once; a
+    # dropped SYN costs the request a 1-second retransmission
+    request_queue_size = 128
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connections: set[socket.socket] = set()
