@@ -69,3 +69,22 @@ def test_lookups_are_avoided_once_the_remote_id_is_known(harness):
         h.send(h.event("user.updated", user=record))
     assert [r for r in h.scim.requests if r[0] == "GET"] == []
     assert [path for _, path in h.writes()] == [f"/v2/Users/{remote_id}"] * 2
+
+
+def test_a_new_group_looks_itself_up_while_its_members_are_created_then_posts_them_at_once(
+    harness,
+):
+    h = harness
+    h.activate("zs", "--rate", "20", "--burst", "5")  # 30 users: 60 calls, 3 s
+    users = [f"w{i}" for i in range(30)]
+    h.send(*(h.user(u) for u in users), h.group("g1", "team"),
+           *(h.member("g1", u) for u in users), h.associate("zs", "g1"))  # fmt: skip
+    log = h.scim.requests
+    user_posts = [i for i, r in enumerate(log) if r == ("POST", "/v2/Users")]
+    group_lookups = [i for i, r in enumerate(log) if r == ("GET", "/v2/Groups")]
+    group_writes = [(i, r) for i, r in enumerate(log) if r[0] != "GET" and "/Groups" in r[1]]
+    assert len(user_posts) == 30 and len(group_lookups) == 1
+    assert group_lookups[0] < user_posts[-1]  # sent while the members were on their way
+    assert [r for _, r in group_writes] == [("POST", "/v2/Groups")]  # no PATCH after it
+    assert group_writes[0][0] > user_posts[-1]
+    assert len(h.members("team")) == 30

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -19,7 +20,7 @@ from worker.apps import AppConfig
 from worker.audit import AuditEntry
 from worker.keys import Kind, ReconcileKey
 from worker.mirror import Mirror
-from worker.model import GroupFacts, MirrorGroup, MirrorUser, UserFacts
+from worker.model import MirrorGroup, MirrorUser
 from worker.plan import (
     Call,
     CreateGroup,
@@ -127,7 +128,9 @@ class Reconciler:
         facts = projection.user_facts(self.redis, self.app.id, user_id)
         entry, looked_up, in_doubt = self.mirror.load_user(user_id)
         if in_doubt:
-            entry, looked_up = self._reread_user(user_id, entry, facts, outcome)
+            user_name = (facts.user.record or {}).get(rules.USER_MAPPING["userName"])
+            lookup = LookupUser(user_name) if user_name else None
+            entry, looked_up = self._reread("user", user_id, entry, lookup, outcome)
         intent = rules.user_intent(facts, entry, self.settings)
         outcome.trace.append(f"user {user_id}: {type(intent).__name__} ({_why(intent)})")
         try:
@@ -169,9 +172,7 @@ class Reconciler:
                     self.mirror.remember_absent("user", user_id)
                     return None, True
                 outcome.trace.append(f"  lookup userName eq {user_name!r}: adopting {found.id}")
-                entry = MirrorUser(found.id, found.attributes)
-                self.mirror.save_user(user_id, entry)
-                return entry, True
+                return self._adopt_user(user_id, found), True
             case CreateUser(attributes=attributes):
                 try:
                     remote = self._send(
@@ -192,9 +193,7 @@ class Reconciler:
                     if found is None:
                         raise
                     outcome.trace.append(f"  409 on create: adopting {found.id}")
-                    entry = MirrorUser(found.id, found.attributes)
-                    self.mirror.save_user(user_id, entry)
-                    return entry, True
+                    return self._adopt_user(user_id, found), True
                 entry = MirrorUser(remote.id, attributes)
                 self.mirror.save_user(user_id, entry)
                 outcome.trace.append(f"  created {remote.id}")
@@ -273,7 +272,8 @@ class Reconciler:
         facts = projection.group_facts(self.redis, self.app.id, group_id)
         entry, looked_up, in_doubt = self.mirror.load_group(group_id)
         if in_doubt:
-            entry, looked_up = self._reread_group(group_id, entry, facts, outcome)
+            lookup = LookupGroup(facts.name) if facts.name else None
+            entry, looked_up = self._reread("group", group_id, entry, lookup, outcome)
         remote_ids = self.mirror.remote_user_ids(facts.members)
         missing = [u for u, rid in remote_ids.items() if rid is None]
         if (
@@ -282,6 +282,13 @@ class Reconciler:
             and not facts.deleted
             and self._members_on_their_way(group_id, missing, outcome)
         ):
+            # The plan once they exist may start with a lookup, which needs no member: sent
+            # now, it leaves one call fewer for after the wait.
+            expected = {user_id: rid or "(on its way)" for user_id, rid in remote_ids.items()}
+            soon = rules.group_intent(facts, entry, expected, self.settings)
+            first = plan_group(soon, entry, self.profile, looked_up=looked_up)[:1]
+            if first and isinstance(first[0], LookupGroup):
+                self._group_call(group_id, first[0], entry, outcome)
             raise Deferred(MEMBER_RECHECK)
         intent = rules.group_intent(facts, entry, remote_ids, self.settings)
         outcome.trace.append(f"group {group_id}: {type(intent).__name__} ({_why(intent)})")
@@ -430,51 +437,39 @@ class Reconciler:
             outcome.stopped_waiting = True  # forgotten when the key is released (runner.py)
         return False
 
-    def _reread_user(
-        self, user_id: str, entry: MirrorUser | None, facts: UserFacts, outcome: Outcome
-    ) -> tuple[MirrorUser | None, bool]:
+    def _reread(
+        self, kind: Kind, object_id: str, entry: Any, lookup: Call | None, outcome: Outcome
+    ) -> tuple[Any, bool]:
         """A write of ours was interrupted: read what the app really holds before planning.
-        Returns the entry and whether a lookup found nothing."""
-        outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
-        if entry is None:
-            # An interrupted create may have made the user, even if it is no longer wanted:
-            # look it up whatever the intent (adopted if found, so the plan can undo it).
-            user_name = (facts.user.record or {}).get(rules.USER_MAPPING["userName"])
-            if user_name and self.profile.filter_supported:
-                entry, _ = self._user_call(user_id, LookupUser(user_name), None, outcome)
-                return entry, entry is None
-            self.mirror.clear_doubt("user", user_id)  # nothing to look it up by
-            return None, False
-        try:
-            remote = self._send(outcome, "user_lookup_provision", f"user:{user_id}",
-                                lambda: self.scim.get_user(entry.remote_id), write=False,
-                                detail="re-read after an interrupted write")  # fmt: skip
-        except NotFound:
-            self.mirror.forget_user(user_id)
-            return None, False
-        entry = MirrorUser(remote.id, remote.attributes)
-        self.mirror.save_user(user_id, entry)
-        return entry, False
+        Returns the entry and whether a lookup (``LookupUser``/``LookupGroup``) found nothing.
 
-    def _reread_group(
-        self, group_id: str, entry: MirrorGroup | None, facts: GroupFacts, outcome: Outcome
-    ) -> tuple[MirrorGroup | None, bool]:
-        """``_reread_user`` for a group."""
+        An interrupted create may have made the object even if it is no longer wanted: it is
+        looked up whatever the intent (adopted if found, so that the plan can undo it)."""
         outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
+        user = kind == "user"
         if entry is None:
-            if facts.name and self.profile.filter_supported:
-                entry, _ = self._group_call(group_id, LookupGroup(facts.name), None, outcome)
+            if lookup is not None and self.profile.filter_supported:
+                call = self._user_call if user else self._group_call
+                entry, _ = call(object_id, lookup, None, outcome)
                 return entry, entry is None
-            self.mirror.clear_doubt("group", group_id)
+            self.mirror.clear_doubt(kind, object_id)  # nothing to look it up by
             return None, False
+        read = self.scim.get_user if user else self.scim.get_group
+        name = "user_lookup_provision" if user else "group_update_provision"
+        remote_id = entry.remote_id
         try:
-            remote = self._send(outcome, "group_update_provision", f"group:{group_id}",
-                                lambda: self.scim.get_group(entry.remote_id), write=False,
-                                detail="re-read after an interrupted write")  # fmt: skip
+            remote = self._send(outcome, name, f"{kind}:{object_id}", lambda: read(remote_id),
+                                write=False, detail="re-read after an interrupted write")  # fmt: skip
         except NotFound:
-            self.mirror.forget_group(group_id)
+            (self.mirror.forget_user if user else self.mirror.forget_group)(object_id)
             return None, False
-        return self._take_over(group_id, remote), False
+        return (self._adopt_user if user else self._take_over)(object_id, remote), False
+
+    def _adopt_user(self, user_id: str, found) -> MirrorUser:  # noqa: ANN001
+        """Record the app's copy of a user as ours."""
+        entry = MirrorUser(found.id, found.attributes)
+        self.mirror.save_user(user_id, entry)
+        return entry
 
     def _take_over(self, group_id: str, found) -> MirrorGroup:  # noqa: ANN001
         """Manage an existing group of the same name: its members become ours to sync."""

@@ -69,8 +69,7 @@ class Workqueue:
 
     def release(self, key: str, token: str, delay_seconds: float = 0.0) -> str:
         """``done``, ``reschedule`` (send a message), ``delayed`` or ``lost``."""
-        delay_ms = int(delay_seconds * 1000)
-        return _decode1(scripts.run(self.redis, "release", key, token, delay_ms))
+        return self.finish(key, token, delay_seconds)[0]
 
     def finish(
         self,

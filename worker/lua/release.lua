@@ -1,48 +1,44 @@
--- ARGV: now_ms, key, token, delay_ms[, succeeded, breaker_app, forget_deferral, keep_causes,
---       n, cause_1 .. cause_n, follow_up...].
--- Give a lease back.
+-- ARGV: now_ms, key, token, delay_ms, succeeded, breaker_app, forget_deferral, keep_causes,
+--       n, cause_1 .. cause_n, follow_up...
+-- Give a lease back, at the end of a run, in one round trip.
 -- delay_ms > 0 keeps the key dirty and lets it run again only after the delay (a backoff).
--- Returns 'lost' (the lease had expired and was taken over), 'delayed', 'reschedule' (it was
--- dirtied while being reconciled: the caller sends a message) or 'done'.
--- With the optional arguments (the end of a run, in one round trip), returns {state,
--- follow-up keys that need a message...}, and first, whether or not the lease is still ours:
--- `succeeded` ('1') forgets the key's failures and parking; `breaker_app` (not '') closes that
--- app's circuit breaker (a call went through); `forget_deferral` ('1') forgets since when the
--- key waited for members (reconcile.py); each `follow_up` key is marked dirty (while we still
--- hold the lease: never a moment with nothing dirty and nothing in flight). The run's causes
--- (event ids, oldest first) are handed on to its follow-ups, and back to the key itself when
--- `keep_causes` is '1' (a run cut short: its next attempt answers them), as audit.py keeps
--- them: newest first, the last 20, for a day.
+-- Returns {state, follow-up keys that need a message...}; state is 'lost' (the lease had
+-- expired and was taken over), 'delayed', 'reschedule' (it was dirtied while being
+-- reconciled: the caller sends a message) or 'done'.
+-- First, whether or not the lease is still ours: `succeeded` ('1') forgets the key's failures
+-- and parking; `breaker_app` (not '') closes that app's circuit breaker (a call went
+-- through); `forget_deferral` ('1') forgets since when the key waited for members
+-- (reconcile.py); each `follow_up` key is marked dirty (while we still hold the lease: never a
+-- moment with nothing dirty and nothing in flight). The run's causes (event ids, oldest
+-- first) are handed on to its follow-ups, and back to the key itself when `keep_causes` is
+-- '1' (a run cut short: its next attempt answers them), as audit.py keeps them: newest
+-- first, the last 20, for a day.
 local key, token, delay_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local extended = #ARGV > 4
-if extended then
-  if ARGV[5] == '1' then
-    redis.call('HDEL', P .. 'wq:attempts', key)
-    redis.call('HDEL', P .. 'wq:parked', key)
-  end
-  if ARGV[6] ~= '' then
-    local cb = P .. 'cb:' .. ARGV[6]
-    redis.call('DEL', cb .. ':fails', cb .. ':state', cb .. ':probe', cb .. ':cooldown')
-  end
-  if ARGV[7] == '1' then redis.call('HDEL', P .. 'wq:deferred', key) end
-  local n = tonumber(ARGV[9])
-  local causes = {}
-  for i = 10, 9 + n do causes[#causes + 1] = ARGV[i] end
-  local function give_causes(k)
-    if n == 0 then return end
-    local list = P .. 'wq:cause:' .. k
-    redis.call('LPUSH', list, unpack(causes))
-    redis.call('LTRIM', list, 0, 19)
-    redis.call('EXPIRE', list, 86400)
-  end
-  if ARGV[8] == '1' then give_causes(key) end
-  for i = 10 + n, #ARGV do
-    mark_key(ARGV[i])
-    give_causes(ARGV[i])
-  end
+if ARGV[5] == '1' then
+  redis.call('HDEL', P .. 'wq:attempts', key)
+  redis.call('HDEL', P .. 'wq:parked', key)
+end
+if ARGV[6] ~= '' then
+  local cb = P .. 'cb:' .. ARGV[6]
+  redis.call('DEL', cb .. ':fails', cb .. ':state', cb .. ':probe', cb .. ':cooldown')
+end
+if ARGV[7] == '1' then redis.call('HDEL', P .. 'wq:deferred', key) end
+local n = tonumber(ARGV[9])
+local causes = {}
+for i = 10, 9 + n do causes[#causes + 1] = ARGV[i] end
+local function give_causes(k)
+  if n == 0 then return end
+  local list = P .. 'wq:cause:' .. k
+  redis.call('LPUSH', list, unpack(causes))
+  redis.call('LTRIM', list, 0, 19)
+  redis.call('EXPIRE', list, 86400)
+end
+if ARGV[8] == '1' then give_causes(key) end
+for i = 10 + n, #ARGV do
+  mark_key(ARGV[i])
+  give_causes(ARGV[i])
 end
 local function answer(state)
-  if not extended then return state end
   local result = {state}
   for _, k in ipairs(schedule) do result[#result + 1] = k end
   return result
