@@ -53,6 +53,26 @@ def random_history(h: Harness, rng: random.Random) -> list[dict]:
     return events
 
 
+def diagnose(h: Harness, problems: list[str]) -> str:
+    """The problems, and for each user they name: what ``explain`` says, the key's state in
+    the workqueue and its last audit entries."""
+    lines = problems[:20]
+    entries = [json.loads(f[b"e"]) for _, f in h.redis.xrange(keys.AUDIT)]
+    for user_id in sorted({p.split(":")[0].split()[1] for p in problems if p.startswith("user ")}):
+        key = f"zs user {user_id}"
+        state = {
+            "dirty": h.redis.zscore(keys.WQ_DIRTY, key),
+            "delayed": h.redis.zscore(keys.WQ_DELAYED, key),
+            "owner": h.redis.hget(keys.WQ_OWNER, key),
+            "parked": h.redis.hget(keys.WQ_PARKED, key),
+        }
+        mine = [e for e in entries if e["object"] == f"user:{user_id}"][-8:]
+        explained = h.cli("explain", "zs", "user", user_id, "--json", check=False)
+        lines += [f"-- {key}: {state}", explained.stdout or explained.stderr,
+                  *(json.dumps(e) for e in mine)]  # fmt: skip
+    return "\n".join(lines)
+
+
 class Faults:
     """Answers a share of requests with 429 (Retry-After), 500 or 503, drops the connection
     without an answer, or answers after a stall."""
@@ -115,7 +135,7 @@ def test_chaos(tmp_path):
             h.wait(timeout=400)
             scim.inject(None)
             problems = check(predict(events), scim.users(), scim.groups())
-            assert problems == [], "\n".join(problems[:20])
+            assert problems == [], diagnose(h, problems)
             audit = [json.loads(f[b"e"]) for _, f in client.xrange(keys.AUDIT)]
             failed = Counter(e["status"] or "dropped" for e in audit if e["outcome"] == "failure")
             for status, count in faults.injected.items():
