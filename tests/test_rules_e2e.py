@@ -7,6 +7,8 @@ import json
 
 import httpx
 
+from tests.support.scimserver import ignore_filters
+
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 U1, U2 = "u1@example.com", "u2@example.com"
 
@@ -59,6 +61,26 @@ def test_takeover_of_existing_group_and_user_without_duplicates(harness):
     assert [(g["id"], g["displayName"]) for g in groups] == [(group["id"], "eng")]
     assert users[0][ENTERPRISE]["department"] == "Eng"
     assert h.members("eng") == {U1}
+
+
+def test_a_lookup_answered_with_other_accounts_takes_none_of_them(harness):
+    """An application that ignores the lookup's filter answers with its accounts: none of
+    them is taken over (and overwritten) for a user or group of another name."""
+    h = harness
+    other = scim_post(h, "Users", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                                   "userName": "someone@example.com", "active": True})  # fmt: skip
+    scim_post(h, "Groups", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                            "displayName": "theirs", "members": [{"value": other["id"]}]})  # fmt: skip
+    h.activate("zs")
+    h.scim.inject(ignore_filters)
+    h.send(h.user("u1", department="Eng"), h.group("g1", "eng"), h.member("g1", "u1"),
+           h.associate("zs", "g1"))  # fmt: skip
+    users = {u["userName"]: u for u in h.scim.users()}
+    assert set(users) == {"someone@example.com", U1}
+    someone = users["someone@example.com"]
+    assert someone["id"] == other["id"] and ENTERPRISE not in someone  # not overwritten
+    assert set(h.groups()) == {"theirs", "eng"}
+    assert h.members("theirs") == {"someone@example.com"} and h.members("eng") == {U1}
 
 
 def test_rename_keeps_the_group_id(harness):

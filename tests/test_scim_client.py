@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.scimserver import ScimServer, scim_server_fixture  # noqa: F401
+from tests.support.scimserver import ScimServer, ignore_filters, scim_server_fixture  # noqa: F401
 from worker.scim import (
     ENTERPRISE_URN,
     GENERIC,
@@ -518,3 +518,17 @@ def test_on_request_records(
     assert [m for m, _ in scim_server.requests] == ["POST", "GET", "GET"]
     scim_server.clear_requests()
     assert scim_server.requests == []
+
+
+def test_a_lookup_never_takes_a_resource_of_another_name(
+    client: ScimClient, scim_server: ScimServer
+) -> None:
+    """Taken for the one asked for, a resource of another name would be overwritten; the same
+    name but for case is the same account (userName and displayName are not case-exact)."""
+    bob = client.create_user({"userName": "Bob@Example.com", "active": True})
+    team = client.create_group("Team", [bob.id])
+    scim_server.inject(ignore_filters)
+    assert client.find_user("alice@example.com") is None
+    assert client.find_user("bob@example.com") == bob
+    assert client.find_group("Engineering") is None
+    assert client.find_group("team") == team

@@ -46,6 +46,13 @@ DROP = "drop"  # what a fault returns to close the connection without an answer
 DROP_AFTER = "drop-after"  # the same, once the application has done the work
 
 
+def ignore_filters(environ: dict[str, Any]) -> None:
+    """A fault: the application answers a filtered GET as if no filter had been sent (some
+    applications ignore filters they do not support)."""
+    if environ["REQUEST_METHOD"] == "GET" and "filter=" in environ.get("QUERY_STRING", ""):
+        environ["QUERY_STRING"] = ""
+
+
 class _KeepAliveServerHandler(ServerHandler):
     http_version = "1.1"
     sent: tuple[str | None, Any] = (None, None)  # the status and headers, kept past close()

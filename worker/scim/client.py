@@ -71,6 +71,7 @@ FLAT_KEYS = (
 _PATCH_PATHS = {key: key for key in FLAT_KEYS} | {"department": f"{ENTERPRISE_URN}:department"}
 
 M = TypeVar("M", bound=Any)
+R = TypeVar("R")  # a SCIM resource
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,16 @@ def escape_filter_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _named(resources: list[R], name: str, name_of: Callable[[R], str | None]) -> R | None:
+    """The resource called ``name`` among a lookup's answers: the exact name first, else the
+    name but for case (``userName`` and ``displayName`` are not case-exact, RFC 7643). Never a
+    resource of another name: a server that ignores the filter answers with every resource,
+    and taking one of them would overwrite somebody else's account."""
+    exact = [r for r in resources if name_of(r) == name]
+    folded = [r for r in resources if (name_of(r) or "").casefold() == name.casefold()]
+    return (exact or folded or [None])[0]
+
+
 def _build(model: Callable[..., M], **kwargs: Any) -> M:
     """Build a model, turning a validation error of our own data into ``Invalid``."""
     try:
@@ -219,12 +230,11 @@ class ScimClient:
 
     # -- users -------------------------------------------------------------
     def find_user(self, user_name: str) -> RemoteUser | None:
-        """The user whose ``userName`` equals ``user_name`` (filter ``userName eq``), or None."""
+        """The user whose ``userName`` equals ``user_name`` (filter ``userName eq``), or None.
+        Never a user of another name (see ``_named``)."""
         found = self._search(ScimUser, "/Users", f"userName eq {escape_filter_value(user_name)}")
-        if not found:
-            return None
-        exact = [u for u in found if u.user_name == user_name]
-        return self._remote_user((exact or found)[0])
+        user = _named(found, user_name, lambda u: u.user_name)
+        return None if user is None else self._remote_user(user)
 
     def get_user(self, remote_id: str) -> RemoteUser:
         data = self._request("GET", f"/Users/{_seg(remote_id)}")
@@ -278,13 +288,12 @@ class ScimClient:
 
     # -- groups ------------------------------------------------------------
     def find_group(self, display_name: str) -> RemoteGroup | None:
-        """The group whose ``displayName`` equals ``display_name``, or None."""
+        """The group whose ``displayName`` equals ``display_name``, or None. Never a group of
+        another name (see ``_named``)."""
         scim_filter = f"displayName eq {escape_filter_value(display_name)}"
-        found = self._search(Group, "/Groups", scim_filter)
-        if not found:
-            return None
-        exact = [g for g in found if g.display_name == display_name]
-        return self._remote_group((exact or found)[0])
+        group = _named(self._search(Group, "/Groups", scim_filter), display_name,
+                       lambda g: g.display_name)  # fmt: skip
+        return None if group is None else self._remote_group(group)
 
     def get_group(self, remote_id: str) -> RemoteGroup:
         data = self._request("GET", f"/Groups/{_seg(remote_id)}")
