@@ -66,10 +66,13 @@ def diagnose(h: Harness, problems: list[str]) -> str:
             "owner": h.redis.hget(keys.WQ_OWNER, key),
             "parked": h.redis.hget(keys.WQ_PARKED, key),
         }
-        mine = [e for e in entries if e["object"] == f"user:{user_id}"][-8:]
+        mine = [e for e in entries if e["object"] == f"user:{user_id}"]
         explained = h.cli("explain", "zs", "user", user_id, "--json", check=False)
+        remote_ids = {e["remote_id"] for e in mine if e.get("remote_id")}
+        sent = [r for r in h.scim.requests if any(rid in r[1] for rid in remote_ids)]
         lines += [f"-- {key}: {state}", explained.stdout or explained.stderr,
-                  *(json.dumps(e) for e in mine)]  # fmt: skip
+                  *(json.dumps(e) for e in mine[-8:]),
+                  f"requests to its remote ids {sorted(remote_ids)}: {sent}"]  # fmt: skip
     return "\n".join(lines)
 
 
