@@ -60,6 +60,20 @@ def test_a_backoff_keeps_the_key_dirty_until_due(r):
     assert queue.claim("a user u1", "w2") == "claimed"
 
 
+def test_a_backoff_under_a_millisecond_still_keeps_the_key_dirty(r):
+    """Full jitter can draw a backoff of a few µs: the failed run is retried all the same
+    (rounded down to 0 ms, it was released as done and its retry lost; the chaos test caught
+    it as a user left with the attributes of its failed write)."""
+    queue = Workqueue(r)
+    queue.mark(["a user u1"])
+    queue.claim("a user u1", "w1")
+    assert queue.finish("a user u1", "w1", 0.0004) == ("delayed", [])
+    assert not queue.stats().idle
+    time.sleep(0.01)
+    assert queue.sweep(stale_seconds=30, resend_stale=False) == ["a user u1"]
+    assert queue.claim("a user u1", "w2") == "claimed"
+
+
 def test_a_lost_message_is_sent_again_when_its_queue_is_empty(r):
     queue = Workqueue(r)
     queue.mark(["a user u1"])  # its message never reaches the broker

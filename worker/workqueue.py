@@ -12,6 +12,7 @@ costs nothing but time (``sweep`` re-sends for keys left dirty with no message).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -88,9 +89,11 @@ class Workqueue:
         the key's failures when it ``succeeded``, close app ``close_breaker``'s circuit
         breaker, forget since when the key waited for members, ``mark`` the ``follow_up``
         keys and hand them the run's ``causes`` (event ids, oldest first), which go back to
-        the key itself with ``keep_causes``. Returns the release's answer and the follow-ups
-        that need a message."""
-        delay_ms = int(delay_seconds * 1000)
+        the key itself with ``keep_causes``. Any ``delay_seconds`` above 0 keeps the key dirty
+        until then. Returns the release's answer and the follow-ups that need a message."""
+        # rounded up: a backoff's full jitter can draw under a millisecond, and a delay of 0
+        # would release a failed run as done, its retry lost
+        delay_ms = math.ceil(delay_seconds * 1000) if delay_seconds > 0 else 0
         answer = scripts.run(
             self.redis,
             "release",
