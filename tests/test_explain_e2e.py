@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from worker import audit
+from worker import audit, keys
 from worker.mirror import Mirror
 
 U1, U2, U3 = "u1@example.com", "u2@example.com", "u3@example.com"
@@ -69,6 +69,24 @@ def test_explain_has_no_side_effects(harness):
     h.cli("explain", "zs", "user", "u2", "--offline")
     assert h.scim.requests == []
     assert_same(before, redis_state(h.redis))
+
+
+def test_explain_reads_back_an_object_whose_last_write_is_in_doubt(harness):
+    """A write cut short leaves the object in doubt: explain plans as a worker would, from
+    the application's copy, read back (offline: assumed gone, so created again)."""
+    h = harness
+    h.activate("zs")
+    h.send(h.user("u1"), h.event("app.user_associated", app_id="zs", user_id="u1"))
+    remote_id = h.users()[U1]["id"]
+    h.redis.sadd(keys.mirror_doubt("zs", "user"), "u1")
+    h.scim.clear_requests()
+    online = explain(h, "user", "u1")
+    assert online["calls"] == [f"GET /Users/{remote_id}  -> {remote_id}  [sent (read)]"]
+    assert h.scim.requests == [("GET", f"/v2/Users/{remote_id}")]
+    offline = json.loads(h.cli("explain", "zs", "user", "u1", "--offline", "--json").stdout)
+    assert offline["calls"][0].startswith(f"GET /Users/{remote_id}  offline")
+    assert offline["calls"][-1].startswith("POST /Users")
+    assert h.redis.sismember(keys.mirror_doubt("zs", "user"), "u1")  # explain wrote nothing
 
 
 def test_dry_run_plans_and_audits_without_writing(harness):

@@ -18,7 +18,7 @@ from worker.apps import AppConfig
 from worker.audit import AuditEntry
 from worker.mirror import Mirror
 from worker.reconcile import Reconciler
-from worker.scim import RemoteGroup, RemoteUser, ScimClient, escape_filter_value
+from worker.scim import NotFound, RemoteGroup, RemoteUser, ScimClient, escape_filter_value
 from worker.scim.profiles import Profile
 
 DRY_RUN = "dry_run"  # key of AppConfig.extra: "on" while the app is in dry run
@@ -82,6 +82,19 @@ class DryRunScim:
             lambda: self.scim.find_group(display_name),  # type: ignore[union-attr]
             lambda g: f"-> {g.id} ({len(g.member_ids)} members)" if g else "-> none",
         )
+
+    def get_user(self, remote_id: str) -> RemoteUser:
+        """Read back after an interrupted write (offline: assumed gone, ``NotFound``)."""
+        return self._get("Users", remote_id, lambda: self.scim.get_user(remote_id))  # type: ignore[union-attr]
+
+    def get_group(self, remote_id: str) -> RemoteGroup:
+        return self._get("Groups", remote_id, lambda: self.scim.get_group(remote_id))  # type: ignore[union-attr]
+
+    def _get(self, endpoint: str, remote_id: str, fetch: Callable[[], Any]) -> Any:
+        found = self._read("GET", f"/{endpoint}/{remote_id}", fetch, lambda r: f"-> {r.id}")
+        if found is None:
+            raise NotFound(None, "offline: assumed to find nothing")
+        return found
 
     # writes
     def create_user(self, attrs: Mapping[str, Any]) -> RemoteUser:
