@@ -13,7 +13,6 @@ Every method sends one HTTP request (``list_users`` one per page) and raises the
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,7 +55,6 @@ ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 SCIM_JSON = "application/scim+json"
 MAX_BODY_BYTES = 1 << 20
 USER_AGENT = "scim-provisioner"
-_SOCKET_OPTIONS = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 FLAT_KEYS = (
     "userName",
@@ -117,9 +115,9 @@ class AppHttp:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = httpx.Timeout(timeout).as_dict()
-        # TCP_NODELAY: a request's headers and body are written separately, and on a kept-alive
-        # connection Nagle's algorithm would hold the body until the app's delayed ACK (40 ms)
-        self.transport = transport or httpx.HTTPTransport(socket_options=_SOCKET_OPTIONS)
+        # httpcore sets TCP_NODELAY on its connections: a request's headers and body go out as
+        # two writes, and Nagle's algorithm would hold the body for the app's delayed ACK
+        self.transport = transport or httpx.HTTPTransport()
         common = [
             ("Authorization", f"Bearer {token}"),
             ("Accept", SCIM_JSON),
