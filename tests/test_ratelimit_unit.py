@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import own_redis
-from worker import keys, ratelimit
+from worker import keys, ratelimit, scripts
 from worker.redis_server import RedisServer
 from worker.workqueue import Workqueue
 
@@ -92,3 +92,25 @@ def test_a_fast_app_is_paced_so_that_the_cap_holds_on_its_own(r):
     assert spacing == pytest.approx(1.05 / 205, abs=0.0001)
     slow = [ratelimit.acquire(r, "slow", 5, 5, "t", f"k{i}") for i in range(8)]
     assert slow[6] - slow[5] == pytest.approx(0.2, abs=0.005)  # 5/s keeps 1 / rate
+
+
+def test_slots_used_late_never_bunch_beyond_the_cap(r):
+    """Keys whose reserved slots are long due all come back at once: the hard cap lets rate +
+    burst of them through in the window (1.05 s) and makes the others wait."""
+    waits = [ratelimit.acquire(r, "late", 200, 5, "t", f"k{i}") for i in range(300)]
+    time.sleep(max(waits) + 1.2)  # every reservation due, and the burst's grants out of the window
+    again = [ratelimit.acquire(r, "late", 200, 5, "t", f"k{i}") for i in range(300)]
+    assert sum(1 for w in again if w == 0) == 205  # rate + burst
+    assert all(0 < w <= 1.05 for w in again if w)
+
+
+def test_pacing_follows_redis_clock_whatever_the_workers_clocks_say(r, monkeypatch):
+    """Two workers whose clocks are 10 s apart share one app's pace: each slot comes 1 / rate
+    after the one before, not 10 s later (or at once) as their own clocks would have it."""
+    real = scripts.now_ms
+    waits = []
+    for i, skew in enumerate((5000, -5000, 5000, -5000)):
+        monkeypatch.setattr(scripts, "now_ms", lambda skew=skew: real() + skew)
+        waits.append(ratelimit.acquire(r, "skew", 5, 1, "t", f"k{i}"))
+    assert waits[0] == 0
+    assert [round(w, 1) for w in waits[1:]] == [0.2, 0.4, 0.6]

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.scimserver import ScimServer, ignore_filters, scim_server_fixture  # noqa: F401
@@ -33,6 +32,7 @@ from worker.scim import (
     parse_retry_after,
     profile_by_name,
 )
+from worker.scim.client import AppHttp
 
 ALICE = {
     "userName": "alice@example.com",
@@ -52,18 +52,18 @@ def records() -> list[RequestRecord]:
 
 
 @pytest.fixture
-def http(scim_server: ScimServer) -> Iterator[httpx.Client]:
+def http(scim_server: ScimServer) -> Iterator[AppHttp]:
     with make_http_client(scim_server.base_url, scim_server.token, timeout=5) as client:
         yield client
 
 
 @pytest.fixture
-def client(http: httpx.Client, records: list[RequestRecord]) -> ScimClient:
+def client(http: AppHttp, records: list[RequestRecord]) -> ScimClient:
     return ScimClient(http, GENERIC, on_request=records.append)
 
 
 @pytest.fixture
-def put_client(http: httpx.Client, records: list[RequestRecord]) -> ScimClient:
+def put_client(http: AppHttp, records: list[RequestRecord]) -> ScimClient:
     """Zscaler-like: PUT for users, PATCH for groups."""
     return ScimClient(http, ZSCALER, on_request=records.append)
 
@@ -181,7 +181,7 @@ def test_update_via_put(
 
 
 @pytest.mark.parametrize("profile", [GENERIC, ZSCALER], ids=["patch", "put"])
-def test_set_active(http: httpx.Client, profile: Any, records: list[RequestRecord]) -> None:
+def test_set_active(http: AppHttp, profile: Any, records: list[RequestRecord]) -> None:
     client = ScimClient(http, profile, on_request=records.append)
     user = client.create_user(ALICE)
     client.set_active(user.id, False, ALICE)
@@ -287,7 +287,7 @@ def test_empty_group(client: ScimClient) -> None:
     assert group.member_ids == frozenset()
 
 
-def test_remove_forms(http: httpx.Client, scim_server: ScimServer) -> None:
+def test_remove_forms(http: AppHttp, scim_server: ScimServer) -> None:
     """Both remove forms are sent as specified; scim2-server only accepts the filter form."""
     value_client = ScimClient(http, replace(GENERIC, member_remove_form="value"))
     a, b, c = make_users(value_client, 3)
@@ -321,13 +321,13 @@ def test_remove_forms(http: httpx.Client, scim_server: ScimServer) -> None:
     )
 
 
-def test_members_per_patch_enforced(http: httpx.Client) -> None:
+def test_members_per_patch_enforced(http: AppHttp) -> None:
     client = ScimClient(http, replace(GENERIC, members_per_patch=2))
     with pytest.raises(ValueError):
         client.patch_members("g", add=["a", "b"], remove=["c"])
 
 
-def test_groups_without_patch(http: httpx.Client, records: list[RequestRecord]) -> None:
+def test_groups_without_patch(http: AppHttp, records: list[RequestRecord]) -> None:
     client = ScimClient(http, replace(ZSCALER, group_patch=False), on_request=records.append)
     a, b = make_users(client, 2)
     group = client.create_group("Ops", [a])
@@ -532,3 +532,14 @@ def test_a_lookup_never_takes_a_resource_of_another_name(
     assert client.find_user("bob@example.com") == bob
     assert client.find_group("Engineering") is None
     assert client.find_group("team") == team
+
+
+def test_scim_connections_send_without_waiting_for_acks(http: AppHttp) -> None:
+    """TCP_NODELAY: a request's headers and body are written separately; on a kept-alive
+    connection Nagle's algorithm would hold the body until the app's delayed ACK (40 ms)."""
+    response = http.open("GET", "/ServiceProviderConfig", None, None)
+    try:
+        sock = response.extensions["network_stream"].get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        response.close()
