@@ -138,7 +138,8 @@ def test_sync_runs_one_object_now(harness):
     h.scim.inject(None)
 
     out = h.cli("sync", "zs", "user", "u3").stdout
-    assert out.startswith("zs user u3: done, 2 calls")
+    # the refused create changed nothing: no re-read, the earlier lookup still stands
+    assert out.startswith("zs user u3: done, 1 calls")
     assert "user u3: Provision (in scope)" in out and "  created " in out
     assert "audit: user_create_provision success 201" in out
     assert h.users()[U3]["active"] is True

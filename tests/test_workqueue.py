@@ -98,17 +98,22 @@ def test_claiming_a_run_also_reads_the_app_and_takes_its_causes(r):
     queue = Workqueue(r)
     r.hset("prov:app:a", "config", b'{"id": "a"}')
     r.lpush("prov:wq:cause:a user u1", "e1", "e2")  # newest first, as lua/mark.lua keeps them
-    assert queue.claim_run("a user u1", "w1", "a", "prov:wq:cause:a user u1") == ("clean", None, [])
+    clean = ("clean", None, [], {})
+    assert queue.claim_run("a user u1", "w1", "a", "prov:wq:cause:a user u1") == clean
     assert r.llen("prov:wq:cause:a user u1") == 2  # not claimed: the causes stay
     queue.mark(["a user u1"])
-    state, config, causes = queue.claim_run("a user u1", "w1", "a", "prov:wq:cause:a user u1")
+    r.hset("prov:app:a:learned", "form:member_remove", "value")
+    state, config, causes, learned = queue.claim_run(
+        "a user u1", "w1", "a", "prov:wq:cause:a user u1"
+    )
     assert (state, config, causes) == ("claimed", b'{"id": "a"}', ["e1", "e2"])
+    assert learned == {b"form:member_remove": b"value"}
     assert not r.exists("prov:wq:cause:a user u1")
     assert queue.claim_run("a user u1", "w2", "a", "prov:wq:cause:a user u1")[0] == "busy"
     queue.release("a user u1", "w1")
     queue.mark(["b user u2"])  # an app that is not stored: no config
     claimed = queue.claim_run("b user u2", "w1", "b", "prov:wq:cause:b user u2")
-    assert claimed == ("claimed", None, [])
+    assert claimed == ("claimed", None, [], {})
 
 
 def test_finishing_a_run_releases_marks_follow_ups_and_forgets_failures_in_one_go(r):

@@ -40,6 +40,8 @@ class AppConfig:
     rate: float | None = None  # requests/s for the whole pool; None: the profile's
     burst: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    verify_every: float | None = None  # seconds between scheduled verifies; None: none
+    verify_fix: bool = False  # a scheduled verify repairs what it finds
 
     def settings(self) -> AppSettings:
         return AppSettings(
@@ -127,6 +129,7 @@ def remove(client: redis.Redis, app_id: str) -> None:
     pipe = client.pipeline()
     pipe.delete(
         keys.app(app_id),
+        keys.app_learned(app_id),
         *(keys.mirror(app_id, kind) for kind in ("user", "group")),
         *(keys.mirror_absent(app_id, kind) for kind in ("user", "group")),
         *(keys.mirror_doubt(app_id, kind) for kind in ("user", "group")),

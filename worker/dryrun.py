@@ -49,6 +49,13 @@ class DryRunScim:
         self.profile = profile
         self.calls: list[PlannedCall] = []
 
+    def reshaped(self, profile: Profile) -> DryRunScim:
+        """Plan with the forms of ``profile`` (what the app has been learned to take)."""
+        self.profile = profile
+        if self.scim is not None:
+            self.scim = self.scim.reshaped(profile)
+        return self
+
     @property
     def last(self) -> PlannedCall | None:
         return self.calls[-1] if self.calls else None
@@ -122,10 +129,9 @@ class DryRunScim:
     def rename_group(
         self, remote_id: str, display_name: str, member_ids: Iterable[str] | None = None
     ) -> None:
+        by_patch = self.profile.group_patch and self.profile.group_rename == "patch"
         self._write(
-            "PATCH" if self.profile.group_patch else "PUT",
-            f"/Groups/{remote_id}",
-            f"displayName={display_name!r}",
+            "PATCH" if by_patch else "PUT", f"/Groups/{remote_id}", f"displayName={display_name!r}"
         )
 
     def patch_members(self, remote_id: str, add: Iterable[str], remove: Iterable[str]) -> None:

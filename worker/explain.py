@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import redis
 
-from worker import audit, keys, projection, rules
+from worker import audit, keys, learned, projection, rules
 from worker.apps import AppConfig
 from worker.audit import AuditEntry
 from worker.dryrun import DryRunScim, OverlayMirror, is_dry_run
@@ -56,7 +56,10 @@ def explain(
 ) -> Explanation:
     """Plan one object's reconcile without sending a write or writing to Redis; ``scim=None``
     sends no request at all (lookups are assumed to find nothing)."""
+    knowledge = learned.load(client, app.id)
     settings = app.settings()
+    unsupported = frozenset(knowledge.unsupported_attributes)
+    settings = replace(settings, excluded_attributes=settings.excluded_attributes | unsupported)
     mirror = Mirror(client, app.id)
     summary = {
         "id": app.id,
@@ -65,6 +68,7 @@ def explain(
         "group_management": app.group_management,
         "user_delete_policy": app.user_delete_policy,
         "excluded_attributes": list(app.excluded_attributes),
+        "learned": knowledge.as_json(),
         "dry_run": is_dry_run(app),
     }
     changes = None
@@ -85,7 +89,7 @@ def explain(
         if entry is not None:
             held = {"remote_id": entry.remote_id, "attributes": dict(entry.attributes)}
         if desired is not None and entry is not None:
-            changes = attribute_changes(desired, entry.attributes)
+            changes = attribute_changes(desired, entry.attributes, entry.normalized)
     else:
         facts = projection.group_facts(client, app.id, object_id)
         group = mirror.group(object_id)
@@ -131,6 +135,7 @@ def explain(
         mirror=overlay,
         record=entries.append,
         wait_for_members=False,
+        knowledge=knowledge,
     )
     try:
         outcome = reconciler.reconcile(keys.ReconcileKey(app.id, kind, object_id))

@@ -44,6 +44,11 @@ def app(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}"
 
 
+def app_learned(app_id: str) -> str:
+    """HASH of what the pool learned about the app's SCIM server (see learned.py)."""
+    return f"{PREFIX}app:{app_id}:learned"
+
+
 def app_token(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}:token"
 

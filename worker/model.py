@@ -44,6 +44,9 @@ class MirrorUser:
 
     remote_id: str
     attributes: Mapping[str, Any]
+    normalized: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    """attribute -> (what we sent, what the app holds instead): the app stores its own form of
+    our value (a lower-cased email, say); sending it again would change nothing."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class MirrorGroup:
     remote_id: str
     display_name: str
     members: Mapping[str, str] = field(default_factory=dict)
+    normalized: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    """``displayName`` -> (the name we sent, the name the app holds instead)"""
 
 
 @dataclass(frozen=True)

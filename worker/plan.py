@@ -106,17 +106,33 @@ Call = (
 )
 
 
-def attribute_changes(desired: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
+def attribute_changes(
+    desired: Mapping[str, Any],
+    held: Mapping[str, Any],
+    normalized: Mapping[str, tuple[Any, Any]] | None = None,
+) -> dict[str, Any]:
     """Attributes whose desired value differs from what the application holds.
 
     An attribute never sent and now empty is not a change; an excluded attribute (absent
-    from ``desired``) is neither sent nor cleared.
+    from ``desired``) is neither sent nor cleared; a value the app is known to store in its
+    own form (``normalized``: attribute -> (sent, held)) is not sent again.
     """
+    normalized = normalized or {}
     return {
         attribute: value
         for attribute, value in desired.items()
-        if sent.get(attribute) != value and not (value is None and attribute not in sent)
+        if held.get(attribute) != value
+        and not (value is None and attribute not in held)
+        and normalized.get(attribute) != (value, held.get(attribute))
     }
+
+
+def holds_name(name: str, mirror: MirrorGroup) -> bool:
+    """Whether the group is called ``name`` in the app, in the app's own form of it."""
+    return name == mirror.display_name or mirror.normalized.get("displayName") == (
+        name,
+        mirror.display_name,
+    )
 
 
 def full_resource(desired: Mapping[str, Any], sent: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,7 +151,7 @@ def plan_user(
                 if profile.filter_supported and not looked_up:
                     return [LookupUser(desired["userName"])]
                 return [CreateUser({k: v for k, v in desired.items() if v is not None})]
-            changes = attribute_changes(desired, mirror.attributes)
+            changes = attribute_changes(desired, mirror.attributes, mirror.normalized)
             if not changes:
                 return []
             full = full_resource(desired, mirror.attributes)
@@ -177,12 +193,15 @@ def _sync_existing(
 ) -> list[Call]:
     add = {u: rid for u, rid in desired.items() if mirror.members.get(u) != rid}
     remove = {u: rid for u, rid in mirror.members.items() if desired.get(u) != rid}
+    # an app that cannot rename a group keeps the name it holds; the members still sync
+    name = name if profile.renames_groups else mirror.display_name
+    renamed = not holds_name(name, mirror)
     calls: list[Call] = []
     if not profile.group_patch:
-        if add or remove or name != mirror.display_name:
+        if add or remove or renamed:
             calls.append(ReplaceGroup(mirror.remote_id, name, dict(desired)))
         return calls
-    if name != mirror.display_name:
+    if renamed:
         calls.append(RenameGroup(mirror.remote_id, name))
     calls.extend(membership_patches(mirror.remote_id, add, remove, profile.members_per_patch))
     return calls

@@ -4,21 +4,29 @@ the calls, record each outcome in the mirror and the audit log (STYLE: controlle
 
 Errors of the application propagate as ``worker.scim`` errors after they are audited; the
 runner (``runner.py``) turns them into retries, parking or a pause.
+
+Trust, but verify: every write's answer is read. The mirror records what the application
+holds (``answers.py`` compares it with what was sent): an attribute it never stores is learned
+as unsupported and not sent again, a value it stores in its own form is not sent again, a
+membership it ignored is completed by the next call. A request form it does not implement
+(``Unsupported``) moves the app to the next form (``worker.scim.compat``), learned for good.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
-from worker import audit, keys, projection, rules, scripts
+from worker import answers, audit, keys, learned, projection, rules, scripts
 from worker.apps import AppConfig
 from worker.audit import AuditEntry
 from worker.keys import Kind, ReconcileKey
+from worker.learned import Learned
 from worker.mirror import Mirror
 from worker.model import MirrorGroup, MirrorUser
 from worker.plan import (
@@ -37,10 +45,14 @@ from worker.plan import (
     plan_group,
     plan_user,
 )
-from worker.scim import Conflict, NotFound, ScimClient, ScimError
+from worker.scim import Conflict, Invalid, NotFound, ScimClient, ScimError, Unsupported, compat
+from worker.scim.client import named
 from worker.scim.profiles import Profile
 
+log = logging.getLogger("provisioner.reconcile")
+
 MAX_ROUNDS = 6  # plan -> run rounds; a lookup or a vanished object costs one more round
+FALLBACKS = sum(len(chain) - 1 for chain in compat.CHAINS.values())  # a round each at most
 MEMBER_WAIT = 600.0  # seconds a group may wait for members being provisioned (rate-limited)
 MEMBER_RECHECK = 2.0  # and how often it looks again
 MEMBER_SLICE = 64  # members looked at per round trip while checking
@@ -84,6 +96,7 @@ class Reconciler:
         guard: Callable[[str, str], None] = lambda name, obj: None,
         gate: Callable[[str, str, tuple[Kind, str] | None], None] | None = None,
         wait_for_members: bool = True,
+        knowledge: Learned | None = None,
     ):
         """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
         passes an in-memory mirror and its own recorder. ``causes`` are the ids of the
@@ -93,12 +106,19 @@ class Reconciler:
         then a write is marked in doubt; ``gate(name, obj, (kind, id) of a write or None)``,
         when given, does all of that itself (the worker's: in one round trip). With the default
         mirror and audit log, a call's audit entry is written in the same transaction as the
-        mirror's record of its outcome."""
+        mirror's record of its outcome.
+
+        ``knowledge`` is what the pool learned about the app (``worker.learned``): the request
+        forms that work, and the attributes it does not store (never sent)."""
         self.redis = client
         self.app = app
+        knowledge = knowledge or Learned()
         self.settings = app.settings()
-        self.scim = scim
-        self.profile = profile
+        self._skip_attributes(knowledge.unsupported_attributes)
+        self.base_profile = profile
+        self.forms = dict(knowledge.forms)
+        self.profile = compat.effective(profile, self.forms)
+        self.scim = scim.reshaped(self.profile)
         self.mirror = mirror or Mirror(client, app.id)
         self.still_ours = still_ours
         self.record = record or (lambda entry: audit.record(client, entry))
@@ -134,12 +154,22 @@ class Reconciler:
         intent = rules.user_intent(facts, entry, self.settings)
         outcome.trace.append(f"user {user_id}: {type(intent).__name__} ({_why(intent)})")
         try:
-            for _ in range(MAX_ROUNDS):
+            for _ in range(MAX_ROUNDS + FALLBACKS):
+                # again each round: an attribute learned unsupported is no longer wanted
+                intent = rules.user_intent(facts, entry, self.settings)
                 calls = plan_user(intent, entry, self.profile, looked_up=looked_up)
                 if not calls:
                     break
                 for call in calls:
-                    entry, replan = self._user_call(user_id, call, entry, outcome)
+                    try:
+                        entry, replan = self._user_call(user_id, call, entry, outcome)
+                    except Unsupported as error:
+                        self._fall_back(call, error, f"user:{user_id}", outcome)
+                        replan = True
+                    except Invalid as error:
+                        if not self._refused_extension(call, error, f"user:{user_id}", outcome):
+                            raise
+                        replan = True
                     if isinstance(call, LookupUser):
                         looked_up = True
                     if replan:
@@ -190,53 +220,63 @@ class Reconciler:
                         lambda: self.scim.find_user(attributes["userName"]),
                         write=False,
                     )
+                    found = found or self._find_in_pages("user", attributes["userName"], obj,
+                                                         outcome)  # fmt: skip
                     if found is None:
                         raise
                     outcome.trace.append(f"  409 on create: adopting {found.id}")
                     return self._adopt_user(user_id, found), True
-                entry = MirrorUser(remote.id, attributes)
+                # what was not sent was left for the app to fill in: not ours to clear
+                sent = dict.fromkeys(rules.OPTIONAL_ATTRIBUTES) | attributes
+                entry = self._held_user(obj, remote.id, sent, remote, None, outcome)
                 self.mirror.save_user(user_id, entry)
                 outcome.trace.append(f"  created {remote.id}")
-                return entry, False
+                return entry, entry.attributes.get("active") != attributes.get("active")
             case UpdateUser(remote_id=rid, changes=changes, full=full):
                 assert entry is not None
                 name = "user_update_provision"
                 if changes.get("active") is False:
                     name = "user_deprovision"
-                if not self._on_remote(
+                answer = self._on_remote(
                     outcome,
                     name,
                     obj,
                     user_id,
                     "user",
                     lambda: self.scim.update_user(rid, changes, full),
-                ):
+                )
+                if answer is GONE:
                     return None, True
-                attributes = {**entry.attributes, **changes}
-                entry = MirrorUser(rid, {k: v for k, v in attributes.items() if v is not None})
+                before = entry
+                entry = self._held_user(obj, rid, changes, answer, entry, outcome)
                 self.mirror.save_user(user_id, entry)
                 outcome.trace.append(f"  updated {sorted(changes)}")
+                self._check_active(obj, changes, before, entry)
                 return entry, False
             case SetActive(remote_id=rid, active=active, full=full):
                 assert entry is not None
                 name = "user_update_provision" if active else "user_deprovision"
-                if not self._on_remote(
+                answer = self._on_remote(
                     outcome,
                     name,
                     obj,
                     user_id,
                     "user",
                     lambda: self.scim.set_active(rid, active, full),
-                ):
+                )
+                if answer is GONE:
                     return None, True
-                entry = MirrorUser(rid, {**entry.attributes, "active": active})
+                before = entry
+                sent = {"active": active} if self.profile.user_patch else {**full, "active": active}
+                entry = self._held_user(obj, rid, sent, answer, entry, outcome)
                 self.mirror.save_user(user_id, entry)
                 outcome.trace.append(f"  active={active}")
+                self._check_active(obj, {"active": active}, before, entry)
                 return entry, False
             case DeleteUser(remote_id=rid):
                 assert entry is not None
                 try:
-                    self._on_remote(
+                    gone = self._on_remote(
                         outcome,
                         "user_delete_provision",
                         obj,
@@ -259,7 +299,8 @@ class Reconciler:
                         entry = MirrorUser(rid, full)
                         self.mirror.save_user(user_id, entry)
                     return entry, False
-                self.mirror.forget_user(user_id)
+                if gone is not GONE:
+                    self.mirror.forget_user(user_id)
                 outcome.trace.append(f"  deleted {rid}")
                 return None, False
         raise TypeError(f"not a user call: {call!r}")
@@ -292,12 +333,27 @@ class Reconciler:
             raise Deferred(MEMBER_RECHECK)
         intent = rules.group_intent(facts, entry, remote_ids, self.settings)
         outcome.trace.append(f"group {group_id}: {type(intent).__name__} ({_why(intent)})")
-        for _ in range(MAX_ROUNDS):
+        read_back = False
+        for _ in range(MAX_ROUNDS + FALLBACKS):
             calls = plan_group(intent, entry, self.profile, looked_up=looked_up)
             if not calls:
                 break
             for call in calls:
-                entry, replan = self._group_call(group_id, call, entry, outcome)
+                try:
+                    entry, replan = self._group_call(group_id, call, entry, outcome)
+                except Unsupported as error:
+                    self._fall_back(call, error, f"group:{group_id}", outcome)
+                    replan = True
+                except Invalid as error:
+                    # A refused change may be one the app already holds (a member it dropped
+                    # with its deleted user): read the group back once, then plan again.
+                    if read_back or entry is None or isinstance(call, CreateGroup):
+                        raise
+                    read_back = True
+                    outcome.trace.append(f"  {error}: reading the group back")
+                    entry, _ = self._reread("group", group_id, entry, None, outcome)
+                    intent = rules.group_intent(facts, entry, remote_ids, self.settings)
+                    replan = True
                 if isinstance(call, LookupGroup):
                     looked_up = True
                 if replan:
@@ -342,33 +398,45 @@ class Reconciler:
                         detail="lookup after 409",
                         write=False,
                     )
+                    found = found or self._find_in_pages("group", name, obj, outcome)
                     if found is None:
                         raise
                     outcome.trace.append(f"  409 on create: taking over {found.id}")
                     return self._take_over(group_id, found), True
-                entry = MirrorGroup(remote.id, name, dict(members))
+                entry = self._held_group(obj, outcome, remote.id, name, members, remote, None)
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  created {remote.id} with {len(members)} members")
-                return entry, False
+                dropped = sum(1 for user in members if user not in entry.members)
+                if dropped:
+                    outcome.trace.append(f"  the app kept {len(entry.members)}: completing")
+                    self._note(obj, f"the application ignored {dropped} members sent on create: "
+                               "sending them again")  # fmt: skip
+                return entry, bool(dropped)
             case RenameGroup(remote_id=rid, display_name=name):
                 assert entry is not None
-                if not self._on_remote(
+                old_name, held = entry.display_name, entry
+                answer = self._on_remote(
                     outcome,
                     "group_update_provision",
                     obj,
                     group_id,
                     "group",
-                    lambda: self.scim.rename_group(rid, name),
-                ):
+                    lambda: self.scim.rename_group(rid, name, held.members.values()),
+                )
+                if answer is GONE:
                     return None, True
-                entry = MirrorGroup(rid, name, entry.members)
+                entry = self._held_group(
+                    obj, outcome, rid, name, dict(entry.members), answer, entry
+                )
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  renamed to {name!r}")
+                if entry.display_name == old_name != name:
+                    raise Unsupported(None, f"the application kept the name {old_name!r}")
                 return entry, False
             case PatchMembers(remote_id=rid, add=add, remove=remove):
                 assert entry is not None
                 detail = f"+{len(add)} -{len(remove)} members"
-                if not self._on_remote(
+                answer = self._on_remote(
                     outcome,
                     "group_update_provision",
                     obj,
@@ -376,27 +444,42 @@ class Reconciler:
                     "group",
                     lambda: self.scim.patch_members(rid, add.values(), remove.values()),
                     detail=detail,
-                ):
+                )
+                if answer is GONE:
                     return None, True
                 members = {u: r for u, r in entry.members.items() if u not in remove}
                 members.update(add)
-                entry = MirrorGroup(rid, entry.display_name, members)
+                known = {**entry.members, **add}
+                entry = self._held_group(
+                    obj, outcome, rid, entry.display_name, members, answer, entry, known
+                )
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  members {detail}")
+                ignored = answers.ignored_members(add, remove, entry.members)
+                if ignored:  # answered 200 and did not do it: this form does not work here
+                    raise Unsupported(None, f"the application answered without {ignored}")
                 return entry, False
             case ReplaceGroup(remote_id=rid, display_name=name, members=members):
-                if not self._on_remote(
+                answer = self._on_remote(
                     outcome,
                     "group_update_provision",
                     obj,
                     group_id,
                     "group",
                     lambda: self.scim.replace_group(rid, name, members.values()),
-                ):
+                )
+                if answer is GONE:
                     return None, True
-                entry = MirrorGroup(rid, name, dict(members))
+                entry = self._held_group(obj, outcome, rid, name, dict(members), answer, entry)
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  replaced with {len(members)} members")
+                missing = sum(1 for user in members if user not in entry.members)
+                if missing:
+                    raise Invalid(
+                        None,
+                        f"the application does not keep the members it is sent ({missing} "
+                        "of them were left out of its answer to a PUT of the whole group)",
+                    )
                 return entry, False
             case RemoveGroup(remote_id=rid):
                 with contextlib.suppress(NotFound):
@@ -479,6 +562,150 @@ class Reconciler:
         self.mirror.save_group(group_id, entry)
         return entry
 
+    def _find_in_pages(self, kind: Kind, name: str, obj: str, outcome: Outcome) -> Any:
+        """After a 409 that the lookup cannot explain (an app whose filter finds nothing), the
+        object of that name among the app's, page by page, each page a call of its own."""
+        user = kind == "user"
+        page = self.scim.users_page if user else self.scim.groups_page
+        audit_name = "user_lookup_provision" if user else "group_create_provision"
+        start, size = 1, self.profile.page_size
+        outcome.trace.append(f"  409, and the lookup found nothing: listing the app's {kind}s")
+        while True:
+            found, total = self._send(outcome, audit_name, obj, lambda at=start: page(at, size),
+                                      write=False, detail=f"listing from {start}")  # type: ignore[misc]  # fmt: skip
+            hit = named(found, name, _name_of)
+            if hit is not None:
+                return hit
+            start += len(found)
+            if not found or start > total:
+                return None
+
+    # -- answers and what they teach --------------------------------------------------------
+    def _held_user(
+        self,
+        obj: str,
+        remote_id: str,
+        sent: dict[str, Any],
+        answer: Any,
+        before: MirrorUser | None,
+        outcome: Outcome,
+    ) -> MirrorUser:
+        """The mirror entry of a user after a write: what the app answered it holds."""
+        held = getattr(answer, "attributes", None)
+        result = answers.user_answer(remote_id, sent, held, before)
+        for attribute in result.unsupported:
+            self._learn_unsupported(attribute, obj, outcome)
+        for attribute, (value, stored) in result.normalized.items():
+            outcome.trace.append(f"  the app stores {attribute}={stored!r} for {value!r}")
+        return result.entry
+
+    def _check_active(
+        self, obj: str, sent: dict[str, Any], before: MirrorUser, entry: MirrorUser
+    ) -> None:
+        """A (de)activation the app answered without taking: another form, else park."""
+        if "active" not in sent or entry.attributes.get("active") == sent["active"]:
+            return
+        detail = f"the application kept active={entry.attributes.get('active')}"
+        if self.profile.user_patch:
+            raise Unsupported(None, detail)
+        raise Invalid(None, f"{detail} after a PUT of the whole user with active={sent['active']}")
+
+    def _held_group(
+        self,
+        obj: str,
+        outcome: Outcome,
+        remote_id: str,
+        name: str,
+        members: dict[str, str],
+        answer: Any,
+        before: MirrorGroup | None,
+        known: dict[str, str] | None = None,
+    ) -> MirrorGroup:
+        """The mirror entry of a group after a write: the members and name the app answered
+        with, where the profile says the app tells its members (else what was sent). An
+        answer without ``members`` holds none (RFC 7643 §2.5: empty is unassigned)."""
+        ids = None
+        if answer is not None and self.profile.group_members_readable:
+            ids = answer.member_ids
+        held = answers.group_members(members, ids, known or {})
+        answer_name = getattr(answer, "display_name", None) or None
+        return answers.group_entry(remote_id, name, held, answer_name, before)
+
+    def _skip_attributes(self, attributes: Any) -> None:
+        """Neither want nor send these attributes any more (the app does not store them)."""
+        extra = frozenset(attributes) - self.settings.excluded_attributes
+        if extra:
+            excluded = self.settings.excluded_attributes | extra
+            self.settings = replace(self.settings, excluded_attributes=excluded)
+
+    def _learn_unsupported(self, attribute: str, obj: str, outcome: Outcome, why: str = "") -> None:
+        why = why or f"the application answered a write of {attribute} without it"
+        outcome.trace.append(f"  {why}: not sent from now on")
+        self._skip_attributes([attribute])
+        if learned.learn_unsupported(self.redis, self.app.id, attribute, why):
+            self._note(obj, f"{why}: {attribute} is unsupported by this application and is not "
+                       "sent from now on (`apps update` forgets it)")  # fmt: skip
+            log.warning("app %s does not store %s: not sent from now on", self.app.id, attribute)
+
+    def _refused_extension(self, call: Call, error: ScimError, obj: str, outcome: Outcome) -> bool:
+        """A user write refused (400) for its enterprise extension, as an app without that
+        schema does: learn ``department`` as unsupported and plan again (True), else False."""
+        sent = {
+            **getattr(call, "attributes", {}),
+            **getattr(call, "changes", {}),
+            **(getattr(call, "full", {}) if not self.profile.user_patch else {}),
+        }
+        # the schema named, not the attribute: a department refused for its value (too long,
+        # say) is a bad value, to be parked, not an attribute to stop sending
+        if sent.get("department") is None or "enterprise" not in (error.detail or "").lower():
+            return False
+        why = f"the application refused the enterprise extension (HTTP {error.status})"
+        self._learn_unsupported("department", obj, outcome, why)
+        return True
+
+    def _fall_back(self, call: Call, error: ScimError, obj: str, outcome: Outcome) -> None:
+        """The app does not implement the form this call was sent in: learn the next form for
+        the app, or raise ``Invalid`` (the object is parked) when no form is left."""
+        operation = compat.operation_of(call)
+        form = compat.next_form(self.base_profile, self.forms, operation) if operation else None
+        if operation is None or form is None:
+            tried = {op: chosen for op, chosen in self.forms.items()}
+            if operation is not None:
+                tried[operation] = compat.CHAINS[operation][-1]
+            raise Invalid(
+                error.status,
+                f"the application does not implement this request ({error.detail}) and no other "
+                f"form is left; tried: {compat.tried(tried) or type(call).__name__}",
+                error.scim_type,
+            ) from None
+        before = compat.forms(self.base_profile, self.forms)[operation]
+        self.forms[operation] = form
+        learned.learn_form(self.redis, self.app.id, operation, form)
+        self.profile = compat.effective(self.base_profile, self.forms)
+        self.scim = self.scim.reshaped(self.profile)
+        what = (
+            f"{compat.describe(operation, before)} is not implemented by the application "
+            f"({error}): using {compat.describe(operation, form)} from now on"
+        )
+        outcome.trace.append(f"  {what}")
+        self._note(obj, what, error.status)
+        log.warning("app %s: %s", self.app.id, what)
+
+    def _note(self, obj: str, detail: str, status: int | None = None) -> None:
+        """An audit entry for something learned about the application."""
+        self.mirror.flush()
+        self.record(
+            AuditEntry(
+                "idm_integration_update",
+                self.app.id,
+                obj,
+                "learned",
+                status,
+                detail,
+                causes=self.causes,
+            )
+        )
+
     # -- calls ----------------------------------------------------------------------------
     def _on_remote(
         self,
@@ -489,18 +716,18 @@ class Reconciler:
         kind: str,
         send: Callable[[], object],
         **kw: object,
-    ) -> bool:
-        """Send a call about an object we hold; False (and forgotten) when the app lost it."""
+    ) -> object:
+        """Send a call about an object we hold: the app's answer, or ``GONE`` (and the object
+        forgotten) when the app lost it."""
         try:
-            self._send(outcome, name, obj, send, **kw)  # type: ignore[arg-type]
+            return self._send(outcome, name, obj, send, **kw)  # type: ignore[arg-type]
         except NotFound:
             outcome.trace.append(f"  404: the application lost {obj}; it will be recreated")
             if kind == "user":
                 self.mirror.forget_user(object_id)
             else:
                 self.mirror.forget_group(object_id)
-            return False
-        return True
+            return GONE
 
     def _send(
         self,
@@ -529,6 +756,8 @@ class Reconciler:
         try:
             result = send()
         except ScimError as error:
+            if doubt and error.status is not None and _refused(error.status):
+                self.mirror.end_write(kind, object_id)  # type: ignore[arg-type]
             self.record(
                 AuditEntry(
                     name,
@@ -550,6 +779,20 @@ class Reconciler:
         else:
             self.record(entry)
         return result
+
+
+GONE = object()  # what ``_on_remote`` returns when the application lost the object
+
+
+def _refused(status: int) -> bool:
+    """An answer that says the request changed nothing: a 4xx (429 included) or a 501."""
+    return 400 <= status < 500 or status == 501
+
+
+def _name_of(remote: Any) -> str | None:
+    """The name a lookup matches: a user's ``userName``, a group's ``displayName``."""
+    attributes = getattr(remote, "attributes", None)
+    return attributes.get("userName") if attributes is not None else remote.display_name
 
 
 def _why(intent: object) -> str:

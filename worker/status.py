@@ -6,11 +6,12 @@ from typing import Any
 
 import redis
 
-from worker import apps, guard, keys, ratelimit
+from worker import apps, guard, keys, learned, ratelimit
 from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
 from worker.dryrun import is_dry_run
 from worker.importer import recent as recent_imports
 from worker.mirror import Mirror
+from worker.scim.profiles import PROFILES
 from worker.sweeper import alive_workers
 from worker.workqueue import QueueStats
 
@@ -59,7 +60,9 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
             "groups": groups,
             "held": guard.held(client, app.id),
             "breaker": ratelimit.breaker_state(client, app.id),
+            "pace": _pace(client, app),
             "dry_run": is_dry_run(app),
+            "learned": learned.load(client, app.id).as_json(),
         }
     queue = {
         "pending_batches": pending,
@@ -80,6 +83,14 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
     }
 
 
+def _pace(client: redis.Redis, app: apps.AppConfig) -> dict[str, Any] | None:
+    """The pace the pool keeps for the app, as learned from its 429s (ratelimit.pace)."""
+    profile = PROFILES.get(app.profile)
+    rate = app.rate or (profile.requests_per_second if profile else None)
+    burst = app.burst or (profile.burst if profile else 1)
+    return ratelimit.pace(client, app.id, rate, burst) if rate else None
+
+
 def render(state: dict[str, Any]) -> str:
     q, ev = state["queue"], state["events"]
     lines = [
@@ -98,8 +109,22 @@ def render(state: dict[str, Any]) -> str:
             lines.append(f"  paused: {app['paused']}")
         if app.get("dry_run"):
             lines.append("  dry run: calls are planned and audited, not sent")
+        knowledge = app.get("learned") or {}
+        for attribute in knowledge.get("unsupported_attributes", []):
+            lines.append(
+                f"  warning: the application does not store {attribute}; it is not sent "
+                f"(`provisioner apps update {app_id}` tries it again)"
+            )
+        for operation, form in knowledge.get("forms", {}).items():
+            lines.append(f"  learned: {operation} is sent as {form} (`apps show {app_id}`)")
         for key, reason in app["parked"].items():
             lines.append(f"  parked {key}: {reason}")
+        pace = app.get("pace")
+        if pace and pace["refused"]:
+            lines.append(
+                f"  pace: {pace['requests_per_second']:g} requests/s ({pace['share']:.0%} of "
+                f"{pace['ceiling']:g}), learned from {pace['refused']} refusals (429)"
+            )
         if app["breaker"] != "closed":
             lines.append(f"  circuit breaker {app['breaker']}: the app failed repeatedly")
         if app["held"]:

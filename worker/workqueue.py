@@ -50,17 +50,20 @@ class Workqueue:
 
     def claim_run(
         self, key: str, token: str, app_id: str, causes_key: str
-    ) -> tuple[str, bytes | None, list[str]]:
-        """``claim``, and when claimed, in the same round trip: the app's stored config and
-        the ids of the events that dirtied the key, taken (oldest first; see lua/claim.lua)."""
+    ) -> tuple[str, bytes | None, list[str], dict[bytes, bytes]]:
+        """``claim``, and when claimed, in the same round trip: the app's stored config, the
+        ids of the events that dirtied the key, taken (oldest first), and what the pool
+        learned of the app (``learned.parse`` reads it; see lua/claim.lua)."""
         answer = scripts.run(
             self.redis, "claim", key, token, self.lease_ms, keys.app(app_id), causes_key
         )
         state = _decode1(answer[0])
         if state != "claimed":
-            return state, None, []
+            return state, None, [], {}
         config = answer[1] or None  # a missing field comes back as a nil (None)
-        return state, config, _decode(answer[:1:-1])
+        flat = answer[2]
+        learned = dict(zip(flat[::2], flat[1::2], strict=True))
+        return state, config, _decode(answer[:2:-1]), learned
 
     def renew(self, key: str, token: str, *, while_active: str | None = None) -> bool:
         """Extend the lease; False when it was lost, or when app ``while_active`` is not

@@ -13,6 +13,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from producers.publish import publish
@@ -96,10 +97,17 @@ class Harness:
     _ids = count()
 
     def __init__(
-        self, client: redis.Redis, scim: ScimServer, tmp: Path, redis_url: str | None = None
+        self,
+        client: redis.Redis,
+        scim: ScimServer,
+        tmp: Path,
+        redis_url: str | None = None,
+        activate_options: Sequence[str] = (),
     ):
-        """``redis_url``: a Redis of the test's own (default: the session's, from the env)."""
+        """``redis_url``: a Redis of the test's own (default: the session's, from the env);
+        ``activate_options``: options every ``activate`` adds (``--profile generic``)."""
         self.redis = client
+        self.activate_options = tuple(activate_options)
         self.env = {**TEST_ENV, **({"REDIS_URL": redis_url} if redis_url else {})}
         self.scim = scim
         self.tmp = tmp
@@ -119,6 +127,7 @@ class Harness:
 
     def activate(self, app_id: str = "zs", *options: str) -> None:
         """Activate ``app_id``; unless a test sets ``--rate``, the pool is not throttled."""
+        options = (*self.activate_options, *options)
         if "--rate" not in options:
             options = (*options, "--rate", "10000", "--burst", "1000")
         self.cli("apps", "activate", app_id, "--base-url", self.scim.base_url,
@@ -160,6 +169,29 @@ class Harness:
 
     def writes(self) -> list[tuple[str, str]]:
         return [r for r in self.scim.requests if r[0] in ("POST", "PUT", "PATCH", "DELETE")]
+
+    def seed(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a resource in the application directly, as its administrator would."""
+        headers = {"Authorization": f"Bearer {self.scim.token}"}
+        url = f"{self.scim.base_url}/{endpoint}"
+        resp = httpx.post(url, json=body, headers=headers, timeout=10)
+        resp.raise_for_status()
+        return resp.json()
+
+    # what the product says about an app
+    def parked(self, app_id: str = "zs") -> dict[str, str]:
+        """The app's parked reconcile keys and why (``status``)."""
+        return snapshot(self.redis)["apps"][app_id]["parked"]
+
+    def app_row(self, app_id: str = "zs") -> dict[str, Any]:
+        """The app's row of ``apps list --json``."""
+        rows = json.loads(self.cli("apps", "list", "--json").stdout)
+        return next(row for row in rows if row["id"] == app_id)
+
+    def learned(self, app_id: str = "zs") -> dict[str, Any] | None:
+        """What the product learned about the app (field ``learned`` of ``apps list --json``:
+        ``{"forms": {...}, "unsupported_attributes": [...]}``), None while it says nothing."""
+        return self.app_row(app_id).get("learned")
 
     # directory helpers: events as the directory would send them
     def user(

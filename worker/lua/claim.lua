@@ -1,15 +1,17 @@
 -- ARGV: now_ms, key, token, lease_ms[, app_key, causes_key]. Take the lease of a dirty key.
 -- Returns 'claimed', 'busy' (another worker holds it: it will reschedule on release),
 -- 'delayed' (waiting out a backoff) or 'clean' (nothing to do: a duplicate message).
--- With `app_key` and `causes_key`, returns {state, app config or false, cause ids...}
--- instead, the causes taken only when claimed (newest first, see audit.take_causes): what a
--- run needs to start, in the round trip that claims it.
+-- With `app_key` and `causes_key`, returns {state, app config or false, what the pool learned
+-- of the app (HGETALL of `app_key`:learned, see learned.py), cause ids...} instead, the causes
+-- taken only when claimed (newest first, see audit.take_causes): what a run needs to start,
+-- in the round trip that claims it.
 local key, token, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local app_key, causes_key = ARGV[5], ARGV[6]
 local function answer(state)
   if not app_key then return state end
   if state ~= 'claimed' then return {state} end
-  local result = {state, redis.call('HGET', app_key, 'config')}
+  local result = {state, redis.call('HGET', app_key, 'config'),
+                  redis.call('HGETALL', app_key .. ':learned')}
   for _, id in ipairs(redis.call('LRANGE', causes_key, 0, -1)) do result[#result + 1] = id end
   redis.call('DEL', causes_key)
   return result

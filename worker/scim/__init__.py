@@ -19,6 +19,7 @@ from .errors import (
     ScimError,
     Transient,
     Unauthorized,
+    Unsupported,
     parse_retry_after,
 )
 from .profiles import GENERIC, PROFILES, ZSCALER, Profile, generic_from_config, profile_by_name
@@ -42,6 +43,7 @@ __all__ = [
     "ScimUser",
     "Transient",
     "Unauthorized",
+    "Unsupported",
     "escape_filter_value",
     "generic_from_config",
     "make_http_client",

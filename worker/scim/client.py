@@ -7,7 +7,9 @@ Users travel as a FLAT dict keyed by the SCIM attribute names of the integration
 
 An absent key is an attribute we do not manage; a ``None`` value clears the attribute.
 Every method sends one HTTP request (``list_users`` one per page) and raises the errors of
-``worker.scim.errors``.
+``worker.scim.errors``. Writes return what the application answered (``RemoteUser`` or
+``RemoteGroup``), or None when it answered without a body (204), so that the caller records
+what the application holds rather than what was sent.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ def escape_filter_value(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _named(resources: list[R], name: str, name_of: Callable[[R], str | None]) -> R | None:
+def named(resources: list[R], name: str, name_of: Callable[[R], str | None]) -> R | None:
     """The resource called ``name`` among a lookup's answers: the exact name first, else the
     name but for case (``userName`` and ``displayName`` are not case-exact, RFC 7643). Never a
     resource of another name: a server that ignores the filter answers with every resource,
@@ -216,6 +218,12 @@ class ScimClient:
     def __repr__(self) -> str:
         return f"ScimClient({self.http.base_url!r}, profile={self.profile.name!r})"
 
+    def reshaped(self, profile: Profile) -> ScimClient:
+        """The same application's client, sending the forms of ``profile`` (learned ones)."""
+        if profile == self.profile:
+            return self
+        return ScimClient(self.http, profile, self.on_request)
+
     # -- discovery ---------------------------------------------------------
     def service_provider_config(self) -> ServiceProviderConfig:
         data = self._request("GET", "/ServiceProviderConfig")
@@ -229,9 +237,9 @@ class ScimClient:
     # -- users -------------------------------------------------------------
     def find_user(self, user_name: str) -> RemoteUser | None:
         """The user whose ``userName`` equals ``user_name`` (filter ``userName eq``), or None.
-        Never a user of another name (see ``_named``)."""
+        Never a user of another name (see ``named``)."""
         found = self._search(ScimUser, "/Users", f"userName eq {escape_filter_value(user_name)}")
-        user = _named(found, user_name, lambda u: u.user_name)
+        user = named(found, user_name, lambda u: u.user_name)
         return None if user is None else self._remote_user(user)
 
     def get_user(self, remote_id: str) -> RemoteUser:
@@ -246,25 +254,28 @@ class ScimClient:
 
     def update_user(
         self, remote_id: str, changes: Mapping[str, Any], full: Mapping[str, Any]
-    ) -> None:
+    ) -> RemoteUser | None:
         """Send ``changes`` (PATCH, one operation each) or PUT ``full``; nothing if no change."""
         if not changes:
-            return
+            return None
         if not self.profile.user_patch:
-            self._put_user(remote_id, full)
-            return
+            return self._put_user(remote_id, full)
         ops = [self._user_op(key, value) for key, value in changes.items()]
         ops = [op for op in ops if op is not None]
-        if ops:
-            self._patch(ScimUser, f"/Users/{_seg(remote_id)}", ops)
+        if not ops:
+            return None
+        answer = self._patch(ScimUser, f"/Users/{_seg(remote_id)}", ops)
+        return None if answer is None else self._remote_user(answer)
 
-    def set_active(self, remote_id: str, active: bool, full: Mapping[str, Any]) -> None:
+    def set_active(
+        self, remote_id: str, active: bool, full: Mapping[str, Any]
+    ) -> RemoteUser | None:
         """Activate or deactivate (PATCH replace ``active``, or PUT ``full`` with it)."""
-        if self.profile.user_patch:
-            op = _build(PatchOperation[ScimUser], op="replace", path="active", value=active)
-            self._patch(ScimUser, f"/Users/{_seg(remote_id)}", [op])
-        else:
-            self._put_user(remote_id, {**full, "active": active})
+        if not self.profile.user_patch:
+            return self._put_user(remote_id, {**full, "active": active})
+        op = _build(PatchOperation[ScimUser], op="replace", path="active", value=active)
+        answer = self._patch(ScimUser, f"/Users/{_seg(remote_id)}", [op])
+        return None if answer is None else self._remote_user(answer)
 
     def delete_user(self, remote_id: str) -> None:
         """DELETE; 409 raises ``Conflict`` (deactivate instead), 404 raises ``NotFound``."""
@@ -272,26 +283,32 @@ class ScimClient:
 
     def list_users(self, page_size: int = 100) -> Iterator[RemoteUser]:
         """Every user of the application, paging with startIndex/count (a request per page)."""
-        start = 1
-        while True:
-            params = {"startIndex": start, "count": page_size}
-            data = self._request("GET", "/Users", params=params)
-            page = self._parse(_LIST_OF[ScimUser], data, Context.RESOURCE_QUERY_RESPONSE)
-            resources = page.resources or []
-            for user in resources:
-                yield self._remote_user(user)
-            start += len(resources)
-            if not resources or start > (page.total_results or 0):
-                return
+        for user in self._list(ScimUser, "/Users", page_size):
+            yield self._remote_user(user)
+
+    def users_page(self, start: int, count: int) -> tuple[list[RemoteUser], int]:
+        """One page of the app's users (``startIndex`` from 1) and the total: one request."""
+        users, total = self._page(ScimUser, "/Users", start, count)
+        return [self._remote_user(u) for u in users], total
 
     # -- groups ------------------------------------------------------------
+    def groups_page(self, start: int, count: int) -> tuple[list[RemoteGroup], int]:
+        """One page of the app's groups, with their members, and the total: one request."""
+        groups, total = self._page(Group, "/Groups", start, count)
+        return [self._remote_group(g) for g in groups], total
+
     def find_group(self, display_name: str) -> RemoteGroup | None:
         """The group whose ``displayName`` equals ``display_name``, or None. Never a group of
-        another name (see ``_named``)."""
+        another name (see ``named``)."""
         scim_filter = f"displayName eq {escape_filter_value(display_name)}"
-        group = _named(self._search(Group, "/Groups", scim_filter), display_name,
+        group = named(self._search(Group, "/Groups", scim_filter), display_name,
                        lambda g: g.display_name)  # fmt: skip
         return None if group is None else self._remote_group(group)
+
+    def list_groups(self, page_size: int = 100) -> Iterator[RemoteGroup]:
+        """Every group of the application with its members, a request per page."""
+        for group in self._list(Group, "/Groups", page_size):
+            yield self._remote_group(group)
 
     def get_group(self, remote_id: str) -> RemoteGroup:
         data = self._request("GET", f"/Groups/{_seg(remote_id)}")
@@ -307,23 +324,26 @@ class ScimClient:
 
     def rename_group(
         self, remote_id: str, display_name: str, member_ids: Iterable[str] | None = None
-    ) -> None:
-        """PATCH replace ``displayName``; without group PATCH, PUT with ``member_ids`` (needed)."""
-        if self.profile.group_patch:
+    ) -> RemoteGroup | None:
+        """PATCH replace ``displayName``; by PUT (with ``member_ids``, then needed) where the
+        profile has no group PATCH or renames by PUT."""
+        if self.profile.group_patch and self.profile.group_rename == "patch":
             op = _build(PatchOperation[Group], op="replace", path="displayName", value=display_name)
-            self._patch(Group, f"/Groups/{_seg(remote_id)}", [op])
-            return
+            answer = self._patch(Group, f"/Groups/{_seg(remote_id)}", [op])
+            return None if answer is None else self._remote_group(answer)
         if member_ids is None:
-            raise ValueError("renaming without group PATCH needs the full member list (PUT)")
-        self.replace_group(remote_id, display_name, member_ids)
+            raise ValueError("renaming by PUT needs the full member list")
+        return self.replace_group(remote_id, display_name, member_ids)
 
-    def patch_members(self, remote_id: str, add: Iterable[str], remove: Iterable[str]) -> None:
+    def patch_members(
+        self, remote_id: str, add: Iterable[str], remove: Iterable[str]
+    ) -> RemoteGroup | None:
         """ONE PATCH adding and removing members; the caller chunks to ``members_per_patch``."""
         if not self.profile.group_patch:
             raise ValueError(f"profile {self.profile.name!r} has no group PATCH: use replace_group")
         add, remove = list(add), list(remove)
         if not add and not remove:
-            return
+            return None
         if len(add) + len(remove) > self.profile.members_per_patch:
             raise ValueError(
                 f"{len(add) + len(remove)} member changes exceed "
@@ -340,14 +360,20 @@ class ScimClient:
                 _build(op, op="remove", path=f"members[value eq {escape_filter_value(member)}]")
                 for member in remove
             ]
-        self._patch(Group, f"/Groups/{_seg(remote_id)}", ops)
+        answer = self._patch(Group, f"/Groups/{_seg(remote_id)}", ops)
+        return None if answer is None else self._remote_group(answer)
 
-    def replace_group(self, remote_id: str, display_name: str, member_ids: Iterable[str]) -> None:
+    def replace_group(
+        self, remote_id: str, display_name: str, member_ids: Iterable[str]
+    ) -> RemoteGroup | None:
         """PUT the whole group: name and every member."""
         body = self._group(display_name, member_ids).model_dump(
             scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST
         )
-        self._request("PUT", f"/Groups/{_seg(remote_id)}", body=body)
+        data = self._request("PUT", f"/Groups/{_seg(remote_id)}", body=body)
+        if data is None:
+            return None
+        return self._remote_group(self._parse(Group, data, Context.RESOURCE_REPLACEMENT_RESPONSE))
 
     def delete_group(self, remote_id: str) -> None:
         self._request("DELETE", f"/Groups/{_seg(remote_id)}")
@@ -391,9 +417,12 @@ class ScimClient:
         value = _email(value) if key == "emails" else value
         return _build(op, op="replace", path=path, value=value)
 
-    def _put_user(self, remote_id: str, full: Mapping[str, Any]) -> None:
+    def _put_user(self, remote_id: str, full: Mapping[str, Any]) -> RemoteUser | None:
         body = self._user(full).model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
-        self._request("PUT", f"/Users/{_seg(remote_id)}", body=body)
+        data = self._request("PUT", f"/Users/{_seg(remote_id)}", body=body)
+        if data is None:
+            return None
+        return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_REPLACEMENT_RESPONSE))
 
     @staticmethod
     def _group(display_name: str, member_ids: Iterable[str]) -> Group:
@@ -413,7 +442,8 @@ class ScimClient:
         flat["emails"] = _work_email(user.emails or [])
         extension = user[EnterpriseUser]
         flat["department"] = extension.department if extension is not None else None
-        return RemoteUser(user.id, {k: v for k, v in flat.items() if v is not None})
+        # an empty string is no value (some apps answer "" for every attribute never set)
+        return RemoteUser(user.id, {k: v for k, v in flat.items() if v is not None and v != ""})
 
     @staticmethod
     def _remote_group(group: Group) -> RemoteGroup:
@@ -429,13 +459,37 @@ class ScimClient:
         page = self._parse(_LIST_OF[model], data, Context.RESOURCE_QUERY_RESPONSE)
         return list(page.resources or [])
 
-    def _patch(self, model: type[Resource[Any]], path: str, ops: list[Any]) -> None:
+    def _list(self, model: type[Resource[Any]], path: str, page_size: int) -> Iterator[Any]:
+        """The resources of ``path``, paging with startIndex/count (a request per page)."""
+        start = 1
+        while True:
+            resources, total = self._page(model, path, start, page_size)
+            yield from resources
+            start += len(resources)
+            if not resources or start > total:
+                return
+
+    def _page(
+        self, model: type[Resource[Any]], path: str, start: int, count: int
+    ) -> tuple[list[Any], int]:
+        params = {"startIndex": start, "count": count}
+        data = self._request("GET", path, params=params)
+        page = self._parse(_LIST_OF[model], data, Context.RESOURCE_QUERY_RESPONSE)
+        return list(page.resources or []), page.total_results or 0
+
+    def _patch(self, model: type[Resource[Any]], path: str, ops: list[Any]) -> Any:
+        """Send a PATCH; the resource the app answered with (200), or None (204)."""
         patch = _build(_PATCH_OF[model], operations=ops)
-        self._request("PATCH", path, body=patch.model_dump(scim_ctx=Context.RESOURCE_PATCH_REQUEST))
+        body = patch.model_dump(scim_ctx=Context.RESOURCE_PATCH_REQUEST)
+        data = self._request("PATCH", path, body=body)
+        if data is None:
+            return None
+        return self._parse(model, data, Context.RESOURCE_PATCH_RESPONSE)
 
     def _parse(self, model: type[M], data: Any, ctx: Context) -> M:
         if not isinstance(data, dict):
             raise Invalid(None, "empty or non-object response where a SCIM resource was expected")
+        _ids_as_text(data)
         try:
             return model.model_validate(data, scim_ctx=ctx)  # type: ignore[attr-defined]
         except ValidationError as exc:
@@ -503,6 +557,17 @@ def _seg(remote_id: str) -> str:
 
 def _members(member_ids: Iterable[str]) -> list[GroupMember]:
     return [_build(GroupMember, value=member) for member in member_ids]
+
+
+def _ids_as_text(data: dict[str, Any]) -> None:
+    """Ids and member values as strings: some applications answer them as JSON numbers,
+    which RFC 7643 does not allow but which name the resource all the same."""
+    for resource in [data, *(r for r in data.get("Resources") or [] if isinstance(r, dict))]:
+        if isinstance(resource.get("id"), int):
+            resource["id"] = str(resource["id"])
+        for member in resource.get("members") or []:
+            if isinstance(member, dict) and isinstance(member.get("value"), int):
+                member["value"] = str(member["value"])
 
 
 def _drop_bad_emails(resource: Any) -> None:

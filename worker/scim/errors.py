@@ -9,7 +9,10 @@ Every failure of a SCIM call is a ``ScimError``; callers branch on the subclass:
     ├── NotFound              404
     ├── Conflict              409 (adopt on create; deactivate instead of delete)
     └── Invalid               400 and any other 4xx, redirects, oversized or non-SCIM
-                              responses, payloads that cannot be built
+        │                     responses, payloads that cannot be built
+        └── Unsupported       501, 405, and 400 with scimType invalidPath, noTarget or
+                              invalidSyntax: this form of the request is not implemented
+                              (try the next form, see ``compat``; never retried as is)
 
 Messages carry the status and the server's detail, never request headers (so never the
 bearer token); ``scrub`` removes a known secret from any text that goes into one.
@@ -75,6 +78,16 @@ class Invalid(ScimError):
     """The request or the response is not acceptable (400, other 4xx, non-SCIM answers)."""
 
 
+class Unsupported(Invalid):
+    """The application does not implement this form of the request: 501 Not Implemented,
+    405 Method Not Allowed, or 400 with ``scimType`` ``invalidPath``, ``noTarget`` or
+    ``invalidSyntax``. Another form may work (``worker.scim.compat``); the same never will."""
+
+
+# 400 answers that say the request's shape (a PATCH path, a filter) is not understood
+FORM_SCIM_TYPES = frozenset({"invalidPath", "noTarget", "invalidSyntax"})
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None."""
     if value is None or not value.strip():
@@ -101,6 +114,8 @@ def error_for_status(
     retry_after: float | None = None,
 ) -> ScimError:
     """The exception of a non-2xx HTTP status."""
+    if status in (501, 405) or (status == 400 and scim_type in FORM_SCIM_TYPES):
+        return Unsupported(status, detail, scim_type)
     if status == 429 or status == 408 or status >= 500:
         return Transient(status, detail, scim_type, retry_after)
     if status in (401, 403):
