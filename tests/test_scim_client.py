@@ -26,6 +26,7 @@ from worker.scim import (
     ScimError,
     Transient,
     Unauthorized,
+    Unsupported,
     escape_filter_value,
     generic_from_config,
     make_http_client,
@@ -543,3 +544,57 @@ def test_scim_connections_send_without_waiting_for_acks(http: AppHttp) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         response.close()
+
+
+# -- answers of writes (#10) ------------------------------------------------------------------
+def test_writes_return_what_the_application_answered(put_client: ScimClient) -> None:
+    created = put_client.create_user(ALICE)
+    answer = put_client.update_user(created.id, {"displayName": "A"}, {**ALICE, "displayName": "A"})
+    assert answer is not None and answer.attributes["displayName"] == "A"
+    group = put_client.create_group("eng", [created.id])
+    assert group.member_ids == {created.id}
+    replaced = put_client.replace_group(group.id, "eng", [])
+    assert replaced is not None and replaced.member_ids == frozenset()  # none: left out
+    # scim2-server answers a PATCH with 204: nothing to read, the caller keeps what it sent
+    assert put_client.patch_members(group.id, [created.id], []) is None
+
+
+def test_a_write_answered_without_a_resource_returns_none(
+    client: ScimClient, scim_server: ScimServer
+) -> None:
+    created = client.create_user(ALICE)
+    for status, body in ((204, None), (200, {"detail": "ok"}), (200, {"id": 7, "userName": "b"})):
+        scim_server.inject(answer(status, body))
+        assert client.update_user(created.id, {"displayName": "x"}, {}) is None
+    scim_server.inject(None)
+
+
+def test_integer_ids_name_the_resource_all_the_same(
+    client: ScimClient, scim_server: ScimServer
+) -> None:
+    scim_server.inject(answer(201, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                                    "id": 12, "displayName": "eng", "members": [{"value": 3}]}))  # fmt: skip
+    group = client.create_group("eng", ["3"])
+    assert (group.id, group.member_ids) == ("12", frozenset({"3"}))
+
+
+@pytest.mark.parametrize(
+    ("status", "scim_type"), [(501, None), (405, None), (400, "invalidPath"), (400, "noTarget")]
+)
+def test_a_form_the_application_does_not_implement_raises_unsupported(
+    client: ScimClient, scim_server: ScimServer, status: int, scim_type: str | None
+) -> None:
+    created = client.create_user(ALICE)
+    scim_server.inject(answer(status, scim_error(status, "not here", scim_type)))
+    with pytest.raises(Unsupported) as caught:
+        client.update_user(created.id, {"displayName": "x"}, {})
+    assert caught.value.status == status and not isinstance(caught.value, Transient)
+    scim_server.inject(None)
+
+
+def test_an_empty_string_is_no_value(client: ScimClient, scim_server: ScimServer) -> None:
+    scim_server.inject(answer(201, {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                                    "id": "1", "userName": "a", "displayName": "",
+                                    "emails": [{"value": "", "primary": True}]}))  # fmt: skip
+    assert client.create_user({"userName": "a"}).attributes == {"userName": "a", "active": True}
+    scim_server.inject(None)

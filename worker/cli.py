@@ -15,13 +15,13 @@ import sys
 import time
 from typing import Any
 
-from worker import apps, audit, config
+from worker import apps, audit, config, learned
 from worker.apps import AppConfig, AppError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DELEGATED = {"webhook": "producers.webhook", "sign": "producers.signing"}
 # Modules whose ``register(commands, apps_commands)`` adds their own subcommands.
-EXTENSIONS = ("worker.cli_admin", "worker.cli_safety", "producers.cli_journal")
+EXTENSIONS = ("worker.cli_admin", "worker.cli_safety", "producers.cli_journal", "worker.cli_verify")
 
 
 def _redis():  # noqa: ANN202
@@ -30,7 +30,13 @@ def _redis():  # noqa: ANN202
 
 # -- apps ------------------------------------------------------------------------------------
 def cmd_apps_list(args: argparse.Namespace) -> int:
-    rows = [_app_row(a) for a in apps.list_apps(_redis())]
+    from worker.verify import last_result
+
+    client = _redis()
+    rows = [
+        _app_row(a, learned.load(client, a.id), last_result(client, a.id))
+        for a in apps.list_apps(client)
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -38,13 +44,61 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
         print("no apps; add one with `provisioner apps activate`")
     for row in rows:
         print(
-            f"{row['id']:<20} {row['state']:<10} {row['profile']:<8} "
+            f"{row['id']:<20} {row['state']:<10} {row['profile']:<11} "
             f"groups={'on' if row['group_management'] else 'off':<4} {row['base_url']}"
+            + _verify_text(row["verify"])
         )
     return EXIT_OK
 
 
-def _app_row(app: AppConfig) -> dict[str, Any]:
+def _verify_text(verify: dict[str, Any]) -> str:
+    from worker.verify import every_text
+
+    text = f" verify every {every_text(verify['every'])}" if verify["every"] else ""
+    last = verify["last"]
+    if last is not None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last["started"]))
+        found = f"error: {last['error']}" if last["error"] else f"{last['drift']} drift"
+        text += f" (last {when}: {found})"
+    return text
+
+
+def cmd_apps_show(args: argparse.Namespace) -> int:
+    """One integration: its settings and what the pool learned of the application."""
+    from worker.scim import compat
+
+    client = _redis()
+    app = apps.load(client, args.app_id)
+    if app is None:
+        print(f"error: no app {args.app_id!r}", file=sys.stderr)
+        return EXIT_FAIL
+    knowledge = learned.load(client, app.id)
+    row = _app_row(app, knowledge) | {
+        "user_delete_policy": app.user_delete_policy,
+        "excluded_attributes": list(app.excluded_attributes),
+        "rate": app.rate,
+        "burst": app.burst,
+    }
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return EXIT_OK
+    for name, value in row.items():
+        if name != "learned":
+            print(f"{name}: {value}")
+    nothing = not (knowledge.forms or knowledge.unsupported_attributes)
+    print("learned from the application:" + (" nothing" if nothing else ""))
+    for operation, form in sorted(knowledge.forms.items()):
+        print(f"  {operation}: {compat.describe(operation, form)}")
+    for attribute, why in sorted(knowledge.unsupported_attributes.items()):
+        print(f"  {attribute}: unsupported ({why})")
+    return EXIT_OK
+
+
+def _app_row(
+    app: AppConfig,
+    knowledge: learned.Learned | None = None,
+    last_verify: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     state = "paused" if app.paused else ("active" if app.active else "inactive")
     return {
         "id": app.id,
@@ -53,7 +107,18 @@ def _app_row(app: AppConfig) -> dict[str, Any]:
         "base_url": app.base_url,
         "group_management": app.group_management,
         "paused": app.paused,
+        "learned": (knowledge or learned.Learned()).as_json(),
+        "verify": _verify_row(app, last_verify),
     }
+
+
+def _verify_row(app: AppConfig, last: dict[str, Any] | None) -> dict[str, Any]:
+    """The verify schedule (seconds, None: none) and the last verify's result, in short."""
+    summary = None
+    if last is not None:
+        summary = {k: last.get(k) for k in ("started", "seconds", "calls", "drift", "by_kind",
+                                             "busy", "fix", "marked", "trigger", "error")}  # fmt: skip
+    return {"every": app.verify_every, "fix": app.verify_fix, "last": summary}
 
 
 # -- events ----------------------------------------------------------------------------------
@@ -236,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = apps_sub.add_parser("list", help="the integrations and their state")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apps_list)
+    p = apps_sub.add_parser("show", help="one integration and what was learned of its app")
+    p.add_argument("app_id", metavar="APP")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apps_show)
     for module in EXTENSIONS:
         importlib.import_module(module).register(sub, apps_sub)
     return parser

@@ -247,11 +247,10 @@ class Reconciler:
                 )
                 if answer is GONE:
                     return None, True
-                before = entry
                 entry = self._held_user(obj, rid, changes, answer, entry, outcome)
                 self.mirror.save_user(user_id, entry)
                 outcome.trace.append(f"  updated {sorted(changes)}")
-                self._check_active(obj, changes, before, entry)
+                self._check_active(changes, entry)
                 return entry, False
             case SetActive(remote_id=rid, active=active, full=full):
                 assert entry is not None
@@ -266,12 +265,11 @@ class Reconciler:
                 )
                 if answer is GONE:
                     return None, True
-                before = entry
                 sent = {"active": active} if self.profile.user_patch else {**full, "active": active}
                 entry = self._held_user(obj, rid, sent, answer, entry, outcome)
                 self.mirror.save_user(user_id, entry)
                 outcome.trace.append(f"  active={active}")
-                self._check_active(obj, {"active": active}, before, entry)
+                self._check_active(sent, entry)
                 return entry, False
             case DeleteUser(remote_id=rid):
                 assert entry is not None
@@ -347,7 +345,8 @@ class Reconciler:
                 except Invalid as error:
                     # A refused change may be one the app already holds (a member it dropped
                     # with its deleted user): read the group back once, then plan again.
-                    if read_back or entry is None or isinstance(call, CreateGroup):
+                    refused = error.status is not None  # the app said no (not our own verdict)
+                    if read_back or not refused or entry is None or isinstance(call, CreateGroup):
                         raise
                     read_back = True
                     outcome.trace.append(f"  {error}: reading the group back")
@@ -403,7 +402,7 @@ class Reconciler:
                         raise
                     outcome.trace.append(f"  409 on create: taking over {found.id}")
                     return self._take_over(group_id, found), True
-                entry = self._held_group(obj, outcome, remote.id, name, members, remote, None)
+                entry = self._held_group(remote.id, name, members, remote, None)
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  created {remote.id} with {len(members)} members")
                 dropped = sum(1 for user in members if user not in entry.members)
@@ -425,9 +424,7 @@ class Reconciler:
                 )
                 if answer is GONE:
                     return None, True
-                entry = self._held_group(
-                    obj, outcome, rid, name, dict(entry.members), answer, entry
-                )
+                entry = self._held_group(rid, name, dict(entry.members), answer, entry)
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  renamed to {name!r}")
                 if entry.display_name == old_name != name:
@@ -450,9 +447,7 @@ class Reconciler:
                 members = {u: r for u, r in entry.members.items() if u not in remove}
                 members.update(add)
                 known = {**entry.members, **add}
-                entry = self._held_group(
-                    obj, outcome, rid, entry.display_name, members, answer, entry, known
-                )
+                entry = self._held_group(rid, entry.display_name, members, answer, entry, known)
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  members {detail}")
                 ignored = answers.ignored_members(add, remove, entry.members)
@@ -470,7 +465,7 @@ class Reconciler:
                 )
                 if answer is GONE:
                     return None, True
-                entry = self._held_group(obj, outcome, rid, name, dict(members), answer, entry)
+                entry = self._held_group(rid, name, dict(members), answer, entry)
                 self.mirror.save_group(group_id, entry)
                 outcome.trace.append(f"  replaced with {len(members)} members")
                 missing = sum(1 for user in members if user not in entry.members)
@@ -599,9 +594,7 @@ class Reconciler:
             outcome.trace.append(f"  the app stores {attribute}={stored!r} for {value!r}")
         return result.entry
 
-    def _check_active(
-        self, obj: str, sent: dict[str, Any], before: MirrorUser, entry: MirrorUser
-    ) -> None:
+    def _check_active(self, sent: dict[str, Any], entry: MirrorUser) -> None:
         """A (de)activation the app answered without taking: another form, else park."""
         if "active" not in sent or entry.attributes.get("active") == sent["active"]:
             return
@@ -612,8 +605,6 @@ class Reconciler:
 
     def _held_group(
         self,
-        obj: str,
-        outcome: Outcome,
         remote_id: str,
         name: str,
         members: dict[str, str],

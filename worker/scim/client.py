@@ -371,9 +371,9 @@ class ScimClient:
             scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST
         )
         data = self._request("PUT", f"/Groups/{_seg(remote_id)}", body=body)
-        if data is None:
-            return None
-        return self._remote_group(self._parse(Group, data, Context.RESOURCE_REPLACEMENT_RESPONSE))
+        path = f"/Groups/{_seg(remote_id)}"
+        answer = self._answer(Group, data, Context.RESOURCE_REPLACEMENT_RESPONSE, path)
+        return None if answer is None else self._remote_group(answer)
 
     def delete_group(self, remote_id: str) -> None:
         self._request("DELETE", f"/Groups/{_seg(remote_id)}")
@@ -420,9 +420,9 @@ class ScimClient:
     def _put_user(self, remote_id: str, full: Mapping[str, Any]) -> RemoteUser | None:
         body = self._user(full).model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
         data = self._request("PUT", f"/Users/{_seg(remote_id)}", body=body)
-        if data is None:
-            return None
-        return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_REPLACEMENT_RESPONSE))
+        path = f"/Users/{_seg(remote_id)}"
+        answer = self._answer(ScimUser, data, Context.RESOURCE_REPLACEMENT_RESPONSE, path)
+        return None if answer is None else self._remote_user(answer)
 
     @staticmethod
     def _group(display_name: str, member_ids: Iterable[str]) -> Group:
@@ -482,9 +482,7 @@ class ScimClient:
         patch = _build(_PATCH_OF[model], operations=ops)
         body = patch.model_dump(scim_ctx=Context.RESOURCE_PATCH_REQUEST)
         data = self._request("PATCH", path, body=body)
-        if data is None:
-            return None
-        return self._parse(model, data, Context.RESOURCE_PATCH_RESPONSE)
+        return self._answer(model, data, Context.RESOURCE_PATCH_RESPONSE, path)
 
     def _parse(self, model: type[M], data: Any, ctx: Context) -> M:
         if not isinstance(data, dict):
@@ -503,6 +501,19 @@ class ScimClient:
             return model.model_validate(data, scim_ctx=ctx)  # type: ignore[attr-defined]
         except ValidationError as exc:
             raise Invalid(None, f"response is not SCIM: {self._scrub(_short(exc))}") from None
+
+    def _answer(self, model: type[M], data: Any, ctx: Context, path: str) -> M | None:
+        """The resource a write to ``path`` was answered with, or None: no body (204), or one
+        that is not that resource (the write was done all the same: the caller keeps what it
+        sent)."""
+        if data is None:
+            return None
+        try:
+            resource = self._parse(model, data, ctx)
+        except Invalid:
+            return None
+        remote_id = getattr(resource, "id", None)
+        return resource if remote_id and path.endswith("/" + _seg(remote_id)) else None
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self.http.token or None)
