@@ -93,7 +93,7 @@ class Directory:
 
 
 def scim_attributes(record: dict[str, Any]) -> dict[str, Any]:
-    """The Zscaler mapping of DESIGN §3, flat."""
+    """The Zscaler mapping, flat."""
     return {
         "userName": record["username"], "givenName": record.get("firstname"),
         "familyName": record.get("lastname"), "displayName": record.get("displayname"),

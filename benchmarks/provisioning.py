@@ -376,3 +376,146 @@ def details(results: list[ProvisioningResult]) -> list[str]:
 
 def _cores() -> int:
     return os.cpu_count() or 1
+
+
+# -- issue 10: an app activated on a directory that exists, listing vs lookups ------------------
+TODAY_CALLS, TODAY_SECONDS = 2060, 411.6  # 1,000 users at 5/s, lookups (BENCHMARKS.md, issue 5)
+TARGET_SHARE_OF_TODAY = 0.55
+
+
+@dataclass
+class ActivationResult:
+    users: int
+    groups: int
+    rate: float
+    listing: bool
+    calls: list[tuple[float, str, str, str]]  # (s after activate started, method, path, query)
+    activate_seconds: float  # `apps activate` (verify, listing, full sync marks)
+    seconds: float  # activate started -> idle
+    detail: str  # the activation's audit detail
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def lookups(self) -> int:
+        return sum(1 for _, m, _, q in self.calls if m == "GET" and "filter=" in q)
+
+    @property
+    def pages(self) -> int:
+        """Listing pages (the activation's own check reads ``count=1``)."""
+        return sum(1 for _, m, p, q in self.calls
+                   if m == "GET" and "filter=" not in q and "count=" in q
+                   and "count=1" not in q.split("&"))  # fmt: skip
+
+    @property
+    def writes(self) -> int:
+        return sum(1 for _, m, _, _ in self.calls if m != "GET")
+
+    @property
+    def other_reads(self) -> int:
+        return len(self.calls) - self.lookups - self.pages - self.writes
+
+
+def run_activation(workdir: Path, users: int, rate: float, shape: PoolShape, listing: bool,
+                   log: Any = print) -> ActivationResult:  # fmt: skip
+    """The directory is published while the app is not active (its reconciles are skipped),
+    then ``apps activate`` (with or without ``--no-listing``) provisions it: every request
+    from the activation's start to idle is counted, the activation's checks included."""
+    from tests.support.scimserver import ScimServer
+    from worker import audit
+    from worker.status import snapshot
+
+    d = directory(users)
+    path = workdir / f"activation-{users}.jsonl"
+    path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in d.events))
+    reads, writes = minimal_calls(d)
+    timeout = 600 + 5 * (reads + writes) / rate
+    name = f"activation-{users}-{'listing' if listing else 'lookups'}"
+    with common.redis_server(workdir, name) as (server, client), ScimServer() as scim:
+        pool = common.start_pool(server.url, shape)
+        try:
+            common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,
+                            what="workers")  # fmt: skip
+            common.cli(server.url, "replay", str(path))
+            common.settled(client, 300)
+            calls: list[tuple[float, str, str, str]] = []
+            scim.inject(lambda e: calls.append((time.monotonic(), e["REQUEST_METHOD"],
+                                                e["PATH_INFO"], e.get("QUERY_STRING", ""))))  # fmt: skip
+            options = ["--rate", f"{rate:g}", "--burst", "5"] + (
+                [] if listing else ["--no-listing"]
+            )
+            log(f"  {users:,} users, {len(d.members)} groups published; activating "
+                f"({'listing' if listing else 'lookups'}) at {rate:g}/s ...")  # fmt: skip
+            gc.disable()
+            try:
+                t0 = time.monotonic()
+                common.activate_when_ready(server.url, client, shape.processes, scim, workdir,
+                                           APP, *options)  # fmt: skip
+                activated = time.monotonic()
+                t_idle = common.settled(client, timeout, interval=0.5)
+            finally:
+                gc.enable()
+            scim.inject(None)
+            detail = audit.read(client, app=APP, name="idm_integration_activate")[-1]["detail"]
+            problems = _check(scim, d, snapshot(client))
+        finally:
+            pool.stop()
+    return ActivationResult(
+        users=users, groups=len(d.members), rate=rate, listing=listing,
+        calls=[(t - t0, m, p, q) for t, m, p, q in calls], activate_seconds=activated - t0,
+        seconds=t_idle - t0, detail=detail, problems=problems,
+    )  # fmt: skip
+
+
+def activation_table(results: list[ActivationResult]) -> str:
+    rows = []
+    for r in results:
+        rows.append([
+            "listing (`apps activate`)" if r.listing else "lookups (`apps activate --no-listing`)",
+            f"{r.users:,} / {r.groups:,} at {r.rate:g}/s",
+            f"**{len(r.calls):,}**", f"{r.pages:,}", f"{r.lookups:,}", f"{r.other_reads:,}",
+            f"{r.writes:,}", f"{len(r.calls) / TODAY_CALLS:.3f}",
+            f"**{r.seconds / 60:.1f} min** ({r.seconds:,.1f} s; the command {r.activate_seconds:.1f} s)",
+            f"{r.seconds / TODAY_SECONDS:.3f}",
+            "none" if not r.problems else "; ".join(r.problems),
+        ])  # fmt: skip
+    return table(["mode", "users / groups", "calls", "listing pages", "lookups",
+                  "other reads", "writes", "calls / today's 2,060", "activate → idle",
+                  "time / today's 6.9 min", "problems"], rows)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.provisioning [--users N] [--rate R] [--modes listing,lookups]``:
+    initial provisioning of an app activated on an existing directory (issue 10)."""
+    import argparse
+    import shutil
+    import sys
+    import tempfile
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.provisioning")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=5.0)
+    p.add_argument("--modes", default="listing,lookups", help="listing, lookups, or both")
+    p.add_argument("--quick", action="store_true", help="100 users at 20/s (a development check)")
+    p.add_argument("--pool", default="2x6", type=PoolShape.parse)
+    args = p.parse_args(argv)
+    users, rate = (100, 20.0) if args.quick else (args.users, args.rate)
+    workdir = Path(tempfile.mkdtemp(prefix="prov-activation-"))
+    results = []
+    try:
+        for mode in args.modes.split(","):
+            r = run_activation(workdir, users, rate, args.pool, listing=mode.strip() == "listing")
+            print(f"  {mode}: {len(r.calls):,} calls ({r.pages} pages, {r.lookups} lookups, "
+                  f"{r.writes:,} writes) in {r.seconds:,.1f} s; {r.detail}"
+                  + (f"; PROBLEMS {r.problems}" if r.problems else ""), flush=True)  # fmt: skip
+            results.append(r)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    command = " ".join(["python -m benchmarks.provisioning", *(argv or sys.argv[1:])])
+    print(f"\n**Command:** `{command}`; **code:** {common.code_version()}; machine: "
+          f"{common.machine()['cpu']}, nproc {common.machine()['nproc']}\n")  # fmt: skip
+    print(activation_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,14 +1,14 @@
 """A small reference model of the group-management rules, independent of the product code.
 
-Given the SET of v1 events (DESIGN §2) that reached the product, it predicts what one SCIM
+Given the SET of v1 events (README, "Events") that reached the product, it predicts what one SCIM
 application (group management on, users deactivated on deletion) holds once everything has
 been processed, as constraints, because a few outcomes legitimately depend on history:
 
-- Every register is last-writer-wins by version ``(occurred_at, id)`` (DESIGN §1), so the
+- Every register is last-writer-wins by version ``(occurred_at, id)``, so the
   model never looks at the order of the list it is given.
 - Deletion wins over everything about that id: an event about a deleted id either arrived
   before the deletion (and its effect was undone by it) or after it (and was ignored).
-- Users (DESIGN §3): never any record (no ``user.created``/``user.updated``) -> ``absent``;
+- Users: never any record (no ``user.created``/``user.updated``) -> ``absent``;
   covered and not deleted -> ``present`` with exactly the mapped attributes and ``active``;
   otherwise (not covered, or deleted) -> ``absent-or-inactive`` (whether it was provisioned
   at some point depends on the order the events arrived in).
@@ -29,7 +29,7 @@ from typing import Any
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
-# directory property -> flat SCIM attribute (the Zscaler profile of DESIGN §3)
+# directory property -> flat SCIM attribute (the Zscaler profile)
 MAPPING = {
     "username": "userName",
     "firstname": "name.givenName",
@@ -51,7 +51,7 @@ Version = tuple[int, str]
 
 
 def version(event: Mapping[str, Any]) -> Version:
-    """``(µs since the epoch, event id)``: the last-writer-wins order of DESIGN §1."""
+    """``(µs since the epoch, event id)``: the last-writer-wins order of the projection."""
     moment = datetime.fromisoformat(event["occurred_at"].replace("Z", "+00:00"))
     delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -1,4 +1,4 @@
-"""Convergence (DESIGN §5): any permutation, duplication and concurrency of a set of events
+"""Convergence: any permutation, duplication and concurrency of a set of events
 leaves the application in the state that a small reference model of the rules predicts.
 
 The end-to-end property drives real worker processes (2 Celery workers x concurrency 2)
@@ -223,7 +223,7 @@ def assoc(g: str, on: bool = True) -> tuple[str, dict[str, Any]]:
     }
 
 
-# Removal from two covering groups at once (the DESIGN §1 motivating race): deactivated.
+# Removal from two covering groups at once (the race that motivates level-triggered reconciles): deactivated.
 TWO_REMOVALS = in_order(created("u0"), group("g0"), group("g1"), member("g0", "u0"),
                         member("g1", "u0"), assoc("g0"), assoc("g1"),
                         member("g0", "u0", False), member("g1", "u0", False))  # fmt: skip

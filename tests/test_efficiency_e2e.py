@@ -1,4 +1,4 @@
-"""Fewest calls (DESIGN §5): nothing that changes nothing, membership changes batched per
+"""Fewest calls: nothing that changes nothing, membership changes batched per
 group, no lookup once the remote id is known. Counted on the real SCIM application's log."""
 
 from __future__ import annotations

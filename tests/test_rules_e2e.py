@@ -1,4 +1,4 @@
-"""One integration test per rule of DESIGN §3: events published as a producer does, real Celery
+"""One integration test per group-management rule (README): events published as a producer does, real Celery
 workers, a real SCIM application (scim2-server); the application's state is read over SCIM."""
 
 from __future__ import annotations

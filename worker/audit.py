@@ -1,5 +1,5 @@
 """The provisioning audit log: every attempt, under the integration article's event names
-(DESIGN §4: ``user_create_provision``, ``group_update_provision``, ``idm_integration_*``, ...).
+(``user_create_provision``, ``group_update_provision``, ``idm_integration_*``, ...).
 A Redis stream capped at ``PROVISIONER_AUDIT_MAXLEN`` entries (default 200000); entries never
 hold a token or a request body.
 

@@ -1,4 +1,4 @@
-"""The Celery application: broker settings that keep messages safe (DESIGN §6).
+"""The Celery application: broker settings that keep messages safe.
 
 - ``acks_late`` with ``reject_on_worker_lost``: a message is acknowledged after its task ran; a
   child killed mid-task puts its message back.

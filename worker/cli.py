@@ -1,4 +1,4 @@
-"""``provisioner``: the one command line of the product (DESIGN §7).
+"""``provisioner``: the one command line of the product (README, "CLI").
 
 Every command reads ``REDIS_URL`` (or the local stack's Redis). Secrets are read from files
 or the environment, never from arguments.
@@ -21,7 +21,14 @@ from worker.apps import AppConfig, AppError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 DELEGATED = {"webhook": "producers.webhook", "sign": "producers.signing"}
 # Modules whose ``register(commands, apps_commands)`` adds their own subcommands.
-EXTENSIONS = ("worker.cli_admin", "worker.cli_safety", "producers.cli_journal", "worker.cli_verify")
+EXTENSIONS = (
+    "worker.cli_admin",
+    "worker.cli_safety",
+    "producers.cli_journal",
+    "worker.cli_verify",
+    "producers.cli_snapshot",
+    "producers.jumpcloud.cli",
+)
 
 
 def _redis():  # noqa: ANN202
@@ -52,7 +59,7 @@ def cmd_apps_list(args: argparse.Namespace) -> int:
 
 
 def _verify_text(verify: dict[str, Any]) -> str:
-    from worker.verify import every_text
+    from worker.verify_schedule import every_text
 
     text = f" verify every {every_text(verify['every'])}" if verify["every"] else ""
     last = verify["last"]

@@ -51,6 +51,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
             user_delete_policy=args.user_delete_policy,
             rate=args.rate,
             burst=args.burst,
+            listing=args.listing,
         )
     except lifecycle.Refused as error:
         return _refused("refused", error)
@@ -59,6 +60,8 @@ def cmd_activate(args: argparse.Namespace) -> int:
         f"activated {app.id} ({app.profile}) against {app.base_url}; "
         f"full sync of {result.marked} objects"
     )
+    if result.listing is not None:
+        print(f"  {result.listing.describe()}")
     return EXIT_OK
 
 
@@ -77,6 +80,8 @@ def cmd_update(args: argparse.Namespace) -> int:
             dry_run=dry_run,
             rate=args.rate,
             burst=args.burst,
+            verify_every=args.verify_every,
+            verify_fix=None if args.verify_fix is None else args.verify_fix == "on",
         )
     except lifecycle.Refused as error:
         return _refused("refused", error)
@@ -260,8 +265,14 @@ def register(
     p.add_argument("app_id")
     p.add_argument("--base-url", help="required for a new app")
     p.add_argument("--token-file", help="a file holding the bearer token (new app)")
-    p.add_argument("--profile", choices=["zscaler", "generic"])
+    p.add_argument("--profile", choices=_profile_names())
     p.add_argument("--group-management", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--no-listing",
+        dest="listing",
+        action="store_false",
+        help="look every object up one by one instead of listing the app's users and groups",
+    )
     _common_settings(p)
     p.set_defaults(func=cmd_activate)
 
@@ -270,9 +281,18 @@ def register(
     )
     p.add_argument("app_id")
     p.add_argument("--base-url")
-    p.add_argument("--profile", choices=["zscaler", "generic"])
+    p.add_argument("--profile", choices=_profile_names())
     p.add_argument("--group-management", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--dry-run", choices=["on", "off"], help="plan and audit, send no write")
+    p.add_argument(
+        "--verify-every",
+        type=_every,
+        metavar="DURATION",
+        help="run `verify` from the pool this often (24h, 30m, 7d; off: never)",
+    )
+    p.add_argument(
+        "--verify-fix", choices=["on", "off"], help="the scheduled verify repairs drift (off)"
+    )
     _common_settings(p)
     p.set_defaults(func=cmd_update)
 
@@ -319,6 +339,22 @@ def register(
     p.add_argument("--timeout", type=float, default=30.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sync)
+
+
+def _profile_names() -> list[str]:
+    """The ``--profile`` choices: every profile of the table (``worker/scim/profiles.py``)."""
+    from worker.scim.profiles import PROFILES
+
+    return sorted(PROFILES)
+
+
+def _every(text: str) -> float:
+    from worker.verify_schedule import parse_every
+
+    try:
+        return parse_every(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _common_settings(p: argparse.ArgumentParser) -> None:

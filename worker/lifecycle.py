@@ -1,4 +1,4 @@
-"""The integration's lifecycle (DESIGN §4): activate, update, reauth, deactivate, remove.
+"""The integration's lifecycle: activate, update, reauth, deactivate, remove.
 
 Every step is audited under the article's name (``idm_integration_activate|update|reauth|
 delete``) with its outcome and reason, refusals included; a refused step changes nothing.
@@ -14,15 +14,17 @@ from urllib.parse import urlsplit
 
 import redis
 
-from worker import apps, audit, keys, projection
+from worker import apps, audit, keys, learned, projection
 from worker.apps import AppConfig, AppError
 from worker.audit import AuditEntry
 from worker.dryrun import DRY_RUN, is_dry_run
+from worker.listing import SeedReport, seed_at_activation
 from worker.mirror import Mirror
 from worker.model import UserDeletePolicy
 from worker.scim import (
     Invalid,
     NotFound,
+    Profile,
     ScimClient,
     ScimError,
     Transient,
@@ -74,16 +76,18 @@ def mark(client: redis.Redis, reconcile_keys: Iterable[str]) -> int:
 
 
 # -- verification ------------------------------------------------------------------------------
-def verify(base_url: str, token_file: str, profile: str) -> None:
-    """``ServiceProviderConfig`` then an authenticated read; ``AppError`` with a clear reason."""
+def verify(base_url: str, token_file: str, profile: str) -> Profile:
+    """``ServiceProviderConfig`` then an authenticated read; ``AppError`` with a clear reason.
+    Returns the profile (``generic``: as the ``ServiceProviderConfig`` adjusts it)."""
     token = apps.read_token(token_file)
     try:
         with make_http_client(base_url, token) as http:
             scim = ScimClient(http, profile_by_name(profile))
-            scim.service_provider_config()
+            config = scim.service_provider_config()
             scim.verify()
     except ScimError as error:
         raise AppError(refusal_reason(error, base_url)) from None
+    return profile_by_name(profile, config if profile == "generic" else None)
 
 
 def refusal_reason(error: ScimError, base_url: str) -> str:
@@ -114,6 +118,7 @@ def refusal_reason(error: ScimError, base_url: str) -> str:
 class Activation:
     app: AppConfig
     marked: int
+    listing: SeedReport | None = None  # what listing the app found (None: not listed)
 
 
 def activate(
@@ -127,9 +132,13 @@ def activate(
     user_delete_policy: UserDeletePolicy | None = None,
     rate: float | None = None,
     burst: int | None = None,
+    listing: bool = True,
 ) -> Activation:
-    """Verify, save as active, then a full sync of everything the app covers. A known app keeps
-    the settings not given; a new one needs ``base_url`` and ``token_file``."""
+    """Verify, list the app where that saves lookups (``listing.seed_at_activation``: the
+    mirror is seeded with what it holds, within its rate limit, before the app is saved as
+    active), save as active, then a full sync of everything the app covers. A known app keeps
+    the settings not given; a new one needs ``base_url`` and ``token_file``. ``listing=False``
+    leaves every object to be looked up one by one."""
     from worker.runner import full_sync
 
     app_id = apps.check_app_id(app_id)
@@ -146,7 +155,7 @@ def activate(
                 f"F`, then `apps activate {app_id}`)"
             )
         profile_name = profile or (existing.profile if existing else "zscaler")
-        verify(url, path, profile_name)
+        checked = verify(url, path, profile_name)
     except AppError as error:
         raise _refuse(client, ACTIVATE, app_id, f"not activated: {error}") from None
     settings = {
@@ -168,12 +177,19 @@ def activate(
         app = AppConfig(id=app_id, **settings)  # type: ignore[arg-type]
     else:
         app = replace(existing, **settings)  # type: ignore[arg-type]
+    # Before the app is active, so no reconcile of it looks up meanwhile (their keys are
+    # skipped, then marked by the full sync); a reconcile of an app already active that got
+    # there first is never overwritten.
+    seeded = seed_at_activation(client, app, checked) if listing else None
     # Keys left dirty from before would not be scheduled by the full sync's marks: drop them.
     Workqueue(client).drop_app(app_id)
     apps.save(client, app)
     count = full_sync(client, app_id)
-    audit_step(client, ACTIVATE, app_id, "success", f"verified {url}; full sync of {count} objects")
-    return Activation(app, count)
+    detail = f"verified {url}; full sync of {count} objects"
+    if seeded is not None:
+        detail += f"; {seeded.describe()}"
+    audit_step(client, ACTIVATE, app_id, "success", detail)
+    return Activation(app, count, seeded)
 
 
 # -- update ------------------------------------------------------------------------------------
@@ -195,11 +211,16 @@ def update(
     dry_run: bool | None = None,
     rate: float | None = None,
     burst: int | None = None,
+    verify_every: float | None = None,
+    verify_fix: bool | None = None,
 ) -> Update:
     """Change settings; a new base URL or profile is verified first. Reconciles triggered:
     group management enabled -> the associated groups are looked up and taken over again;
     user delete policy -> delete: users deleted in the directory that the app still holds;
-    dry run off -> a full sync (what was only planned is now sent); nothing otherwise."""
+    dry run off -> a full sync (what was only planned is now sent); nothing otherwise.
+    ``verify_every`` (seconds, 0: none) schedules ``verify`` in the pool, ``verify_fix`` has
+    it repair; a change of schedule alone is no change of the application (nothing learned
+    of it is forgotten)."""
     app = _load(client, UPDATE, app_id)
     new: dict[str, object] = {}
     try:
@@ -223,18 +244,62 @@ def update(
             new[field] = value
     if dry_run is not None and dry_run != is_dry_run(app):
         new["extra"] = {**app.extra, DRY_RUN: "on" if dry_run else "off"}
-    if not new:
+    schedule = _schedule(app, verify_every, verify_fix)
+    forgotten = None if schedule and not new else _forget_learned(client, app_id)
+    new |= schedule
+    if not new and not forgotten:
         audit_step(client, UPDATE, app_id, "success", "no change")
         return Update(app, [], 0)
-    updated = apps.update(client, app_id, **new)
+    updated = apps.update(client, app_id, **new) if new else app
     reconcile_keys = _reconciles_for(client, app, updated)
+    if forgotten and forgotten.unsupported_attributes:  # try them again on every user
+        reconcile_keys |= {k for k in _app_keys(client, app_id) if k.split(" ", 2)[1] == "user"}
     marked = mark(client, reconcile_keys) if syncing(client, app_id) else 0
     changes = [_describe(field, app, updated) for field in new]
+    if forgotten:
+        changes.append(f"forgot what was learned of the application ({_learned_text(forgotten)})")
     audit_step(client, UPDATE, app_id, "success", f"{'; '.join(changes)}; {marked} reconciles")
     return Update(updated, changes, marked)
 
 
+def _forget_learned(client: redis.Redis, app_id: str) -> learned.Learned | None:
+    """Forget the forms and unsupported attributes learned of the app (a fixed or upgraded
+    application is tried afresh); what was forgotten, or None if nothing was known."""
+    knowledge = learned.load(client, app_id)
+    if not (knowledge.forms or knowledge.unsupported_attributes):
+        return None
+    learned.reset(client, app_id)
+    return knowledge
+
+
+def _learned_text(knowledge: learned.Learned) -> str:
+    parts = [f"{op}={form}" for op, form in sorted(knowledge.forms.items())]
+    parts += [f"{attribute} unsupported" for attribute in sorted(knowledge.unsupported_attributes)]
+    return ", ".join(parts)
+
+
+def _app_keys(client: redis.Redis, app_id: str) -> set[str]:
+    """Every key of the app's scope and every object it holds for us."""
+    return set(projection.covered_keys(client, app_id)) | set(Mirror(client, app_id).known_keys())
+
+
+def _schedule(app: AppConfig, every: float | None, fix: bool | None) -> dict[str, object]:
+    """The verify schedule's changes (``every`` 0: no schedule)."""
+    changes: dict[str, object] = {}
+    if every is not None and (every or None) != app.verify_every:
+        changes["verify_every"] = every or None
+    if fix is not None and fix != app.verify_fix:
+        changes["verify_fix"] = fix
+    return changes
+
+
 def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
+    if field == "verify_every":
+        from worker.verify_schedule import every_text
+
+        return f"verify every {every_text(new.verify_every)}"
+    if field == "verify_fix":
+        return f"scheduled verify {'repairs' if new.verify_fix else 'only reports'} drift"
     if field == "extra":
         return f"dry run {'on' if is_dry_run(new) else 'off'}"
     if field == "base_url":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -87,11 +88,20 @@ class Mirror:
         return _user(self.redis.hget(self.users_key, user_id))
 
     def save_user(self, user_id: str, entry: MirrorUser) -> None:
-        document = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
+        document: dict[str, Any] = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
+        if entry.normalized:
+            document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
         pipe = self._pipeline()
         pipe.hset(self.users_key, user_id, json.dumps(document))
         pipe.srem(keys.mirror_absent(self.app_id, "user"), user_id)
         pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
+        pipe.execute()
+
+    def end_write(self, kind: Kind, object_id: str) -> None:
+        """A write the application refused outright (a 4xx, a 429): nothing changed there, so
+        nothing is in doubt and the next run need not read the object back."""
+        pipe = self._pipeline()
+        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
         pipe.execute()
 
     def forget_user(self, user_id: str) -> None:
@@ -122,11 +132,13 @@ class Mirror:
         return _group(self.redis.hget(self.groups_key, group_id))
 
     def save_group(self, group_id: str, entry: MirrorGroup) -> None:
-        document = {
+        document: dict[str, Any] = {
             "id": entry.remote_id,
             "name": entry.display_name,
             "members": dict(entry.members),
         }
+        if entry.normalized:
+            document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
         pipe = self._pipeline()
         pipe.hset(self.groups_key, group_id, json.dumps(document))
         pipe.srem(keys.mirror_absent(self.app_id, "group"), group_id)
@@ -176,6 +188,44 @@ class Mirror:
     def drop(self) -> None:
         self.redis.delete(self.users_key, self.groups_key, *_absent_keys(self.app_id))
 
+    # whole-app reads and seeding, for the listing of an application (listing.py, verify.py)
+    def snapshot(self, kind: Kind) -> tuple[dict[str, Any], set[str], set[str]]:
+        """Every entry of a kind (``MirrorUser`` or ``MirrorGroup`` by directory id), the ids
+        whose lookup found nothing and those with a write in doubt, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.users_key if kind == "user" else self.groups_key)
+        pipe.smembers(keys.mirror_absent(self.app_id, kind))
+        pipe.smembers(keys.mirror_doubt(self.app_id, kind))
+        raw, absent, doubt = pipe.execute()
+        parse = _user if kind == "user" else _group
+        entries = {k.decode(): parse(v) for k, v in raw.items()}
+        return entries, {a.decode() for a in absent}, {d.decode() for d in doubt}
+
+    def seed(
+        self, kind: Kind, entries: dict[str, Any], absent: Iterable[str], chunk: int = 500
+    ) -> tuple[int, int]:
+        """Record what a listing of the app found, as a lookup would have (an entry adopted or
+        taken over, or "none"), but only for objects the mirror knows nothing of: an entry or
+        a write in doubt is never overwritten (lua/mirror_seed.lua, atomic per chunk).
+        Returns (entries recorded, absences recorded)."""
+        from worker import scripts
+
+        documents = [(i, json.dumps(_document(e))) for i, e in entries.items()]
+        absent = list(absent)
+        target = (
+            self.users_key if kind == "user" else self.groups_key,
+            keys.mirror_absent(self.app_id, kind),
+            keys.mirror_doubt(self.app_id, kind),
+        )
+        saved = marked = 0
+        for start in range(0, max(len(documents), len(absent)), chunk):
+            part = documents[start : start + chunk]
+            flat = [value for pair in part for value in pair]
+            got = scripts.run(self.redis, "mirror_seed", *target, len(part), *flat,
+                              *absent[start : start + chunk])  # fmt: skip
+            saved, marked = saved + int(got[0]), marked + int(got[1])
+        return saved, marked
+
 
 def _absent_keys(app_id: str) -> tuple[str, ...]:
     return tuple(
@@ -189,11 +239,27 @@ def _user(raw: bytes | None) -> MirrorUser | None:
     if raw is None:
         return None
     data = json.loads(raw)
-    return MirrorUser(data["id"], data["attributes"])
+    return MirrorUser(data["id"], data["attributes"], _pairs(data.get("normalized")))
 
 
 def _group(raw: bytes | None) -> MirrorGroup | None:
     if raw is None:
         return None
     data = json.loads(raw)
-    return MirrorGroup(data["id"], data["name"], data["members"])
+    return MirrorGroup(data["id"], data["name"], data["members"], _pairs(data.get("normalized")))
+
+
+def _pairs(stored: dict[str, list[Any]] | None) -> dict[str, tuple[Any, Any]]:
+    return {k: (v[0], v[1]) for k, v in (stored or {}).items()}
+
+
+def _document(entry: MirrorUser | MirrorGroup) -> dict[str, Any]:
+    """The stored form of an entry (as ``save_user`` and ``save_group`` write it)."""
+    if isinstance(entry, MirrorUser):
+        document: dict[str, Any] = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
+    else:
+        document = {"id": entry.remote_id, "name": entry.display_name,
+                    "members": dict(entry.members)}  # fmt: skip
+    if entry.normalized:
+        document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
+    return document

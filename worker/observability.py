@@ -1,4 +1,4 @@
-"""Error reports to Sentry (``SENTRY_DSN``), with secrets scrubbed (DESIGN §5).
+"""Error reports to Sentry (``SENTRY_DSN``), with secrets scrubbed.
 
 ``init_sentry(component)`` is called by the worker (with the Celery integration) and by the
 webhook receiver. Nothing leaves the process before it went through ``Scrubber``:

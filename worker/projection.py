@@ -1,4 +1,4 @@
-"""Reading the directory projection that ``lua/ingest.lua`` writes (DESIGN §1).
+"""Reading the directory projection that ``lua/ingest.lua`` writes.
 
 Each reader is one round trip (``lua/user_facts.lua``, ``lua/group_facts.lua``), whatever the
 size of the group.

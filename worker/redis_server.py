@@ -2,7 +2,7 @@
 
 Used by the local stack (``provisioner stack``, ``make run``) when no ``REDIS_URL`` is set, and
 by the tests, so that a fresh machine needs nothing but Python. The server runs with the
-settings events need to be durable (DESIGN §6): AOF on, ``maxmemory-policy noeviction``.
+settings events need to be durable: AOF on, ``maxmemory-policy noeviction``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The group-management rules of the integration article (DESIGN §3), as pure functions.
+"""The group-management rules of the integration article, as pure functions.
 
 Given what the directory says now (facts) and what the application holds (mirror), they say
 what the application should hold. They never look at history: the same facts give the same

@@ -4,7 +4,8 @@ Messages are wake-ups and Redis holds the truth, so a message lost with a killed
 crashed producer is recovered here: expired leases and due backoffs are scheduled again; dirty
 keys and pending batches whose message is long gone while their queue is empty are sent again.
 Recovery after a crash therefore takes at most the lease (60 s) plus the stale delay (30 s),
-plus one sweep interval (0.25 s), whatever the broker's visibility timeout.
+plus one sweep interval (0.25 s), whatever the broker's visibility timeout. The same sweeper
+queues the scheduled verifies that are due (``apps update --verify-every``, ``verify.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def alive_workers(client: redis.Redis) -> list[str]:
 
 
 JOURNAL_TRIM_EVERY = 60.0  # seconds between two retention passes over the journal
+VERIFY_CHECK_EVERY = 1.0  # seconds between two looks for scheduled verifies that are due
 
 
 def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> tuple[int, int]:
@@ -78,6 +80,7 @@ class Sweeper(threading.Thread):
         self.worker_name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
         self.stopped = threading.Event()
         self.last_trim = 0.0
+        self.last_verify_check = 0.0
         journal.configured_max_age()  # a bad PROVISIONER_JOURNAL_MAX_AGE_DAYS stops the start
 
     def run(self) -> None:
@@ -95,10 +98,20 @@ class Sweeper(threading.Thread):
                     if time.monotonic() - self.last_trim >= JOURNAL_TRIM_EVERY:
                         self.last_trim = time.monotonic()
                         journal.trim(self.redis)
+                    if time.monotonic() - self.last_verify_check >= VERIFY_CHECK_EVERY:
+                        self.last_verify_check = time.monotonic()
+                        self._schedule_verifies()
             except redis.RedisError as error:  # Redis restarting: try again next tick
                 log.warning("sweeper: %s", error)
             except Exception:
                 log.exception("sweeper failed")
+
+    def _schedule_verifies(self) -> None:
+        """Queue the scheduled verifies that are due (``apps update --verify-every``)."""
+        from worker.verify_schedule import schedule_due
+
+        for app_id in schedule_due(self.redis):
+            log.info("sweep: scheduled verify of %s queued", app_id)
 
     def _hold_lock(self) -> bool:
         """One sweeper for the pool: take the lock, or keep it if it is ours."""

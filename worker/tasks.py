@@ -57,6 +57,14 @@ def reconcile(*reconcile_keys: str) -> None:
             raise
 
 
+@app.task(name="prov.verify")
+def verify(app_id: str) -> None:
+    """A scheduled verify of one app (queued by the sweeper; one at a time per app)."""
+    from worker.verify_schedule import run_scheduled
+
+    run_scheduled(redis_client(), app_id)
+
+
 # -- worker lifecycle ------------------------------------------------------------------------
 _sweeper = None
 

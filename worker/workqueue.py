@@ -1,4 +1,4 @@
-"""A workqueue in Redis with the semantics of client-go's workqueue (DESIGN §1).
+"""A workqueue in Redis with the semantics of client-go's workqueue (README, "How it works").
 
 - A key is never reconciled by two workers at once: ``claim`` takes a lease with an expiry, so
   the lease of a killed worker lapses and ``sweep`` makes its key dirty again.
