@@ -15,26 +15,26 @@ from dataclasses import dataclass
 
 from producers.publish import PublishResult, Request
 
-Commit = Callable[[Sequence[Request]], Awaitable[list[PublishResult | None]]]
+Commit = Callable[[Sequence[Request]], Awaitable[list[PublishResult]]]
 
 
 @dataclass
 class _Waiting:
     request: Request
-    answer: asyncio.Future[PublishResult | None]
+    answer: asyncio.Future[PublishResult]
 
 
 class GroupCommit:
-    """``await submit(request)``: its outcome (``None``: refused as a replay), or the error
-    the commit raised. One commit at a time; the event loop serves requests meanwhile."""
+    """``await submit(request)``: its outcome, or the error the commit raised. One commit at
+    a time; the event loop serves requests meanwhile."""
 
     def __init__(self, commit: Commit):
         self.commit = commit
         self.waiting: list[_Waiting] = []
         self.committer: asyncio.Task[None] | None = None
 
-    async def submit(self, request: Request) -> PublishResult | None:
-        answer: asyncio.Future[PublishResult | None] = asyncio.get_running_loop().create_future()
+    async def submit(self, request: Request) -> PublishResult:
+        answer: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         answer.add_done_callback(_retrieve)  # its error is answered even if no one awaits it
         self.waiting.append(_Waiting(request, answer))
         if self.committer is None:
@@ -60,6 +60,6 @@ class GroupCommit:
             self.committer = None
 
 
-def _retrieve(answer: asyncio.Future[PublishResult | None]) -> None:
+def _retrieve(answer: asyncio.Future[PublishResult]) -> None:
     if not answer.cancelled():
         answer.exception()

@@ -35,12 +35,9 @@ class PublishResult:
 
 @dataclass
 class Request:
-    """A webhook request's events, stored all or nothing: ``claim`` names its signature's key
-    (``""``: none), which ``SET NX EX ttl`` must create, or the request is a replay."""
+    """A webhook request's events, stored all or nothing (its duplicates aside)."""
 
     events: Sequence[Event]
-    claim: str = ""
-    ttl: int = 0
 
 
 def wire(event: Event) -> bytes:
@@ -70,7 +67,6 @@ def publish(
     for trip in range(0, len(chunks), BATCHES_PER_TRIP):
         # Several batches per round trip; each batch is still one atomic script run.
         for batch_id, (stored,) in _store(client, chunks[trip : trip + BATCHES_PER_TRIP], notify):
-            assert stored is not None  # nothing to claim
             result.accepted += stored.accepted
             result.duplicates += stored.duplicates
             if stored.accepted:
@@ -84,9 +80,9 @@ def publish_requests(
     *,
     batch_size: int = BATCH_SIZE,
     notify: bool = True,
-) -> list[PublishResult | None]:
+) -> list[PublishResult]:
     """Store several requests in one round trip (the webhook's group commit), packed whole
-    into batches of about ``batch_size`` events; ``None`` for a request refused as a replay."""
+    into batches of about ``batch_size`` events; each request's outcome."""
     return _per_request(_store(client, pack(requests, batch_size), notify))
 
 
@@ -96,7 +92,7 @@ async def publish_requests_async(
     *,
     batch_size: int = BATCH_SIZE,
     notify: bool = True,
-) -> list[PublishResult | None]:
+) -> list[PublishResult]:
     """``publish_requests`` on an asyncio client (the webhook's event loop)."""
     batches = pack(requests, batch_size)
     calls = [store_arguments(batch, notify) for batch in batches]
@@ -123,16 +119,13 @@ def pack(requests: Sequence[Request], batch_size: int) -> list[list[Request]]:
     return batches
 
 
-def _per_request(
-    stored: list[tuple[str, list[PublishResult | None]]],
-) -> list[PublishResult | None]:
+def _per_request(stored: list[tuple[str, list[PublishResult]]]) -> list[PublishResult]:
     """Each request's outcome; ``batches`` names every batch of the group that stored events."""
     results = [outcome for _, batch_outcomes in stored for outcome in batch_outcomes]
     batch_ids = [batch_id for batch_id, batch_outcomes in stored
-                 if any(o is not None and o.accepted for o in batch_outcomes)]  # fmt: skip
+                 if any(o.accepted for o in batch_outcomes)]  # fmt: skip
     for outcome in results:
-        if outcome is not None:
-            outcome.batches = batch_ids
+        outcome.batches = batch_ids
     return results
 
 
@@ -140,36 +133,29 @@ def store_arguments(batch: Sequence[Request], notify: bool) -> tuple[str, list[A
     """A new batch id and the ``store_batch`` arguments that store ``batch`` under it
     (``notify``: queue its wake-up as it is stored)."""
     batch_id = uuid.uuid4().hex
-    segments = [x for r in batch for x in (r.claim, r.ttl, len(r.events))]
     events = [e for r in batch for e in r.events]
     wakeup = ingest_message(batch_id) if notify else b""
-    return batch_id, [batch_id, settings().journal_maxlen, len(events), len(batch), INGEST_QUEUE,
-                      wakeup, *segments, *(e.id for e in events), *(wire(e) for e in events)]  # fmt: skip
+    return batch_id, [batch_id, settings().journal_maxlen, len(events), INGEST_QUEUE, wakeup,
+                      *(e.id for e in events), *(wire(e) for e in events)]  # fmt: skip
 
 
-def outcomes(batch: Sequence[Request], answer: Any) -> list[PublishResult | None]:
-    """Per request of a batch, what ``store_batch`` accepted and what was a duplicate
-    (``None``: refused as a replay)."""
-    duplicate_indexes, refused_indexes = answer
-    duplicates = {int(i) for i in duplicate_indexes}
-    refused = {int(i) for i in refused_indexes}
-    result: list[PublishResult | None] = []
+def outcomes(batch: Sequence[Request], answer: Any) -> list[PublishResult]:
+    """Per request of a batch, what ``store_batch`` accepted and what was a duplicate."""
+    duplicates = {int(i) for i in answer}
+    result: list[PublishResult] = []
     first = 0
-    for segment, request in enumerate(batch):
-        if segment in refused:
-            result.append(None)
-        else:
-            outcome = PublishResult()
-            for i, event in enumerate(request.events, start=first):
-                (outcome.duplicates if i in duplicates else outcome.accepted).append(event.id)
-            result.append(outcome)
+    for request in batch:
+        outcome = PublishResult()
+        for i, event in enumerate(request.events, start=first):
+            (outcome.duplicates if i in duplicates else outcome.accepted).append(event.id)
+        result.append(outcome)
         first += len(request.events)
     return result
 
 
 def _store(
     client: redis.Redis, batches: Sequence[Sequence[Request]], notify: bool
-) -> list[tuple[str, list[PublishResult | None]]]:
+) -> list[tuple[str, list[PublishResult]]]:
     """Run ``store_batch`` once per batch, all in one round trip; per batch its id and its
     requests' outcomes."""
     # One batch runs on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).

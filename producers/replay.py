@@ -6,7 +6,6 @@ the line (or array index) and the field of every problem.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from typing import IO, Any
 import redis
 
 from producers.publish import BATCH_SIZE, PublishResult, publish
-from worker.events import Event, EventError, parse_documents, parse_events
+from worker.events import Event, EventError, load_json, parse_documents, parse_events
 
 MAX_REPORTED = 20
 
@@ -62,8 +61,8 @@ def _read_lines(text: str) -> list[Event]:
         if not line.strip():
             continue
         try:
-            document = json.loads(line)
-        except ValueError as error:
+            document = load_json(line)
+        except ValueError as error:  # MalformedJSON: the reason, as the webhook gives it
             problems.append(f"line {number}: malformed JSON: {error}")
         else:
             if isinstance(document, dict):

@@ -1,23 +1,41 @@
-"""The webhook receiver: ``POST /v1/events`` (DESIGN §2, §5, §7), ``/healthz``, ``/readyz``.
+"""The webhook receiver: ``POST /v1/events``, ``/healthz``, ``/readyz``.
 
 A request is checked in this order, and nothing of a refused request is published:
 content type (415), declared size (413), credentials (401), body read up to 1 MiB (413),
 JSON (400), event count (413), the v1 contract (422). It is answered 202 only once its events
 are journaled and their batch is pending in Redis; a Redis outage answers 503 and the request
-can be sent again as it is.
+can be sent again as it is. Bad input never gets a 5xx: whatever the body holds, it is
+answered with a 4xx that names the problem (``tests/test_webhook_fuzz.py``).
+
+Credentials are ``X-Provisioner-Signature``, or the Standard Webhooks headers (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``), or, when enabled, a bearer secret (see
+``signing.py``).
 
 Requests are stored by group commit (``groupcommit.py``): those that arrive while a commit is
 in flight are stored together by the next one, each still all or nothing, in one round trip
 with one wake-up for the workers. The application is plain ASGI on uvicorn (httptools,
 uvloop); several worker processes share the port with ``--workers N``.
 
-A signature is accepted once: its digest is remembered in Redis (``SET NX``, in the same
-script that stores the events) until the timestamp leaves the window, so a replayed request
-is refused even though duplicate event ids would be harmless.
+Senders deliver at least once, so a request sent again (a retry: same body, same signature,
+inside the window) is answered like the first, 202, its events listed as duplicates. Nothing
+remembers signatures, because a replayed request can do no harm:
+
+- It can only carry what was signed: the HMAC covers the timestamp and the exact body (and
+  the ``webhook-id``), so a signature reused with another body or time fails to verify.
+- Its events are the same events, which ``store_batch.lua`` drops by id in the step that would
+  store them (atomically, so concurrent copies cannot both get in): nothing is journaled,
+  applied or woken up again. The id filter keeps ids for 30 days or 2,000,000 events by
+  default, far longer than the 5-minute window in which a signature is accepted.
+- Even an event whose id has been forgotten changes nothing when applied again: every
+  register of the projection is last-writer-wins by the event's version, and the same version
+  is not newer than itself (``rebuild`` re-applies the journal on the same ground).
+
+The window is the part of replay protection that still protects something: a request
+recorded today cannot be sent next month, when its ids may have left the filter.
 
 | variable | default | meaning |
 |---|---|---|
-| ``PROVISIONER_WEBHOOK_SECRET`` | none | comma-separated secrets (first signs, any verifies) |
+| ``PROVISIONER_WEBHOOK_SECRET`` | none | comma-separated secrets, raw or ``whsec_<base64>`` (first signs, any verifies) |
 | ``PROVISIONER_WEBHOOK_SECRET_FILE`` | none | a file holding more comma-separated secrets |
 | ``PROVISIONER_WEBHOOK_ALLOW_BEARER`` | ``0`` | ``1``: also accept ``Authorization: Bearer`` |
 | ``PROVISIONER_WEBHOOK_INSECURE`` | ``0`` | ``1``: no secret needed, requests without auth pass |
@@ -48,8 +66,8 @@ from producers import signing
 from producers.groupcommit import GroupCommit
 from producers.publish import PublishResult, publish_requests_async
 from producers.publish import Request as PublishRequest
-from worker import config, keys
-from worker.events import Event, EventError, parse_documents, parse_event
+from worker import config
+from worker.events import Event, EventError, MalformedJSON, load_json, parse_documents, parse_event
 from worker.observability import init_sentry
 from worker.sweeper import alive_workers
 
@@ -64,7 +82,6 @@ log = logging.getLogger("provisioner.webhook")
 MAX_BODY = 1024 * 1024  # bytes
 MAX_EVENTS = 1000  # events per request
 INLINE_PARSE = 64 * 1024  # bodies above this are validated off the event loop
-SIGNATURE_KEY_PREFIX = keys.PREFIX + "webhook:sig:"
 SIGNATURE_HEADER = signing.HEADER.lower()
 READY_TIMEOUT = 2.0  # seconds /readyz waits for Redis
 CLIENT_OPTIONS: dict[str, Any] = {"socket_timeout": 30, "socket_connect_timeout": 5,
@@ -126,23 +143,30 @@ class Authenticator:
         problem = {"pointer": "", "header": header, "reason": reason}
         return Refused(401, "unauthorized", reason, [problem], {"WWW-Authenticate": self.challenge})
 
-    def before_body(self, headers: Headers) -> bool:
-        """Check what the headers alone decide; True when the body's signature must be checked."""
-        header = headers.get(SIGNATURE_HEADER)
+    def before_body(self, headers: Headers) -> str | None:
+        """Check what the headers alone decide; the scheme whose signature the body must then
+        match (``signing.HEADER`` or ``signing.SIGNATURE_HEADER``), or None.
+
+        ``X-Provisioner-Signature`` is checked when present, else the Standard Webhooks
+        headers when any of them is present, else ``Authorization``."""
         if not self.secrets:  # insecure mode without secrets: nothing to check against
-            return False
-        if header is not None:
-            try:
+            return None
+        try:
+            header = headers.get(SIGNATURE_HEADER)
+            if header is not None:
                 signing.parse_header(header)
-            except signing.SignatureError as error:
-                raise self.refuse(error.reason) from None
-            return True
+                return signing.HEADER
+            if any(name in headers for name in signing.STANDARD_HEADERS):
+                signing.parse_standard(*(headers.get(n) for n in signing.STANDARD_HEADERS))
+                return signing.SIGNATURE_HEADER
+        except signing.SignatureError as error:
+            raise self.refuse(error.reason, error.header) from None
         authorization = headers.get("authorization")
         if authorization is not None:
             self.check_bearer(authorization)
-            return False
+            return None
         if self.insecure:
-            return False
+            return None
         raise self.refuse("missing signature")
 
     def check_bearer(self, authorization: str) -> None:
@@ -156,12 +180,16 @@ class Authenticator:
         if not any(matches):
             raise self.refuse("wrong bearer secret", "Authorization")
 
-    def check_signature(self, headers: Headers, body: bytes) -> signing.Signature:
-        header = headers.get(SIGNATURE_HEADER)
+    def check_signature(self, headers: Headers, body: bytes, scheme: str) -> signing.Signature:
+        """Verify the body against the scheme ``before_body`` chose; 401 unless it matches."""
         try:
-            return signing.check(header, body, self.secrets, time.time(), self.window)
+            if scheme == signing.HEADER:
+                header = headers.get(SIGNATURE_HEADER)
+                return signing.check(header, body, self.secrets, time.time(), self.window)
+            values = (headers.get(n) for n in signing.STANDARD_HEADERS)
+            return signing.check_standard(*values, body, self.secrets, time.time(), self.window)
         except signing.SignatureError as error:
-            raise self.refuse(error.reason) from None
+            raise self.refuse(error.reason, error.header) from None
 
 
 # --- reading and validating --------------------------------------------------------------------
@@ -187,7 +215,7 @@ def too_large(declared: str | None = None) -> Refused:
 
 def check_content_length(headers: Headers) -> None:
     declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY:
         raise too_large(declared)
 
 
@@ -207,9 +235,10 @@ async def read_body(receive: Receive) -> bytes:
 
 
 def decode(body: bytes) -> Any:
+    """The JSON document; 400 naming the problem (not UTF-8, syntax, NaN, nesting, digits)."""
     try:
-        return json.loads(body)
-    except ValueError as error:  # UnicodeDecodeError is a ValueError
+        return load_json(body)
+    except MalformedJSON as error:
         reason = f"malformed JSON: {error}"
         raise Refused(400, "malformed_json", reason, [{"pointer": "", "reason": reason}]) from None
 
@@ -361,9 +390,9 @@ class Receiver:
 
     async def events(self, exchange: Exchange, receive: Receive) -> Response:
         try:
-            events, signature = await self.receive(exchange.headers, receive)
+            events = await self.receive(exchange.headers, receive)
             exchange.events = len(events)
-            result = await self.store(events, signature)
+            result = await self.store(events)
         except Refused as refused:
             exchange.error = refused.error
             return refused.response()
@@ -372,44 +401,31 @@ class Receiver:
             return Response(400, {"error": "client_disconnected", "detail": "", "problems": []})
         return Response(202, {"accepted": result.accepted, "duplicates": result.duplicates})
 
-    async def receive(
-        self, headers: Headers, receive: Receive
-    ) -> tuple[list[Event], signing.Signature | None]:
+    async def receive(self, headers: Headers, receive: Receive) -> list[Event]:
         """Everything that decides on the request's content, before anything is stored."""
         check_content_type(headers)
         check_content_length(headers)
-        signed = self.auth.before_body(headers)
+        scheme = self.auth.before_body(headers)
         body = await read_body(receive)
-        signature = self.auth.check_signature(headers, body) if signed else None
+        if scheme is not None:
+            self.auth.check_signature(headers, body, scheme)
         if len(body) <= INLINE_PARSE:
-            return validate(body), signature
-        return await anyio.to_thread.run_sync(validate, body), signature
+            return validate(body)
+        return await anyio.to_thread.run_sync(validate, body)
 
-    async def store(
-        self, events: list[Event], signature: signing.Signature | None
-    ) -> PublishResult:
-        """Publish with the requests around it (group commit), claiming the signature in the
-        same step: a replayed request is refused and stores nothing."""
-        claim, ttl = "", 0
-        if signature is not None:
-            claim = SIGNATURE_KEY_PREFIX + signature.digest
-            ttl = max(1, int(signature.timestamp + self.auth.window - time.time()) + 1)
-        result = await self.group_commit.submit(PublishRequest(events, claim, ttl))
-        if result is None:
-            raise self.auth.refuse("replayed signature: this request was already accepted")
-        return result
+    async def store(self, events: list[Event]) -> PublishResult:
+        """Publish with the requests around it (group commit). Events accepted before (a
+        retry, or a replay) are answered as duplicates and stored nowhere."""
+        if not events:  # an empty array: nothing to store
+            return PublishResult()
+        return await self.group_commit.submit(PublishRequest(events))
 
-    async def commit(self, requests: Sequence[PublishRequest]) -> list[PublishResult | None]:
-        """Store a group of requests; a Redis outage refuses them all with 503, and releases
-        their signatures so that they can be sent again as they are."""
-        client = self.async_client()
+    async def commit(self, requests: Sequence[PublishRequest]) -> list[PublishResult]:
+        """Store a group of requests; a Redis outage refuses them all with 503 (sent again as
+        they are, whatever was stored is then answered as duplicates)."""
         try:
-            return await publish_requests_async(client, requests)
+            return await publish_requests_async(self.async_client(), requests)
         except _UNAVAILABLE as error:
-            claims = [r.claim for r in requests if r.claim]
-            if claims:
-                with contextlib.suppress(*_UNAVAILABLE):
-                    await client.delete(*claims)
             log.warning("publish failed: %s", error.__class__.__name__)
             raise unavailable(error) from None
 

@@ -78,30 +78,32 @@ def test_a_duplicate_within_one_batch_is_reported(r: redis.Redis) -> None:
     assert r.xlen(keys.JOURNAL) == 2
 
 
-def test_grouped_requests_are_stored_whole_and_a_replay_stores_nothing(r: redis.Redis) -> None:
+def test_grouped_requests_are_stored_whole_and_a_request_again_is_duplicates(
+    r: redis.Redis,
+) -> None:
     """The webhook's group commit: requests packed whole into batches of about 1,000 events;
-    each signature claimed in the same step as its events are stored."""
-    r.set("test:claim:seen", 1)  # a signature accepted before
+    a request sent again (a retry), even within the same commit, is only duplicates."""
+    publish(r, events("c", 5), notify=False)  # a request accepted before
     requests = [
-        Request(events("a", 600), "test:claim:a", 60),
-        Request(events("b", 600), "test:claim:b", 60),  # does not fit beside a: next batch
-        Request(events("c", 5), "test:claim:seen", 60),  # a replay: nothing of it is stored
-        Request(events("a", 1) + events("d", 2), "test:claim:d", 60),  # a-0: a duplicate
-        Request(events("e", 1), "test:claim:b", 60),  # b's signature, within the same commit
-        Request(events("f", 2)),  # no signature to claim
+        Request(events("a", 600)),
+        Request(events("b", 600)),  # does not fit beside a: next batch
+        Request(events("c", 5)),  # sent again: nothing of it is stored
+        Request(events("a", 1) + events("d", 2)),  # a-0: a duplicate
+        Request(events("b", 600)),  # b again, within the same commit
+        Request(events("f", 2)),
     ]
-    outcomes = publish_requests(r, requests, notify=False)
-    assert [o is None for o in outcomes] == [False, False, True, False, True, False]
-    a, b, _, d, _, f = outcomes
-    assert a and a.accepted == [f"a-{i}" for i in range(600)] and a.duplicates == []
-    assert b and len(b.accepted) == 600
-    assert d and d.accepted == ["d-0", "d-1"] and d.duplicates == ["a-0"]
-    assert f and f.accepted == ["f-0", "f-1"]
-    assert len(a.batches) == 2 and a.batches == f.batches  # [a], [b, c, d, e, f]
+    a, b, c, d, b_again, f = publish_requests(r, requests, notify=False)
+    assert a.accepted == [f"a-{i}" for i in range(600)] and a.duplicates == []
+    assert len(b.accepted) == 600
+    assert c.accepted == [] and c.duplicates == [f"c-{i}" for i in range(5)]
+    assert d.accepted == ["d-0", "d-1"] and d.duplicates == ["a-0"]
+    assert b_again.accepted == [] and b_again.duplicates == b.accepted
+    assert f.accepted == ["f-0", "f-1"]
+    assert len(a.batches) == 3 and a.batches == f.batches == c.batches  # [a] [b c d] [b f]
     stored = [json.loads(doc)["id"] for doc in journal.read_range(r)]
-    assert len(stored) == 1204 and not [i for i in stored if i[0] in "ce"]
-    assert r.ttl("test:claim:a") > 0 and r.ttl("test:claim:d") > 0
-    assert int(r.hget(keys.COUNTERS, "published")) == 1204
+    assert len(stored) == 5 + 1204 and len(set(stored)) == len(stored)
+    assert int(r.hget(keys.COUNTERS, "published")) == 5 + 1204
+    assert int(r.zcard(keys.PENDING_BATCHES)) == 1 + 3
 
 
 def test_read_range_is_half_open_and_pages(r: redis.Redis) -> None:

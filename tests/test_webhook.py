@@ -1,11 +1,12 @@
 """The webhook receiver over HTTP: a real uvicorn server, a real Redis, no worker.
 
 Every refused request must leave Redis as it was: nothing journaled, nothing pending, no
-wake-up message in the broker.
+wake-up message in the broker. A request sent again is a retry: 202, its events duplicates.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -16,12 +17,15 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 import redis
 import uvicorn
+from standardwebhooks.webhooks import Webhook
 
 from producers import signing, webhook
 from producers.webhook import MAX_BODY, create_app
@@ -81,6 +85,16 @@ def signed(body: bytes, secret: bytes = NEW, timestamp: int | None = None) -> di
     stamp = int(time.time()) if timestamp is None else timestamp
     return {"Content-Type": "application/json",
             signing.HEADER: signing.sign(secret, body, stamp)}  # fmt: skip
+
+
+def standard(body: bytes, secret: str | bytes = NEW, msg_id: str | None = None,
+             timestamp: int | None = None) -> dict[str, str]:  # fmt: skip
+    """Headers signed by the ``standardwebhooks`` package, as a Standard Webhooks sender sends."""
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    stamp = int(time.time()) if timestamp is None else timestamp
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(stamp, UTC), body.decode())
+    return {"Content-Type": "application/json", "webhook-id": msg_id,
+            "webhook-timestamp": str(stamp), "webhook-signature": signature}  # fmt: skip
 
 
 def post(base: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
@@ -221,6 +235,18 @@ def one_good_one_bad() -> bytes:
     return encode([event(0), event(1, id="")])
 
 
+def bad_email() -> bytes:
+    user = {"id": "u-1", "username": "ann", "email": "not-an-email", "state": "active"}
+    return encode([event(0), event(1, type="user.created", data={"user": user})])
+
+
+def nested(depth: int) -> bytes:
+    """A valid event whose ``data`` holds an unknown field nested ``depth`` levels deep."""
+    return encode(event()).replace(
+        b'"data": {', b'"data": {"x": ' + b"[" * depth + b"]" * depth + b", ", 1
+    )
+
+
 @pytest.mark.parametrize(("make", "status", "error", "pointer", "reason"), [
     (lambda: b'{"id": "evt-1", "type": ', 400, "malformed_json", "", "malformed JSON"),
     (lambda: b"\xff\xfe{", 400, "malformed_json", "", "malformed JSON"),
@@ -230,6 +256,23 @@ def one_good_one_bad() -> bytes:
     (bad_timestamp, 422, "invalid_events", "/occurred_at", "zone"),
     (one_good_one_bad, 422, "invalid_events", "/1/id", ""),
     (lambda: encode([event(n) for n in range(1001)]), 413, "too_many_events", "", "1001 events"),
+    (bad_email, 422, "invalid_events", "/1/data/user/email", "not a valid email address"),
+    (lambda: nested(5_000), 400, "malformed_json", "", "nested too deep"),
+    (lambda: b"[" * 100_000 + b"]" * 100_000, 400, "malformed_json", "", "nested too deep"),
+    (lambda: b'{"a":' * 5_000 + b"1" + b"}" * 5_000, 400, "malformed_json", "", "nested too deep"),
+    (lambda: nested(500), 422, "invalid_events", "/data/x", "unknown field"),
+    (lambda: encode(event()).replace(b'"g-1"', b"1" * 5000), 400, "malformed_json", "",
+     "more than 4300 digits"),
+    (lambda: encode(event()).replace(b'"g-1"', b"NaN"), 400, "malformed_json", "", "NaN"),
+    (lambda: encode(event()).replace(b'"g-1"', b"-Infinity"), 400, "malformed_json", "",
+     "-Infinity"),
+    (lambda: json.dumps(event(id="evt-é"), ensure_ascii=False).encode("utf-16"), 400, "malformed_json", "",
+     "not UTF-8"),
+    (lambda: json.dumps(event(id="evt-é"), ensure_ascii=False).encode("latin-1"), 400, "malformed_json", "",
+     "not UTF-8"),
+    (lambda: encode(event(occurred_at="9999-12-31T23:59:59-05:00")), 422, "invalid_events",
+     "/occurred_at", "out of range"),
+    (lambda: encode(event(id="evt-\ud800")), 422, "invalid_events", "/id", "unicode"),
 ])  # fmt: skip
 def test_bad_content_is_refused_and_changes_nothing(
     base: str,
@@ -328,29 +371,155 @@ def test_expired_signature(base: str, r: redis.Redis, before: int, offset: int) 
     assert_nothing_stored(r, before)
 
 
-def test_replayed_request_is_refused(base: str, r: redis.Redis) -> None:
-    body = encode(event())
+def assert_stored_once(r: redis.Redis, ids: list[str], broker_before: int) -> None:
+    """The events were journaled once, in one pending batch, with one wake-up."""
+    journaled = [json.loads(fields[b"e"])["id"] for _, fields in r.xrange(keys.JOURNAL)]
+    assert journaled == ids
+    assert r.zcard(keys.PENDING_BATCHES) == 1
+    assert broker_length(r) == broker_before + 1
+    assert int(r.hget(keys.COUNTERS, "published") or 0) == len(ids)
+
+
+def test_a_request_sent_again_is_a_retry(base: str, r: redis.Redis, before: int) -> None:
+    """At-least-once delivery: the same signed request again (same body, same signature,
+    inside the window) is answered 202 with its events as duplicates; nothing twice."""
+    documents = [event(0), event(1)]
+    ids = [d["id"] for d in documents]
+    body = encode(documents)
     headers = signed(body)
-    assert post(base, body, headers).status_code == 202
-    broker = broker_length(r)
-    response = post(base, body, headers)
-    assert_refused(response, 401, "unauthorized", "replayed signature")
-    assert r.xlen(keys.JOURNAL) == 1 and r.zcard(keys.PENDING_BATCHES) == 1
-    assert broker_length(r) == broker
-    digest = headers[signing.HEADER].split("v1=")[1]
-    ttl = r.ttl(webhook.SIGNATURE_KEY_PREFIX + digest)
-    assert 0 < ttl <= signing.WINDOW + 1
+    first = post(base, body, headers)
+    assert first.status_code == 202 and first.json() == {"accepted": ids, "duplicates": []}
+    for _ in range(2):
+        again = post(base, body, headers)
+        assert again.status_code == 202, again.text
+        assert again.json() == {"accepted": [], "duplicates": ids}
+    assert_stored_once(r, ids, before)
 
 
-def test_replay_with_a_reshuffled_header_is_refused(base: str, r: redis.Redis) -> None:
-    body = encode(event())
+def test_a_retry_with_a_reshuffled_header_is_a_retry(
+    base: str, r: redis.Redis, before: int
+) -> None:
+    document = event()
+    body = encode(document)
     headers = signed(body)
     assert post(base, body, headers).status_code == 202
     timestamp, digest = headers[signing.HEADER].split(",")
     reshuffled = f"v1={'0' * 64},v1={digest[3:].upper()},{timestamp}"
     response = post(base, body, headers | {signing.HEADER: reshuffled})
-    assert_refused(response, 401, "unauthorized", "replayed")
-    assert r.xlen(keys.JOURNAL) == 1
+    assert response.status_code == 202
+    assert response.json() == {"accepted": [], "duplicates": [document["id"]]}
+    assert_stored_once(r, [document["id"]], before)
+
+
+def test_concurrent_copies_of_a_request_store_it_once(
+    base: str, r: redis.Redis, before: int
+) -> None:
+    """Copies that arrive together (one group commit, or several) are stored once."""
+    document = event()
+    body = encode(document)
+    headers = signed(body)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(base, body, headers), range(16)))
+    assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+    assert sorted(len(a.json()["accepted"]) for a in answers) == [0] * 15 + [1]
+    assert_stored_once(r, [document["id"]], before)
+
+
+def test_a_signature_with_another_body_is_refused(base: str, r: redis.Redis, before: int) -> None:
+    """What replay protection is still for: a captured signature carries its body only."""
+    body = encode(event())
+    assert post(base, body, signed(body)).status_code == 202
+    broker = broker_length(r)
+    other = encode(event(1))
+    response = post(base, other, signed(body))
+    assert_refused(response, 401, "unauthorized", "does not match")
+    assert r.xlen(keys.JOURNAL) == 1 and broker_length(r) == broker
+
+
+# --- Standard Webhooks -------------------------------------------------------------------------
+
+
+def test_standard_webhooks_signatures_are_accepted(base: str, r: redis.Redis) -> None:
+    """Signed by the ``standardwebhooks`` package with the raw secrets the receiver has (the
+    old one too: rotation), and with the same key written ``whsec_<base64>``."""
+    whsec = "whsec_" + base64.b64encode(NEW).decode()
+    for secret in (NEW, OLD, whsec):
+        document = event()
+        body = encode(document)
+        response = post(base, body, standard(body, secret))
+        assert response.status_code == 202, response.text
+        assert response.json() == {"accepted": [document["id"]], "duplicates": []}
+    assert r.xlen(keys.JOURNAL) == 3
+
+
+def test_a_standard_webhooks_retry_is_a_retry(base: str, r: redis.Redis, before: int) -> None:
+    """A retry keeps its ``webhook-id``: sent again as it was, or signed again at a later
+    timestamp (as Standard Webhooks senders retry), it is answered with duplicates."""
+    document = event()
+    body = encode(document)
+    headers = standard(body, msg_id="msg_retry_1", timestamp=int(time.time()) - 60)
+    assert post(base, body, headers).json() == {"accepted": [document["id"]], "duplicates": []}
+    for again in (headers, standard(body, msg_id="msg_retry_1")):
+        response = post(base, body, again)
+        assert response.status_code == 202, response.text
+        assert response.json() == {"accepted": [], "duplicates": [document["id"]]}
+    assert_stored_once(r, [document["id"]], before)
+
+
+def test_standard_webhooks_with_a_whsec_secret_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, app_url: str, r: redis.Redis
+) -> None:
+    key = bytes(range(32))
+    whsec = "whsec_" + base64.b64encode(key).decode()
+    monkeypatch.setenv(signing.SECRET_ENV, f"{whsec},{OLD.decode()}")
+    monkeypatch.delenv(signing.SECRET_FILE_ENV, raising=False)
+    senders = [lambda b: standard(b, whsec), lambda b: standard(b, key), lambda b: signed(b, key),
+               lambda b: standard(b, OLD)]  # fmt: skip
+    with running(create_app(redis_url=app_url)) as url:
+        for sender in senders:
+            body = encode(event())
+            assert post(url, body, sender(body)).status_code == 202
+        body = encode(event())
+        refused = post(url, body, standard(body, NEW))  # not configured here
+        assert_refused(refused, 401, "unauthorized", "does not match")
+    assert r.xlen(keys.JOURNAL) == 4
+
+
+@pytest.mark.parametrize(("change", "header", "reason"), [
+    ({"webhook-id": None}, "webhook-id", "missing webhook-id"),
+    ({"webhook-timestamp": None}, "webhook-timestamp", "missing webhook-timestamp"),
+    ({"webhook-signature": None}, "webhook-signature", "missing webhook-signature"),
+    ({"webhook-signature": "v1"}, "webhook-signature", "malformed"),
+    ({"webhook-timestamp": "soon"}, "webhook-timestamp", "malformed"),
+    ({"webhook-id": "msg_other"}, "webhook-signature", "does not match"),
+    ({"webhook-timestamp": str(int(time.time()) - 301)}, "webhook-signature", "does not match"),
+])  # fmt: skip
+def test_bad_standard_webhooks_headers_name_the_header(
+    base: str, r: redis.Redis, before: int, change: dict[str, str | None], header: str, reason: str
+) -> None:
+    body = encode(event())
+    headers = {k: v for k, v in (standard(body) | change).items() if v is not None}
+    response = post(base, body, headers)
+    refused = assert_refused(response, 401, "unauthorized", reason)
+    assert refused["problems"][0]["header"] == header
+    assert_nothing_stored(r, before)
+
+
+def test_an_expired_standard_webhooks_signature(base: str, r: redis.Redis, before: int) -> None:
+    body = encode(event())
+    headers = standard(body, timestamp=int(time.time()) - 301)
+    refused = assert_refused(post(base, body, headers), 401, "unauthorized", "expired")
+    assert refused["problems"][0]["header"] == "webhook-timestamp"
+    assert_nothing_stored(r, before)
+
+
+def test_x_provisioner_signature_is_checked_when_both_are_sent(
+    base: str, r: redis.Redis, before: int
+) -> None:
+    body = encode(event())
+    both = standard(body) | {signing.HEADER: signing.sign(b"wrong", body, int(time.time()))}
+    assert_refused(post(base, body, both), 401, "unauthorized", "does not match")
+    assert_nothing_stored(r, before)
 
 
 def test_bearer_is_refused_unless_enabled(base: str, r: redis.Redis, before: int) -> None:
@@ -432,11 +601,11 @@ def test_redis_outage_answers_503(r: redis.Redis, before: int) -> None:
     assert_nothing_stored(r, before)
 
 
-def test_a_failed_publish_releases_the_signature(
+def test_a_request_sent_again_after_a_503_is_answered(
     base: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After a 503 the same request can be sent again: it is not taken for a replay. The fault:
-    Redis stored the request (signature claimed) but the answer was lost on the way back."""
+    """After a 503 the same request can be sent again as it is. The fault: Redis stored the
+    request but the answer was lost on the way back; the retry is told its events are in."""
     real_publish = webhook.publish_requests_async
 
     async def answer_lost(*args: Any, **kwargs: Any) -> Any:
@@ -448,7 +617,7 @@ def test_a_failed_publish_releases_the_signature(
     headers = signed(body)
     monkeypatch.setattr(webhook, "publish_requests_async", answer_lost)
     assert_refused(post(base, body, headers), 503, "unavailable", "retry")
-    assert list(r.scan_iter(match=webhook.SIGNATURE_KEY_PREFIX + "*")) == []
+    assert r.xlen(keys.JOURNAL) == 1  # stored, unbeknown to the sender
     monkeypatch.setattr(webhook, "publish_requests_async", real_publish)
     again = post(base, body, headers)
     assert again.status_code == 202

@@ -250,7 +250,7 @@ def read(
 
 # -- matching by name (pure) -------------------------------------------------------------------
 class NameIndex(Generic[T]):
-    """Objects by name, with the lookups' rule (``scim.client._named``): the exact name first,
+    """Objects by name, with the lookups' rule (``scim.client.named``): the exact name first,
     else the name but for case; the first in listing order wins."""
 
     def __init__(self, items: Iterable[T], name_of: Callable[[T], str | None]):

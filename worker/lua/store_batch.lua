@@ -1,39 +1,27 @@
--- ARGV: now_ms, batch_id, journal_maxlen, n, k, queue, wake-up message, then k segments
--- (claim_key, ttl_s, count), then id_1..id_n, event_1..event_n (JSON).
+-- ARGV: now_ms, batch_id, journal_maxlen, n, queue, wake-up message, then id_1..id_n,
+-- event_1..event_n (JSON).
 -- Make a batch durable: drop events whose id was accepted before (a duplicate changes
 -- nothing), journal the others, store them as one batch, mark the batch pending and queue its
 -- wake-up (a Celery message, pushed to the list `queue`; none if empty): the workers learn of
--- the batch in the same step. Returns {duplicates, refused}: the 0-based indexes of the
--- duplicates, and of the segments refused.
+-- the batch in the same step. Returns the 0-based indexes of the duplicates.
 --
--- Segments are the webhook's requests, committed together (group commit): each covers the
--- next `count` events and claims its signature (`SET claim_key NX EX ttl_s`); a segment whose
--- signature was claimed before is a replayed request, and none of its events is stored. An
--- empty claim_key claims nothing; events beyond the segments (k = 0: all) are stored as is.
+-- A batch may hold several webhook requests, committed together (group commit): each is
+-- stored all or nothing since the script is atomic. A request sent again (a retry, or a
+-- replay of a signed request) is only duplicates: nothing of it is stored, and no wake-up.
 --
 -- The duplicate filter `ev:recent` (ZSET id -> acceptance time, ms) is bounded like the
 -- journal: by age (`journal:max_age_ms`, set by journal.trim(), default 30 days) and by size
 -- (journal_maxlen). Each call forgets the oldest ids beyond either bound, at most 2n + 100 of
 -- them, so the work per call stays bounded. A duplicate older than that is accepted again,
 -- and changes nothing (last-writer-wins registers).
-local batch_id, maxlen, n, k = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local queue, wakeup = ARGV[6], ARGV[7]
-local base = 7 + 3 * k  -- ARGV[base + i] is id i, ARGV[base + n + i] event i
+local batch_id, maxlen, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local queue, wakeup = ARGV[5], ARGV[6]
+local base = 6  -- ARGV[base + i] is id i, ARGV[base + n + i] event i
 local max_age = tonumber(redis.call('GET', P .. 'journal:max_age_ms') or '') or 2592000000
 local recent = P .. 'ev:recent'
 
-local ids, seen, skip, refused = {}, {}, {}, {}
+local ids, seen = {}, {}
 for i = 1, n do ids[i] = ARGV[base + i] end
-local first_event = 1
-for segment = 1, k do
-  local claim, ttl = ARGV[5 + 3 * segment], ARGV[6 + 3 * segment]
-  local count = tonumber(ARGV[7 + 3 * segment])
-  if claim ~= '' and not redis.call('SET', claim, 1, 'NX', 'EX', ttl) then
-    refused[#refused + 1] = segment - 1
-    for i = first_event, first_event + count - 1 do skip[i] = true end
-  end
-  first_event = first_event + count
-end
 for first = 1, n, 1000 do
   local last = math.min(n, first + 999)
   local scores = redis.call('ZMSCORE', recent, unpack(ids, first, last))
@@ -45,9 +33,7 @@ end
 local kept, added, duplicates = {}, {}, {}
 for i = 1, n do
   local id, event = ids[i], ARGV[base + n + i]
-  if skip[i] then
-    -- a replayed request: nothing of it is stored
-  elseif seen[id] then
+  if seen[id] then
     duplicates[#duplicates + 1] = i - 1
   else
     seen[id] = true
@@ -70,4 +56,4 @@ if #kept > 0 then
   redis.call('HINCRBY', P .. 'counters', 'published', #kept)
   if wakeup ~= '' then redis.call('LPUSH', queue, wakeup) end
 end
-return {duplicates, refused}
+return duplicates
