@@ -234,3 +234,11 @@ def test_replay_refuses_deep_nesting_on_its_line(tmp_path):
 def test_a_timestamp_beyond_the_calendar_in_utc_is_refused(when):
     found = problems({**OK, "occurred_at": when})
     assert found[0]["pointer"] == "/occurred_at" and "out of range" in found[0]["reason"]
+
+
+@pytest.mark.parametrize("stamp", [1700000000, 1700000000.5])
+def test_a_number_is_not_a_timestamp(stamp: float) -> None:
+    event = {"id": "e1", "type": "user.deleted", "occurred_at": stamp, "data": {"user_id": "u1"}}
+    with pytest.raises(EventError) as caught:
+        parse_events(json.dumps(event))
+    assert "RFC 3339" in str(caught.value.problems)

@@ -18,6 +18,7 @@ import email_validator
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -48,7 +49,15 @@ def _require_zone(value: datetime) -> datetime:
         ) from None
 
 
-Timestamp = Annotated[datetime, AfterValidator(_require_zone)]
+def _require_text(value: Any) -> Any:
+    """An RFC 3339 string (or a datetime, from code): never a number, which pydantic would
+    read as Unix time although the contract says RFC 3339."""
+    if isinstance(value, int | float):
+        raise ValueError("timestamp must be an RFC 3339 string, e.g. 2026-11-28T17:50:51Z")
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_require_text), AfterValidator(_require_zone)]
 
 
 # A plain ASCII address (dot-separated atoms @ host labels, a letter TLD) that email-validator
