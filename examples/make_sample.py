@@ -1,10 +1,15 @@
-"""Writes the sample that `make run` replays: examples/directory.jsonl, then changes.jsonl.
+"""Writes the sample that `make run` replays: examples/directory.jsonl, then changes.jsonl;
+and examples/snapshot.jsonl, a full-state snapshot of the next morning (docs/snapshot.md).
 
 A small company: 24 people in Engineering, Sales, Support and Contractors; Engineering, Sales
 and Support are associated with the local Zscaler app, Contractors are not (implicitly denied),
 Finance is associated but empty (not created). Then the day's changes: a suspension, a rename,
 a department move, Sales disassociated (its members who are in no other group are
 deactivated), a departure (user deleted) and a contractor given direct access.
+
+The snapshot is the directory after those changes, plus what happened overnight without an
+event reaching the provisioner: a new hire in Engineering (u-25), a departure (u-14), a move
+from Support to Engineering (u-17, department and groups) and Finance renamed.
 """
 
 import json
@@ -67,6 +72,62 @@ def main() -> None:
         path = Path(__file__).with_name(name)
         path.write_text("".join(json.dumps(e) + "\n" for e in part))
         print(f"wrote {len(part)} events to {path}")
+    lines = snapshot(events)
+    path = Path(__file__).with_name("snapshot.jsonl")
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    print(f"wrote a snapshot of {len(lines) - 1} objects to {path}")
+
+
+def snapshot(events: list[dict]) -> list[dict]:
+    """The directory the events describe, with the night's changes, as snapshot lines."""
+    users: dict[str, dict] = {}
+    names: dict[str, str] = {}
+    members: dict[str, list[str]] = {gid: [] for gid in GROUPS}
+    app_groups: list[str] = []
+    app_users: list[str] = []
+    for event in events:  # the sample's events, in order; none is out of order
+        kind, data = event["type"], event["data"]
+        if kind in ("user.created", "user.updated"):
+            users[data["user"]["id"]] = dict(data["user"])
+        elif kind == "user.suspended":
+            users[data["user_id"]]["state"] = "suspended"
+        elif kind == "user.deleted":
+            del users[data["user_id"]]
+            for group in members.values():
+                if data["user_id"] in group:
+                    group.remove(data["user_id"])
+        elif kind in ("group.created", "group.renamed"):
+            gid = data["group"]["id"] if kind == "group.created" else data["group_id"]
+            names[gid] = data["group"]["name"] if kind == "group.created" else data["name"]
+        elif kind == "group.member_added":
+            members[data["group_id"]].append(data["user_id"])
+        elif kind == "app.group_associated":
+            app_groups.append(data["group_id"])
+        elif kind == "app.group_disassociated":
+            app_groups.remove(data["group_id"])
+        elif kind == "app.user_associated":
+            app_users.append(data["user_id"])
+    # Overnight, with no event: a new hire, a departure, a move, a rename.
+    users["u-25"] = {
+        "id": "u-25", "username": "katherine.johnson@example.com",
+        "email": "katherine.johnson@example.com", "firstname": "Katherine", "lastname": "Johnson",
+        "displayname": "Katherine Johnson", "employee_id": "E1024", "department": "Engineering",
+        "state": "active",
+    }  # fmt: skip
+    members["g-eng"] += ["u-25", "u-17"]
+    del users["u-14"]
+    members["g-sales"].remove("u-14")
+    users["u-17"]["department"] = "Engineering"
+    members["g-support"].remove("u-17")
+    names["g-finance"] = "Finance & Legal"
+    lines: list[dict] = [
+        {"kind": "snapshot", "taken_at": "2026-11-29T06:00:00Z", "source": "example:acme"}
+    ]
+    lines += [{"kind": "user", "user": user} for user in users.values()]
+    lines += [{"kind": "group", "group": {"id": gid, "name": names[gid]}, "members": members[gid]}
+              for gid in GROUPS]  # fmt: skip
+    lines.append({"kind": "app", "app_id": APP, "groups": app_groups, "users": app_users})
+    return lines
 
 
 if __name__ == "__main__":

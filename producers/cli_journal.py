@@ -1,10 +1,15 @@
 """Journal commands: ``replay --since T [--until T]`` (called by ``worker.cli.cmd_replay``) and
-``rebuild`` (issue 3). Imports are lazy: building the parser must stay cheap."""
+``rebuild [--from-snapshot FILE]`` (issues 3 and 11). Imports are lazy: building the parser must
+stay cheap."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -39,30 +44,52 @@ def cmd_replay_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from producers import journal
+    from producers import journal, snapshot
     from worker.config import redis_client
 
+    source = f"the snapshot {args.from_snapshot} and the journal" if args.from_snapshot else (
+        "the journal")  # fmt: skip
+    if args.from_snapshot == "-" and not args.yes:
+        print("rebuild --from-snapshot - reads standard input: confirm with --yes", file=sys.stderr)
+        return EXIT_USAGE
     if not args.yes:
         if not sys.stdin.isatty():
             print("rebuild wipes the directory projection: confirm with --yes", file=sys.stderr)
             return EXIT_USAGE
-        answer = input("Wipe the directory projection and rebuild it from the journal? [y/N] ")
+        answer = input(f"Wipe the directory projection and rebuild it from {source}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return EXIT_FAIL
     try:
-        result = journal.rebuild(redis_client(), progress=sys.stderr)
-    except journal.JournalError as error:
+        if args.from_snapshot:
+            with _spooled(args.from_snapshot) as path:
+                result = snapshot.rebuild_from_snapshot(redis_client(), path, progress=sys.stderr)
+        else:
+            result = journal.rebuild(redis_client(), progress=sys.stderr)
+    except (journal.JournalError, snapshot.SnapshotError) as error:
         print("rebuild refused:", file=sys.stderr)
         for line in error.lines:
             print(f"  {line}", file=sys.stderr)
         return EXIT_FAIL
     synced = ", ".join(f"{app} ({n} objects)" for app, n in result.synced.items()) or "no app"
+    seeded = f"{result.seeded} snapshot events and " if args.from_snapshot else ""
     print(
-        f"rebuilt the projection from {result.events} journal events "
+        f"rebuilt the projection from {seeded}{result.events} journal events "
         f"({result.wiped} keys wiped); full sync of {synced}"
     )
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _spooled(path: str) -> Iterator[str]:
+    """A path to read twice: ``path`` itself, or standard input copied to a temporary file."""
+    if path != "-":
+        yield path
+        return
+    with tempfile.NamedTemporaryFile(prefix="snapshot-", suffix=".jsonl") as copy:
+        shutil.copyfileobj(sys.stdin.buffer, copy)
+        copy.flush()
+        yield copy.name
 
 
 def register(
@@ -73,4 +100,10 @@ def register(
         "rebuild", help="wipe the directory projection, replay the journal, full sync every app"
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--from-snapshot",
+        metavar="FILE",
+        help="start from this full-state snapshot (- for standard input), then the journal's "
+        "newer events: works after the journal was trimmed",
+    )
     p.set_defaults(func=cmd_rebuild)

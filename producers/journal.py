@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, Protocol
 
 import redis
 
@@ -35,11 +35,12 @@ from producers.publish import BATCH_SIZE, publish_wire, version
 from worker import apps, audit, keys, scripts
 from worker.celery_app import send_reconcile
 from worker.config import settings
-from worker.events import EventError, parse_event
+from worker.events import EventError, epoch_micros, parse_event
 
 MAX_AGE_ENV = "PROVISIONER_JOURNAL_MAX_AGE_DAYS"
 DEFAULT_MAX_AGE_DAYS = 30.0
 MAX_REPORTED = 20
+SNAPSHOT_SKEW_MS = 5 * 60 * 1000  # the directory's clock against Redis's, for a snapshot
 REBUILD_PAUSE = "rebuild in progress (if it was interrupted, run `provisioner rebuild` again)"
 
 
@@ -229,12 +230,14 @@ def replay_range(
     progress: IO[str] | None = None,
     ingest: bool = False,
     label: str = "replay",
+    newer_than: int | None = None,
 ) -> ReplayResult:
     """Re-publish the events accepted in ``[since, until)``, in journal order, 1,000 a batch.
 
     Each batch is checked before it is stored (an invalid entry stops the replay; what was
     published before it is harmless). ``ingest``: apply each batch here, at once, instead of
-    waking the workers (rebuild).
+    waking the workers (rebuild). ``newer_than``: only the events that occurred after this
+    many microseconds since the epoch (rebuild from a snapshot).
     """
     result = ReplayResult()
     bounds = stream_bounds(client, since, until)
@@ -245,17 +248,32 @@ def replay_range(
         problems = [p for p in (check(i, d) for i, d in chunk) if p]
         if problems:
             raise JournalError(problems[:MAX_REPORTED])
-        batches = publish_wire(client, [d for _, d in chunk], notify=not ingest)
-        client.hincrby(keys.COUNTERS, "replayed", len(chunk))
-        if ingest:
-            for batch_id in batches:
-                result_keys = scripts.run(client, "ingest", batch_id)[3:]
-                send_reconcile(k.decode() for k in result_keys)
-        result.events += len(chunk)
-        result.batches += batches
         meter.advance(len(chunk))
+        documents = [d for _, d in chunk if newer_than is None or occurred(d) > newer_than]
+        if not documents:
+            continue
+        batches = ingest_now(client, documents) if ingest else publish_wire(client, documents)
+        client.hincrby(keys.COUNTERS, "replayed", len(documents))
+        result.events += len(documents)
+        result.batches += batches
     meter.finish()
     return result
+
+
+def occurred(document: str) -> int:
+    """When a stored event occurred, in µs since the epoch (the first part of its ``v``)."""
+    start = document.rfind('"v":"') + 5
+    return int(document[start : start + 17])
+
+
+def ingest_now(client: redis.Redis, documents: list[str]) -> list[str]:
+    """Apply stored events to the projection here, at once, outside the journal (rebuild);
+    returns their batches. Reconciles go to the workers."""
+    batches = publish_wire(client, documents, notify=False)
+    for batch_id in batches:
+        result_keys = scripts.run(client, "ingest", batch_id)[3:]
+        send_reconcile(k.decode() for k in result_keys)
+    return batches
 
 
 def _chunks(items: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
@@ -273,8 +291,20 @@ def _chunks(items: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[
 @dataclass
 class RebuildResult:
     wiped: int
-    events: int
+    events: int  # journal events replayed
     synced: dict[str, int]
+    seeded: int = 0  # events derived from the snapshot it started from
+
+
+class Seed(Protocol):
+    """A directory snapshot a rebuild starts from (``producers.snapshot.SnapshotSeed``)."""
+
+    source: str
+    taken_at: datetime
+
+    def apply(self, client: redis.Redis, progress: IO[str] | None) -> int:
+        """Apply the snapshot to the wiped projection; returns the events applied."""
+        ...
 
 
 def trimmed(client: redis.Redis) -> int:
@@ -308,20 +338,54 @@ def pause_for_rebuild(client: redis.Redis) -> list[str]:
     return paused
 
 
-def rebuild(client: redis.Redis, *, progress: IO[str] | None = sys.stderr) -> RebuildResult:
+def snapshot_gap(client: redis.Redis, taken_at: datetime) -> str | None:
+    """Why the journal cannot bring a snapshot taken at ``taken_at`` up to date (None: it can):
+    it dropped entries accepted later than ``taken_at`` (less 5 minutes of clock skew)."""
+    missing = trimmed(client)
+    if not missing:
+        return None
+    first = client.xrange(keys.JOURNAL, count=1)
+    if first:  # every dropped entry is older than the first one kept
+        boundary = int(first[0][0].split(b"-")[0])
+    else:  # none kept: the last one ever added bounds them
+        try:
+            boundary = int(client.xinfo_stream(keys.JOURNAL)["last-generated-id"].split(b"-")[0])
+        except redis.ResponseError:
+            boundary = scripts.now_ms()
+    if boundary <= _ms(taken_at) - SNAPSHOT_SKEW_MS:
+        return None
+    since = datetime.fromtimestamp(boundary / 1000, UTC).isoformat(timespec="seconds")
+    return (
+        f"the journal no longer holds {missing} of the accepted events, some of them accepted "
+        f"up to {since}, later than the snapshot (taken at "
+        f"{taken_at.isoformat(timespec='seconds')}, less 5 minutes for clock skew): the "
+        "rebuilt directory would miss them; take a newer snapshot; nothing was changed"
+    )
+
+
+def rebuild(
+    client: redis.Redis, *, progress: IO[str] | None = sys.stderr, snapshot: Seed | None = None
+) -> RebuildResult:
     """Rebuild the projection from the journal, then fully sync every active app.
 
     Running apps are paused meanwhile, so that no reconcile reads a half-built projection;
-    events that arrive meanwhile are journaled and ingested as usual. Refused when the journal
-    no longer holds every accepted event (the rebuilt directory would miss facts, and a full
-    sync would act on that). Interrupted, it leaves the apps paused: run it again.
+    events that arrive meanwhile are journaled and ingested as usual. Without ``snapshot``,
+    refused when the journal no longer holds every accepted event (the rebuilt directory would
+    miss facts, and a full sync would act on that). With one, the wiped projection gets the
+    snapshot first, then the journal's events that occurred after it; refused only when the
+    journal dropped events accepted after the snapshot was taken. Interrupted, it leaves the
+    apps paused: run it again.
     """
-    missing = trimmed(client)
-    if missing:
+    if snapshot is not None:
+        gap = snapshot_gap(client, snapshot.taken_at)
+        if gap:
+            raise JournalError([gap])
+    elif missing := trimmed(client):
         raise JournalError(
             [
                 f"the journal no longer holds {missing} of the accepted events (retention by "
-                f"size or age): a rebuild from it would lose them; nothing was changed"
+                f"size or age): a rebuild from it would lose them; rebuild from a snapshot "
+                f"(--from-snapshot FILE) instead; nothing was changed"
             ]
         )
     from worker.lifecycle import drain
@@ -332,9 +396,12 @@ def rebuild(client: redis.Redis, *, progress: IO[str] | None = sys.stderr) -> Re
     if any(drain(client, a, max(0.0, deadline - time.monotonic())) for a in app_ids):
         raise JournalError(["reconciles still running; nothing wiped, apps paused: run it again"])
     wiped = wipe_projection(client)
-    replayed = replay_range(client, progress=progress, ingest=True, label="rebuild")
+    seeded = snapshot.apply(client, progress) if snapshot is not None else 0
+    newer_than = epoch_micros(snapshot.taken_at) if snapshot is not None else None
+    replayed = replay_range(client, progress=progress, ingest=True, label="rebuild",
+                            newer_than=newer_than)  # fmt: skip
     synced = {}
     for app_id in app_ids:
         apps.update(client, app_id, paused=None)
         synced[app_id] = full_sync(client, app_id)
-    return RebuildResult(wiped=wiped, events=replayed.events, synced=synced)
+    return RebuildResult(wiped=wiped, events=replayed.events, synced=synced, seeded=seeded)
