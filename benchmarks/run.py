@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import churn, common, ingest, provisioning, report, webhook
+from benchmarks import churn, common, ingest, pacing, provisioning, report, verify, webhook
+from benchmarks import snapshot as snapshots
 from benchmarks.common import PoolShape
 from benchmarks.report import fmt_rate, table
 from benchmarks.workload import ingest_events, write_jsonl
@@ -21,7 +22,10 @@ FULL_EVENTS = 1_000_000
 QUICK_EVENTS = 100_000
 FULL_PROVISIONING = "1000@5,10000@200"  # users@requests/s
 QUICK_PROVISIONING = "200@5,2000@200"
-BENCHMARKS = ("ingest", "churn", "webhook", "provisioning")
+FULL_PACING, QUICK_PACING = 200, 60  # users behind the exact token bucket
+FULL_VERIFY, QUICK_VERIFY = 10_000, 1_000  # users of the app verify reads (issue 10)
+FULL_SNAPSHOT, QUICK_SNAPSHOT = 100_000, 10_000  # users of the snapshot benchmark (issue 11)
+BENCHMARKS = ("ingest", "churn", "webhook", "provisioning", "pacing", "verify", "snapshot")
 
 
 def log(message: str) -> None:
@@ -76,6 +80,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--provisioning-pool", default="2x6", type=PoolShape.parse,
                    help="worker pool for the initial provisioning (2x6: 2 workers of 6 threads; "
                         "a SCIM call mostly waits)")  # fmt: skip
+    p.add_argument("--pacing", type=int, metavar="USERS",
+                   help=f"users provisioned behind the exact token bucket (default {FULL_PACING}; "
+                        f"--quick {QUICK_PACING})")  # fmt: skip
+    p.add_argument("--pacing-baseline", metavar="REF",
+                   help="also run the pacing benchmark with the workers and CLI of commit REF "
+                        "(before / after in one run)")  # fmt: skip
+    p.add_argument("--pacing-pool", default="2x6", type=PoolShape.parse,
+                   help="worker pool for the pacing benchmark (2x6, as for provisioning)")  # fmt: skip
+    p.add_argument("--verify", type=int, metavar="USERS",
+                   help=f"users of the app `verify` reads, 1 %% drifted by hand (default "
+                        f"{FULL_VERIFY:,}; --quick {QUICK_VERIFY:,})")  # fmt: skip
+    p.add_argument(
+        "--verify-rate",
+        type=float,
+        default=5.0,
+        help="the app's requests/s while verify reads it (5, the zscaler profile's)",
+    )
+    p.add_argument("--snapshot-users", type=int, metavar="U",
+                   help=f"users of the snapshot benchmark, also run at U/10 (default "
+                        f"{FULL_SNAPSHOT:,}; --quick {QUICK_SNAPSHOT:,})")  # fmt: skip
     p.add_argument("--workdir", help="where files and Redis data go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -168,11 +192,52 @@ def run_provisioning(
     return results
 
 
+def run_pacing(args: argparse.Namespace, workdir: Path) -> list[pacing.PacingResult]:
+    users = args.pacing or (QUICK_PACING if args.quick else FULL_PACING)
+    variants = [("after", common.ROOT, common.code_version().removeprefix("commit "))]
+    if args.pacing_baseline:
+        root, sha = pacing.baseline_code(workdir, args.pacing_baseline)
+        variants.insert(0, ("before", root, sha))
+    results = []
+    for label, root, code in variants:
+        log(f"pacing: {users:,} users behind an exact token bucket of {pacing.RATE:g}/s burst "
+            f"{pacing.BURST}, pool {args.pacing_pool}, {label} ({code}) ...")  # fmt: skip
+        r = pacing.run(workdir, users, args.pacing_pool, label, root, code, log=log)
+        log(f"  {r.calls:,} calls, {r.refused} refused ({r.refused_share:.2%}); "
+            f"{r.share:.1%} of the limit; {len(r.accepted):,} accepted / {r.minimal:,} minimal; "
+            f"{r.seconds:,.1f} s" + (f"; PROBLEMS: {r.problems}" if r.problems else ""))  # fmt: skip
+        results.append(r)
+    return results
+
+
+def run_verify(args: argparse.Namespace, workdir: Path) -> verify.VerifyResult:
+    users = args.verify or (QUICK_VERIFY if args.quick else FULL_VERIFY)
+    log(f"verify: {users:,} users, 1 % drifted by hand, read at {args.verify_rate:g}/s, pool "
+        f"{args.provisioning_pool} ...")  # fmt: skip
+    r = verify.run(workdir, users, args.verify_rate, args.provisioning_pool, log=log)
+    log(f"  {r.verify_calls:,} calls in {r.verify_seconds:.1f} s; {len(r.found & r.injected)} of "
+        f"{len(r.injected)} drifts found, {len(r.extra)} more; {r.after['drift']} left after "
+        "the repair" + (f"; PROBLEMS: {r.problems}" if r.problems else ""))  # fmt: skip
+    return r
+
+
+def run_snapshot(args: argparse.Namespace, workdir: Path) -> list[snapshots.SnapshotResult]:
+    users = args.snapshot_users or (QUICK_SNAPSHOT if args.quick else FULL_SNAPSHOT)
+    results = []
+    for n in (users // 10, users):
+        log(f"snapshot: {n:,} users, {n // 100:,} groups ...")
+        results.append(snapshots.run(workdir, n, log=log))
+    return results
+
+
 # -- rendering ---------------------------------------------------------------------------------
 def render(command: str, info: dict[str, str], started: datetime, elapsed: float,
            ing: dict[str, Any] | None, ch: churn.ChurnResult | None,
            wh: webhook.WebhookResult | None = None,
-           prov: list[provisioning.ProvisioningResult] | None = None) -> str:  # fmt: skip
+           prov: list[provisioning.ProvisioningResult] | None = None,
+           pace: list[pacing.PacingResult] | None = None,
+           ver: verify.VerifyResult | None = None,
+           snap: list[snapshots.SnapshotResult] | None = None) -> str:  # fmt: skip
     lines = [
         f"**Command:** `{command}`  ",
         f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
@@ -211,6 +276,12 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         rows += webhook.summary_rows(wh)
     for r in prov or []:
         rows += provisioning.summary_rows(r)
+    for r in pace or []:
+        rows += pacing.summary_rows(r)
+    if ver:
+        rows += verify.summary_rows(ver)
+    if snap:
+        rows += snapshots.summary_rows(snap[-1])
     lines.append(table(["metric", "value", "target", "ratio to target", "met"], rows))
     if ing:
         lines += ["", *ingest_details(ing)]
@@ -220,6 +291,12 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         lines += ["", *webhook.details(wh)]
     if prov:
         lines += ["", *provisioning.details(prov)]
+    if pace:
+        lines += ["", *pacing.details(pace)]
+    if ver:
+        lines += ["", *verify.details(ver)]
+    if snap:
+        lines += ["", *snapshots.details(snap)]
     if ing and ing.get("profile"):
         lines += ["", *profile_details(ing["profile"], ing.get("profile_pool"), ing["pool"],
                                        min(ing["events"], QUICK_EVENTS))]  # fmt: skip
@@ -408,9 +485,18 @@ def profile_details(prof: ingest.ProfileResult, pooled: ingest.ProfileResult | N
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["--only", "jumpcloud"]:  # issue 11, a section of its own
+        return __import__("benchmarks.jumpcloud", fromlist=["main"]).main(argv[2:])
     args = parse_args(argv)
     n = args.events or (QUICK_EVENTS if args.quick else FULL_EVENTS)
-    if args.only in ("webhook", "provisioning"):
+    if args.only == "snapshot":
+        key, title = "issue-11", "Issue 11: snapshots"
+    elif args.only == "pacing":  # issue 10, a section of its own
+        key = "pacing-quick" if args.quick else "pacing-full"
+        title = "Issue 10: pacing against an exact token bucket" + (
+            " (quick run)" if args.quick else ""
+        )
+    elif args.only in ("webhook", "provisioning", "verify"):
         size = "quick" if args.quick else "full"
         key, title = f"{args.only}-{size}", f"Results: {args.only} only ({size} run)"
     elif n == FULL_EVENTS and not args.only:
@@ -433,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    ing = ch = wh = prov = None
+    ing = ch = wh = prov = pace = ver = snap = None
     try:
         if args.only in (None, "ingest"):
             ing = run_ingest(args, n, workdir)
@@ -443,12 +529,18 @@ def main(argv: list[str] | None = None) -> int:
             wh = run_webhook(args, workdir)
         if args.only in (None, "provisioning"):
             prov = run_provisioning(args, workdir)
+        if args.only in (None, "pacing"):
+            pace = run_pacing(args, workdir)
+        if args.only in (None, "verify"):
+            ver = run_verify(args, workdir)
+        if args.only in (None, "snapshot"):
+            snap = run_snapshot(args, workdir)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - t0
     info["load_end"] = common.loadavg()
-    body = render(command, info, started, elapsed, ing, ch, wh, prov)
+    body = render(command, info, started, elapsed, ing, ch, wh, prov, pace, ver, snap)
     print()
     print(body)
     if not args.no_write:

@@ -1,11 +1,14 @@
 """The pacing script on a real Redis, step by step (no worker touches this Redis)."""
 
+import itertools
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import own_redis
+from tests.support.scimserver import ScimServer
 from worker import keys, ratelimit, scripts
 from worker.redis_server import RedisServer
 from worker.workqueue import Workqueue
@@ -114,3 +117,180 @@ def test_pacing_follows_redis_clock_whatever_the_workers_clocks_say(r, monkeypat
         waits.append(ratelimit.acquire(r, "skew", 5, 1, "t", f"k{i}"))
     assert waits[0] == 0
     assert [round(w, 1) for w in waits[1:]] == [0.2, 0.4, 0.6]
+
+
+# -- the pace learned from 429s (issue 10) -----------------------------------------------------
+def _age(r, app: str, ms: int, climb: bool = True) -> None:
+    """Pretend the app's last 429 came ``ms`` earlier; without ``climb``, as if the pace had
+    not climbed back since."""
+    key = f"prov:rl:{app}:pace"
+    state = {k.decode(): float(v) for k, v in r.hgetall(key).items()}
+    r.hset(key, mapping={f: state[f] - ms for f in ("cut", *(["t"] if climb else []))})
+
+
+def _due(r, app: str, rate: float, burst: int, names: list[str]) -> list[float]:
+    """When each key's slot is due, in seconds from the first request (this process's clock,
+    so that the time the requests themselves take does not count)."""
+    start, due = time.monotonic(), []
+    for name in names:
+        asked = time.monotonic()
+        due.append(asked - start + ratelimit.acquire(r, app, rate, burst, "t", name))
+    return due
+
+
+def _pool(r, app: str, rate: float, burst: int, grants: int, keys: int = 8) -> list[float]:
+    """A pool in miniature: ``keys`` keys, each sending one request after another as soon as
+    the limiter lets it (a key told to wait comes back then); the seconds at which the first
+    ``grants`` requests were let through."""
+    fresh = next(_names)
+    due = {f"{fresh}-{i}": 0.0 for i in range(keys)}
+    start, sent = time.monotonic(), []
+    while len(sent) < grants:
+        key = min(due, key=due.__getitem__)
+        time.sleep(max(0.0, due[key] - time.monotonic()))
+        wait = ratelimit.acquire(r, app, rate, burst, "t", key)
+        now = time.monotonic()
+        due[key] = now + wait
+        if wait == 0:
+            sent.append(now - start)
+    return sent
+
+
+def _spacing(r, app: str, rate: float, burst: int, n: int = 10) -> float:
+    """Seconds between the requests let through once the burst is spent (``_pool``)."""
+    sent = _pool(r, app, rate, burst, burst + n)
+    return (sent[-1] - sent[burst]) / (n - 1)
+
+
+def _hold_climb(r, app: str) -> None:
+    """Climb no faster than the slow probe (1 % of the pace per second) from now on."""
+    r.hset(f"prov:rl:{app}:pace", "knee", r.hget(f"prov:rl:{app}:pace", "share"))
+
+
+_names = itertools.count()
+
+
+def test_a_429_slows_the_whole_pool_for_that_app(r):
+    assert _spacing(r, "a", 20, 2) == pytest.approx(0.05, abs=0.003)
+    assert ratelimit.refused(r, "a") == pytest.approx(0.8)
+    # the 429s of the requests sent before the cut arrive together: they count, they do not cut
+    assert ratelimit.refused(r, "a") == pytest.approx(0.8, abs=0.002)
+    pace = ratelimit.pace(r, "a", 20, 2)
+    assert pace["refused"] == 2 and pace["share"] == pytest.approx(0.8, abs=0.002)
+    assert pace["requests_per_second"] == pytest.approx(20 * 0.99 * 0.8, abs=0.05)
+    assert pace["ceiling"] == pytest.approx(19.8)
+    _hold_climb(r, "a")
+    # 0.8 of the rate, less the 1 % margin an app that refused gets from now on
+    assert _spacing(r, "a", 20, 2) == pytest.approx(1 / (20 * 0.99 * 0.8), abs=0.003)
+    assert ratelimit.pace(r, "b", 20, 2)["refused"] == 0  # another app keeps its pace
+    assert _spacing(r, "b", 20, 2) == pytest.approx(0.05, abs=0.003)
+    _age(r, "a", 1000, climb=False)  # a second later, a new 429 cuts again
+    share = ratelimit.pace(r, "a", 20, 2)["share"]
+    assert ratelimit.refused(r, "a") == pytest.approx(share * 0.8, abs=0.002)
+
+
+def test_the_pace_climbs_back_fast_to_below_the_refused_one_then_slowly_to_the_rate(r):
+    assert ratelimit.refused(r, "a") == pytest.approx(0.8)  # refused at the full pace
+    _age(r, "a", 2000)
+    assert ratelimit.pace(r, "a", 20, 2)["share"] == pytest.approx(0.9, abs=0.002)  # 5 %/s
+    _age(r, "a", 1000)
+    assert ratelimit.pace(r, "a", 20, 2)["share"] == pytest.approx(0.95, abs=0.002)  # the knee
+    _age(r, "a", 2000)
+    assert ratelimit.pace(r, "a", 20, 2)["share"] == pytest.approx(0.97, abs=0.002)  # 1 %/s
+    _age(r, "a", 60000)
+    pace = ratelimit.pace(r, "a", 20, 2)
+    assert pace["share"] == 1.0  # and no further
+    assert pace["requests_per_second"] == pytest.approx(19.8)  # never above the rate
+    assert _spacing(r, "a", 20, 2) == pytest.approx(1 / 19.8, abs=0.003)
+
+
+def test_the_pace_never_goes_below_the_floor(r):
+    for _ in range(20):
+        ratelimit.refused(r, "a")
+        _age(r, "a", 1000, climb=False)
+    _hold_climb(r, "a")
+    pace = ratelimit.pace(r, "a", 50, 5)
+    assert pace["share"] == pytest.approx(0.1) and pace["refused"] == 20
+    assert pace["requests_per_second"] == pytest.approx(50 * 0.99 * 0.1)
+    # (climbing back meanwhile by 1 % a second: 0.1 to 0.116 over the 1.6 s it takes)
+    assert _spacing(r, "a", 50, 5, n=8) == pytest.approx(1 / (50 * 0.99 * 0.108), abs=0.01)
+
+
+def test_a_cut_moves_the_reservations_already_handed_out(r):
+    """A backlog holds reservations for seconds ahead: a 429 slows them all down at once."""
+    waits = [ratelimit.acquire(r, "a", 5, 5, "t", f"k{i}") for i in range(8)]
+    due = time.monotonic() + waits[7]
+    ratelimit.refused(r, "a")  # 0.8 of the pace, climbing back 5 % a second
+    left = due - time.monotonic()
+    later = ratelimit.acquire(r, "a", 5, 5, "t", "k7")  # k7 came back early: wait some more
+    assert left / 0.85 < later < left / 0.8 + 0.01
+
+
+def test_keys_told_to_come_back_find_their_slot_as_the_pace_climbs(r):
+    """Told when to come back, a key cannot be called back sooner: its slot is where the
+    climbing pace will have brought the schedule by then, neither sooner nor later."""
+    ratelimit.refused(r, "a")  # 0.8 of 20/s, climbing back 5 % a second
+    names = [f"k{i}" for i in range(45)]
+    start = time.monotonic()
+    due = _due(r, "a", 20, 5, names)  # more than 2 s of reservations
+    again = []
+    for name, at in list(zip(names, due, strict=True))[4:]:  # the burst's 4 went at once
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        again.append(ratelimit.acquire(r, "a", 20, 5, "t", name))
+    assert again == [0] * (len(names) - 4)  # every key on time, none told to wait more
+    gaps = [b - a for a, b in zip(due[5:], due[6:], strict=False)]
+    assert gaps[0] == pytest.approx(1 / (19.8 * 0.8), abs=0.002)
+    assert gaps[-1] == pytest.approx(1 / (19.8 * (0.8 + 0.05 * due[-1])), abs=0.002)
+
+
+def test_once_an_app_refused_the_pool_keeps_part_of_its_burst_in_hand(r):
+    """A burst spent at once empties an exact token bucket, and the next request must not
+    arrive a hair early: after a 429, the last request of a burst waits 40 ms."""
+    names = [f"k{i}" for i in range(7)]
+    plain = _due(r, "a", 5, 5, names)
+    assert all(d < 0.05 for d in plain[:5]) and plain[5] == pytest.approx(0.2, abs=0.005)
+    ratelimit.refused(r, "b")
+    _age(r, "b", 120000)  # long climbed back: the share is 1 again, the margin stays
+    strict = _due(r, "b", 5, 5, names)
+    assert all(d < 0.02 for d in strict[:4])  # four at once
+    assert strict[4] == pytest.approx(0.04, abs=0.005)  # the last of the burst 40 ms later
+    assert strict[5] == pytest.approx(1 / 4.95 + 0.04, abs=0.005)
+    assert strict[6] - strict[5] == pytest.approx(1 / 4.95, abs=0.002)
+
+
+def test_keys_coming_back_late_all_at_once_get_no_more_than_the_apps_bucket(r):
+    """Reserved slots long due, their keys come back together (a stalled worker, the end of a
+    pause): an app that never refused lets them through within the hard cap; for one that
+    refused, the requests let through are paced as its bucket would count them, and the keys
+    that come too soon get new places in the schedule, one interval apart."""
+    for app in ("plain", "exact"):
+        if app == "exact":
+            ratelimit.refused(r, app)
+            _age(r, app, 120000)
+        waits = [ratelimit.acquire(r, app, 5, 5, "t", f"k{i}") for i in range(12)]
+        assert sum(1 for w in waits if w == 0) == (5 if app == "plain" else 4)
+    time.sleep(max(waits) + 1.1)  # every slot due, and the bucket full again
+    plain = [ratelimit.acquire(r, "plain", 5, 5, "t", f"k{i}") for i in range(5, 12)]
+    assert plain == [0] * 7  # within rate + burst in the window
+    exact = _due(r, "exact", 5, 5, [f"k{i}" for i in range(4, 12)])
+    assert all(d < 0.02 for d in exact[:4])  # the bucket's 5, less what it keeps in hand
+    assert exact[4] == pytest.approx(0.04, abs=0.005)  # then the 5th, and one at a time
+    gaps = [b - a for a, b in zip(exact[4:], exact[5:], strict=False)]
+    assert gaps == pytest.approx([1 / 4.95] * 3, abs=0.003)
+
+
+def test_the_token_bucket_double_counts_exactly_as_a_gateway_does():
+    """``ScimServer(rate_limit=(5, 5))``: 5 requests at once, then one per 200 ms; a refused
+    request is answered 429 with Retry-After: 1, takes no token and never reaches the app."""
+    with ScimServer(rate_limit=(5.0, 5)) as scim:
+        headers = {"Authorization": f"Bearer {scim.token}"}
+        with httpx.Client(base_url=scim.base_url, headers=headers, timeout=10) as http:
+            first = [http.get("/Users").status_code for _ in range(6)]
+            refused = http.get("/Users")
+            time.sleep(0.25)  # one token more
+            later = [http.get("/Users").status_code for _ in range(2)]
+        assert first == [200] * 5 + [429] and later == [200, 429]
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert scim.users() == []  # the double's own reads pass the gateway, uncounted
+        assert (scim.bucket.accepted, scim.bucket.refused) == (6, 3)
+        assert len(scim.requests) == 6 + 1  # the app saw what the gateway let through (+ ours)

@@ -78,6 +78,13 @@ WQ_DEFERRED = PREFIX + "wq:deferred"  # HASH group key -> since when it waits fo
 WORKERS = PREFIX + "workers"  # ZSET worker name -> heartbeat expiry (ms)
 
 
+def jumpcloud(org: str, name: str) -> str:
+    """The JumpCloud connector's state for one org (producers/jumpcloud/): ``cursor`` (STRING,
+    JSON: the Directory Insights query's start and ``search_after``), ``synced`` (STRING, JSON:
+    the last sync that was published)."""
+    return f"{PREFIX}jumpcloud:{org}:{name}"
+
+
 # Projection (written by lua/ingest.lua; read by projection.py)
 def user(user_id: str) -> str:
     return f"{PREFIX}u:{user_id}"

@@ -1,15 +1,26 @@
 """Pool-wide pacing of each application: a GCRA in Redis shared by every worker, pauses for
-``Retry-After``, and a circuit breaker that opens on a storm of 5xx and probes before resuming.
+``Retry-After``, a pace learned from the application's 429s, and a circuit breaker that opens
+on a storm of 5xx and probes before resuming.
 
 Nothing here sleeps for long: a request that must wait reserves the next free slot and raises
 ``Throttled``; the runner gives the key back to the workqueue until that slot, so the worker
 serves other keys and other applications meanwhile, and a backlog costs no futile retries.
+
+The configured rate is a ceiling, not a promise: each 429 takes the pool's pace for the app
+down by a fifth (at most once a second), then it climbs back, fast up to just below the pace
+that was refused and slowly beyond, never above the configured rate nor below a tenth of it
+(AIMD). From its first 429 on, an app is taken to count exactly, as a token bucket does: it is
+paced 1 % under its rate, keeps 40 ms of its burst in hand for the spread of the trips, and
+the requests actually let through are paced once more as they happen, so that keys coming back
+late (or early, for a pace since lowered) never bunch up. ``lua/throttle.lua`` has the figures.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from typing import Any
 
 import redis
 
@@ -67,12 +78,34 @@ def acquire(
 
 
 def pause(client: redis.Redis, app_id: str, seconds: float) -> None:
-    """Stop every request to the app for ``seconds`` (never shortens a longer pause)."""
-    until = scripts.now_ms() + int(seconds * 1000)
-    key = f"{keys.PREFIX}rl:{app_id}:until"
-    current = client.get(key)
-    if current is None or int(current) < until:
-        client.set(key, until, px=int(seconds * 1000) + 1000)
+    """Stop every request to the app for ``seconds`` (never shortens a longer pause), on
+    Redis's clock, in one atomic step."""
+    scripts.run(client, "throttle", app_id, "pause", max(1, math.ceil(seconds * 1000)))
+
+
+def refused(client: redis.Redis, app_id: str) -> float:
+    """The app answered 429: lower the pool's pace for it (once per second at most); returns
+    the learned share of the configured pace."""
+    share = float(scripts.run(client, "throttle", app_id, "refused"))
+    log.warning("%s refused a request (429): pacing at %.0f%% of its rate", app_id, share * 100)
+    return share
+
+
+def pace(client: redis.Redis, app_id: str, rate: float, burst: int) -> dict[str, Any]:
+    """What the pool learned of the app's limit, for ``status``: the pace it keeps now, its
+    ceiling (the configured pace, less the margin of an app that refused) and the share of it,
+    the 429s counted, when the last one lowered the pace, and how long the app is paused."""
+    share, now, ceiling, refusals, cut_ms, paused_ms = scripts.run(
+        client, "throttle", app_id, "pace", repr(1000.0 / rate), max(burst, 1)
+    )
+    return {
+        "requests_per_second": round(float(now), 3),
+        "ceiling": round(float(ceiling), 3),
+        "share": round(float(share), 3),
+        "refused": int(refusals),
+        "last_cut_seconds_ago": None if int(cut_ms) < 0 else round(int(cut_ms) / 1000, 1),
+        "paused_seconds": round(int(paused_ms) / 1000, 1),
+    }
 
 
 def transient_failure(client: redis.Redis, app_id: str) -> bool:

@@ -5,6 +5,7 @@
 | success | the key is done; marked again if it was dirtied meanwhile |
 | 429, 5xx, timeout (``Transient``) | the key stays dirty and runs again after a capped, jittered backoff (``Retry-After`` when given); later changes coalesce into that run |
 | 401/403 (``Unauthorized``) | the integration is paused (``apps reauth`` resumes it); its keys wait |
+| 501, 405, 400 ``invalidPath``/``noTarget``/``invalidSyntax`` (``Unsupported``) | the next form of the request is learned for the app and sent (``scim/compat.py``); with no form left, the key is parked with the reason; never retried as is |
 | 400, unresolvable 409 (``Invalid``, ``Conflict``) | the key is parked with the reason until its object changes again or ``retry`` |
 """
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from worker import apps, audit, dryrun, guard, keys, ratelimit
+from worker import apps, audit, dryrun, guard, keys, learned, ratelimit
 from worker.apps import AppConfig, AppError
 from worker.audit import AuditEntry
 from worker.celery_app import send_reconcile
@@ -95,7 +96,9 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
     # one round trip: the lease, the app's config and the causes of the run (a malformed key
     # is never dirty: it comes back "clean" and is dropped here)
     app_id = key_text.partition(" ")[0]
-    state, config, causes = queue.claim_run(key_text, token, app_id, audit.cause_key(key_text))
+    state, config, causes, knowledge = queue.claim_run(
+        key_text, token, app_id, audit.cause_key(key_text)
+    )
     if state != "claimed":
         return RunResult(key_text, state)
     key = ReconcileKey.parse(key_text)
@@ -125,6 +128,7 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
                 causes=causes,
                 throttle=lambda: _take_slot(client, app.id, rate, burst, token, key_text),
                 guard=lambda name, obj: _guard(client, app.id, key_text, name, obj),
+                knowledge=learned.parse(knowledge),
                 **options,
             )
             reconciler.reconcile(key, result.outcome)
@@ -146,6 +150,8 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         delay = throttled.wait
         result.state = "throttled"
     except Transient as error:
+        if error.status == 429:
+            ratelimit.refused(client, key.app)  # the app's limit is lower: the pool slows down
         if error.retry_after:
             ratelimit.pause(client, key.app, error.retry_after)  # the whole pool slows down
             delay = error.retry_after + random.uniform(0, 1)

@@ -2,7 +2,8 @@
 
 ``ScimServer`` serves scim2-server's ``BearerTokenApplication`` (RFC 7643 schemas, the
 enterprise User extension, every feature announced) on 127.0.0.1 and a free port, with
-a request log and a fault hook (``inject``) that lets a test answer a request itself.
+a request log and a fault hook (``inject``) that lets a test answer a request itself, and,
+with ``rate_limit=(rate, burst)``, a gateway in front of it that enforces an exact token bucket.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import Any
@@ -135,11 +138,69 @@ class _QuietHandler(WSGIRequestHandler):
             self.close_connection = True  # the body ended with the connection
 
 
-class ScimServer:
-    """A scim2-server application on 127.0.0.1, served from a thread; use as a context manager."""
+SCIM_ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
+INSPECT = "X-Test-Inspect"  # the double's own reads (``users``, ``groups``) pass the gateway
 
-    def __init__(self, token: str = "test-token-s3cr3t") -> None:
+
+class TokenBucket:
+    """A gateway's rate limit, exactly: ``rate`` tokens a second, at most ``burst`` held (full
+    at the start); a request takes a token or is refused (429, ``Retry-After: 1``). A refused
+    request takes nothing. ``arrivals`` logs (monotonic time, accepted, "METHOD /path") of
+    every request."""
+
+    RETRY_AFTER = "1"
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+        self.arrivals: list[tuple[float, bool, str]] = []
+
+    def take(self, request: str = "") -> bool:
+        """A request arrives: True when it may go on to the application."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            accepted = self._tokens >= 1.0
+            if accepted:
+                self._tokens -= 1.0
+            self.arrivals.append((now, accepted, request))
+            return accepted
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for _, ok, _ in self.arrivals if ok)
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for _, ok, _ in self.arrivals if not ok)
+
+    def clear(self) -> None:
+        """Forget the arrivals (the bucket keeps its tokens)."""
+        with self._lock:
+            self.arrivals.clear()
+
+    def answer(self) -> tuple[int, dict[str, str], bytes]:
+        body = json.dumps({"schemas": [SCIM_ERROR], "status": "429",
+                           "detail": "rate limit exceeded"}).encode()  # fmt: skip
+        headers = {"Retry-After": self.RETRY_AFTER, "Content-Type": "application/scim+json"}
+        return 429, headers, body
+
+
+class ScimServer:
+    """A scim2-server application on 127.0.0.1, served from a thread; use as a context manager.
+
+    ``rate_limit=(rate, burst)`` puts a gateway in front of it: a ``TokenBucket`` checked as
+    each request arrives, before any fault hook and before the application handles it, as a
+    gateway does; its refusals are counted in ``bucket`` and never reach the request log."""
+
+    def __init__(
+        self, token: str = "test-token-s3cr3t", rate_limit: tuple[float, int] | None = None
+    ) -> None:
         self.token = token
+        self.bucket = TokenBucket(*rate_limit) if rate_limit else None
         self.storage = InMemoryStorage()
         self.app = BearerTokenApplication(self.storage, _provider(), bearer_tokens=[token])
         self.requests: list[tuple[str, str]] = []
@@ -195,11 +256,13 @@ class ScimServer:
             self.requests.clear()
 
     def reset(self) -> None:
-        """Empty the storage, the request log and the fault hook."""
+        """Empty the storage, the request log and the fault hook (and the gateway's log)."""
         with self.storage.operation():
             self.storage.resources = []
         self.inject(None)
         self.clear_requests()
+        if self.bucket is not None:
+            self.bucket.clear()
 
     def users(self) -> list[dict[str, Any]]:
         """Every user, as plain JSON, read over SCIM."""
@@ -210,7 +273,7 @@ class ScimServer:
         return list(self._list("Groups"))
 
     def _list(self, endpoint: str, count: int = 100) -> Iterator[dict[str, Any]]:
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}", INSPECT: "1"}
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=10) as http:
             start = 1
             while True:
@@ -225,6 +288,10 @@ class ScimServer:
 
     # -- WSGI --------------------------------------------------------------
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        bucket = self.bucket
+        request = f"{environ['REQUEST_METHOD']} {environ.get('PATH_INFO', '')}"
+        if bucket is not None and "HTTP_X_TEST_INSPECT" not in environ and not bucket.take(request):
+            return self._answer(bucket.answer(), start_response)  # the gateway refuses it
         with self._lock:
             self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
         fault = self._fault
@@ -237,6 +304,12 @@ class ScimServer:
                 list(self.app(environ, lambda *args: None))  # type: ignore[arg-type]
             environ["test.connection"].shutdown(socket.SHUT_RDWR)
             raise ConnectionAbortedError  # wsgiref gives up on the request quietly
+        return self._answer(answer, start_response)
+
+    @staticmethod
+    def _answer(
+        answer: tuple[int, dict[str, str], bytes], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         status, headers, body = answer
         phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         start_response(f"{status} {phrase}", [*headers.items(), ("Content-Length", str(len(body)))])
