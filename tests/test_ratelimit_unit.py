@@ -294,3 +294,18 @@ def test_the_token_bucket_double_counts_exactly_as_a_gateway_does():
         assert scim.users() == []  # the double's own reads pass the gateway, uncounted
         assert (scim.bucket.accepted, scim.bucket.refused) == (6, 3)
         assert len(scim.requests) == 6 + 1  # the app saw what the gateway let through (+ ours)
+
+
+def test_a_throttled_answer_teaches_the_pool_the_same_wherever_it_came_from(r):
+    """``slow_down`` is what a reconcile and a listing (activation, verify) both call."""
+    from worker import apps
+    from worker.scim import Transient
+
+    ratelimit.slow_down(r, "a", Transient(503, "busy"))  # no 429, no Retry-After: nothing
+    assert ratelimit.pace(r, "a", 5.0, 5)["refused"] == 0
+    ratelimit.slow_down(r, "a", Transient(429, "slow down", retry_after=2.0))
+    learned = ratelimit.pace(r, "a", 5.0, 5)
+    assert learned["refused"] == 1 and learned["share"] == pytest.approx(0.8)
+    assert ratelimit.acquire(r, "a", 5.0, 5, "t", "a user u1") >= 1.5  # paused
+    apps.remove(r, "a")  # the app is forgotten, and so is what its 429s taught
+    assert ratelimit.pace(r, "a", 5.0, 5)["refused"] == 0

@@ -130,6 +130,7 @@ def remove(client: redis.Redis, app_id: str) -> None:
     pipe.delete(
         keys.app(app_id),
         keys.app_learned(app_id),
+        f"{keys.PREFIX}rl:{app_id}:pace",  # the pace learned from its 429s (lua/throttle.lua)
         *(keys.mirror(app_id, kind) for kind in ("user", "group")),
         *(keys.mirror_absent(app_id, kind) for kind in ("user", "group")),
         *(keys.mirror_doubt(app_id, kind) for kind in ("user", "group")),

@@ -34,7 +34,14 @@ from worker import apps, keys, projection, ratelimit, rules, scripts
 from worker.apps import AppConfig
 from worker.mirror import Mirror
 from worker.model import GroupFacts, MirrorGroup, MirrorUser, UserFacts
-from worker.scim import Invalid, ScimClient, ScimError, make_http_client, profile_by_name
+from worker.scim import (
+    Invalid,
+    ScimClient,
+    ScimError,
+    Transient,
+    make_http_client,
+    profile_by_name,
+)
 from worker.scim.client import MAX_BODY_BYTES, RemoteGroup, RemoteUser
 from worker.scim.profiles import Profile
 
@@ -484,9 +491,8 @@ def seed_from_app(
                 seed_groups_from(mirror, wanted, listed, report.groups)
     except ScimError as error:
         report.error = f"the application answered: {error}"
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after:
-            ratelimit.pause(client, app.id, retry_after)
+        if isinstance(error, Transient):
+            ratelimit.slow_down(client, app.id, error)  # its 429 teaches the pace, as a reconcile's
     return report
 
 

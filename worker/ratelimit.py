@@ -20,11 +20,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from worker import keys, scripts
+
+if TYPE_CHECKING:
+    from worker.scim.errors import Transient
 
 log = logging.getLogger("provisioner.ratelimit")
 
@@ -81,6 +84,15 @@ def pause(client: redis.Redis, app_id: str, seconds: float) -> None:
     """Stop every request to the app for ``seconds`` (never shortens a longer pause), on
     Redis's clock, in one atomic step."""
     scripts.run(client, "throttle", app_id, "pause", max(1, math.ceil(seconds * 1000)))
+
+
+def slow_down(client: redis.Redis, app_id: str, error: Transient) -> None:
+    """What a throttled answer teaches the whole pool, from a reconcile or a listing alike: a
+    429 lowers the app's learned pace, a ``Retry-After`` pauses the app."""
+    if error.status == 429:
+        refused(client, app_id)
+    if error.retry_after:
+        pause(client, app_id, error.retry_after)
 
 
 def refused(client: redis.Redis, app_id: str) -> float:

@@ -150,10 +150,8 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         delay = throttled.wait
         result.state = "throttled"
     except Transient as error:
-        if error.status == 429:
-            ratelimit.refused(client, key.app)  # the app's limit is lower: the pool slows down
+        ratelimit.slow_down(client, key.app, error)  # the whole pool slows down
         if error.retry_after:
-            ratelimit.pause(client, key.app, error.retry_after)  # the whole pool slows down
             delay = error.retry_after + random.uniform(0, 1)
         else:
             ratelimit.transient_failure(client, key.app)
