@@ -416,7 +416,7 @@ def run(
     workdir: Path, shape: PoolShape, users: int = 200, groups: int = 10, rate: float | None = None
 ) -> ChurnResult:
     """``rate``: requests/s of the app during the churn (None: the profile's default)."""
-    from worker.status import snapshot
+    from worker.cli.status import snapshot
 
     w = churn_workload(users, groups)
     initial_view, final_view = view(w.before), view(w.after)

@@ -29,7 +29,7 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
-    from worker.redis_server import redis_server_binary
+    from worker.devstack.redis_server import redis_server_binary
 
     try:
         version = subprocess.run([redis_server_binary(), "--version"], capture_output=True,
@@ -51,7 +51,7 @@ def machine() -> dict[str, str]:
 @contextmanager
 def redis_server(workdir: Path, name: str):
     """A fresh embedded Redis (AOF on, ``appendfsync everysec``) in its own data dir."""
-    from worker.redis_server import RedisServer
+    from worker.devstack.redis_server import RedisServer
 
     data = workdir / f"redis-{name}"
     shutil.rmtree(data, ignore_errors=True)
@@ -109,7 +109,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``provisioner ARGS`` against the Redis at ``url``; raises with its stderr on failure."""
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([python(), "-m", "worker.cli", *args], env=env,
+    result = subprocess.run([python(), "-m", "worker.cli.main", *args], env=env,
                             cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"provisioner {' '.join(args[:2])} failed: {result.stderr[-2000:]}")
@@ -130,13 +130,13 @@ def activate_when_ready(url: str, client: redis.Redis, processes: int, scim: Any
 
 
 def workers_ready(client: redis.Redis, count: int) -> bool:
-    from worker.status import snapshot
+    from worker.cli.status import snapshot
 
     return len(snapshot(client)["workers"]) >= count
 
 
 def counters(client: redis.Redis) -> dict[str, int]:
-    from worker import keys
+    from worker.store import keys
 
     return {k.decode(): int(v) for k, v in client.hgetall(keys.COUNTERS).items()}
 
@@ -226,7 +226,7 @@ def tree_cpu(roots: list[int]) -> float:
 def settled(client: redis.Redis, timeout: float, interval: float = 0.15) -> float:
     """Wait until status is idle on 3 polls in a row (a follow-up mark may come just after a
     release); returns the monotonic time it first was."""
-    from worker.status import idle, snapshot
+    from worker.cli.status import idle, snapshot
 
     deadline = time.monotonic() + timeout
     streak, first = 0, 0.0

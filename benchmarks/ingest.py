@@ -19,16 +19,16 @@ import redis
 
 from benchmarks import common
 from benchmarks.common import PoolShape
-from worker.status import idle
+from worker.cli.status import idle
 
 TARGET_EVENTS_PER_S = 20_000
 
 
 def replay_command(path: Path, profile: Path | None = None) -> list[str]:
     if profile is not None:
-        return [common.python(), "-m", "cProfile", "-o", str(profile), "-m", "worker.cli",
+        return [common.python(), "-m", "cProfile", "-o", str(profile), "-m", "worker.cli.main",
                 "replay", str(path)]  # fmt: skip
-    return [common.python(), "-m", "worker.cli", "replay", str(path)]
+    return [common.python(), "-m", "worker.cli.main", "replay", str(path)]
 
 
 def _children_cpu() -> float:
@@ -214,7 +214,7 @@ class ProfileResult:
 def profile_replay(
     path: Path, n: int, workdir: Path, shape: PoolShape | None = None
 ) -> ProfileResult:
-    """``python -m cProfile -m worker.cli replay FILE``: where the replay's time goes, with no
+    """``python -m cProfile -m worker.cli.main replay FILE``: where the replay's time goes, with no
     worker running, or with a pool of ``shape`` ingesting meanwhile."""
     import pstats
 
@@ -250,16 +250,16 @@ def profile_replay(
         return max((v for k, v in cumulative.items() if all(f in k for f in fragments)),
                    default=0.0)  # fmt: skip
 
-    total = cum("worker/cli.py", "(main)")
+    total = cum("worker/cli/main.py", "(main)")
     groups = {
         "read_events (read + decode + validate)": cum("producers/replay.py", "(read_events)"),
         "  json.loads": cum("json/__init__.py", "(loads)"),
         "  pydantic validate_python": cum("type_adapter.py", "(validate_python)"),
-        "publish (all batches)": cum("producers/publish.py", "(publish)"),
-        "  wire(): dump_json + version": cum("producers/publish.py", "(wire)"),
+        "publish (all batches)": cum("worker/queue/publish.py", "(publish)"),
+        "  wire(): dump_json + version": cum("worker/queue/publish.py", "(wire)"),
         "  EVALSHA store_batch (round trip)": cum("redis/commands/core.py", "(evalsha)"),
         "  wake-up messages (built for store_batch)": cum(
-            "worker/celery_app.py", "(ingest_message)"
+            "worker/queue/celery_app.py", "(ingest_message)"
         ),
         "interpreter start + imports (outside main)": max(0.0, seconds - total),
     }

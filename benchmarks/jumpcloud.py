@@ -57,7 +57,7 @@ class FollowResult:
 def run(workdir: Path, samples: int, shape: PoolShape, log: Any = print) -> FollowResult:
     from tests.support.jumpcloud import FakeJumpCloud
     from tests.support.scimserver import ScimServer
-    from worker import keys
+    from worker.store import keys
 
     result = FollowResult(samples, USERS, str(shape), INTERVAL)
     rng = random.Random(11)
@@ -81,7 +81,7 @@ def run(workdir: Path, samples: int, shape: PoolShape, log: Any = print) -> Foll
             key.write_text(fake.api_key)
             env = {**os.environ, "REDIS_URL": server.url, "PYTHONPATH": str(common.ROOT),
                    "PROVISIONER_HOME": str(workdir)}  # fmt: skip
-            base = [common.python(), "-m", "worker.cli", "jumpcloud"]
+            base = [common.python(), "-m", "worker.cli.main", "jumpcloud"]
             options = ["--api-key-file", str(key), "--api-url", fake.url, "--app",
                        f"{APP}={application}"]  # fmt: skip
             subprocess.run([*base, "sync", *options], env=env, cwd=common.ROOT, check=True,
@@ -146,7 +146,7 @@ def run(workdir: Path, samples: int, shape: PoolShape, log: Any = print) -> Foll
 def _journaled(client: Any, insights_id: str) -> float:
     """When the follower's event for an Insights event entered the journal (ms since epoch:
     the stream entry's id, Redis's clock, on this machine)."""
-    from worker import keys
+    from worker.store import keys
 
     for entry_id, fields in client.xrevrange(keys.JOURNAL, count=50):
         if json.loads(fields[b"e"])["id"] == f"jc-{insights_id}":

@@ -135,7 +135,7 @@ def baseline_code(workdir: Path, ref: str) -> tuple[Path, str]:
 def _cli(root: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``provisioner ARGS`` run from the code in ``root``."""
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(root)}
-    result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=root,
+    result = subprocess.run([sys.executable, "-m", "worker.cli.main", *args], env=env, cwd=root,
                             capture_output=True, text=True, timeout=900)  # fmt: skip
     if result.returncode != 0:
         raise RuntimeError(f"provisioner {' '.join(args[:2])} failed: {result.stderr[-2000:]}")
@@ -150,7 +150,7 @@ def _pool(url: str, shape: PoolShape, root: Path) -> Any:
         def start_one(self) -> subprocess.Popen[bytes]:
             name = f"bench{next(self._names)}@%h"
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "worker", "--pool", self.pool,
+                [sys.executable, "-m", "worker.cli.main", "worker", "--pool", self.pool,
                  "--concurrency", str(self.concurrency), "--loglevel", self.loglevel,
                  "--hostname", name],
                 env=self.env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -171,7 +171,7 @@ def run(workdir: Path, users: int, shape: PoolShape, label: str = "after", root:
         code: str = "", log: Any = print) -> PacingResult:  # fmt: skip
     """Provision ``users`` behind the token bucket with the workers and CLI of ``root``."""
     from tests.support.scimserver import ScimServer
-    from worker.status import snapshot
+    from worker.cli.status import snapshot
 
     d = provisioning.directory(users)
     path = workdir / f"pacing-{users}.jsonl"

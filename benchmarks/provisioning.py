@@ -184,8 +184,8 @@ class _Recorder:
 def run(workdir: Path, users: int, rate: float, shape: PoolShape, burst: int | None = None,
         log: Any = print) -> ProvisioningResult:  # fmt: skip
     from tests.support.scimserver import ScimServer
+    from worker.cli.status import snapshot
     from worker.scim.profiles import ZSCALER
-    from worker.status import snapshot
 
     burst = ZSCALER.burst if burst is None else burst
     d = directory(users)
@@ -421,8 +421,8 @@ def run_activation(workdir: Path, users: int, rate: float, shape: PoolShape, lis
     then ``apps activate`` (with or without ``--no-listing``) provisions it: every request
     from the activation's start to idle is counted, the activation's checks included."""
     from tests.support.scimserver import ScimServer
-    from worker import audit
-    from worker.status import snapshot
+    from worker.cli.status import snapshot
+    from worker.store import audit
 
     d = directory(users)
     path = workdir / f"activation-{users}.jsonl"

@@ -466,7 +466,7 @@ def profile_details(prof: ingest.ProfileResult, pooled: ingest.ProfileResult | N
         for row in rows:
             row.append(f"{pooled.groups.get(row[0], 0.0):.2f}")
     return [
-        f"### Profile: `python -m cProfile -m worker.cli replay FILE` ({n:,} events)",
+        f"### Profile: `python -m cProfile -m worker.cli.main replay FILE` ({n:,} events)",
         "",
         f"{prof.seconds:.1f} s under the profiler with no worker running"
         + (f", {pooled.seconds:.1f} s with the pool ingesting meanwhile" if pooled else "")

@@ -213,7 +213,7 @@ def _measure(url: str, client: redis.Redis, workdir: Path, label: str, *args: st
     t0 = time.monotonic()
     with out_path.open("w") as out, err_path.open("w") as err:
         code = subprocess.call([common.python(), "-c", LAUNCHER, common.python(), "-m",
-                                "worker.cli", *args], env=env, cwd=common.ROOT, stdout=out,
+                                "worker.cli.main", *args], env=env, cwd=common.ROOT, stdout=out,
                                stderr=err)  # fmt: skip
     seconds = time.monotonic() - t0
     if code != 0:
@@ -236,15 +236,15 @@ def _measure(url: str, client: redis.Redis, workdir: Path, label: str, *args: st
 
 def _apply(client: redis.Redis) -> None:
     """Apply every pending batch here (no worker runs)."""
-    from worker import keys, scripts
+    from worker.store import keys, scripts
 
     for batch_id in client.zrange(keys.PENDING_BATCHES, 0, -1):
         scripts.run(client, "ingest", batch_id.decode())
 
 
 def _publish_all(client: redis.Redis, documents: Any) -> None:
-    from producers.publish import publish
-    from worker.events import parse_documents
+    from worker.contract.events import parse_documents
+    from worker.queue.publish import publish
 
     chunk: list[dict[str, Any]] = []
     for document in documents:

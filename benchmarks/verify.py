@@ -64,7 +64,7 @@ class VerifyResult:
 def _verify(url: str, *options: str) -> tuple[int, dict[str, Any], float]:
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(common.ROOT)}
     t0 = time.monotonic()
-    result = subprocess.run([common.python(), "-m", "worker.cli", "verify", APP, "--json",
+    result = subprocess.run([common.python(), "-m", "worker.cli.main", "verify", APP, "--json",
                              *options], env=env, cwd=common.ROOT, capture_output=True, text=True,
                             timeout=3600)  # fmt: skip
     seconds = time.monotonic() - t0
@@ -113,7 +113,7 @@ def inject(scim: Any, d: Any, rng: random.Random) -> set[tuple[str, str]]:
 
 def run(workdir: Path, users: int, rate: float, shape: PoolShape, log: Any = print) -> VerifyResult:
     from tests.support.scimserver import ScimServer
-    from worker.status import snapshot
+    from worker.cli.status import snapshot
 
     d = directory(users)
     path = workdir / f"verify-{users}.jsonl"

@@ -52,14 +52,14 @@ def receiver(redis_url: str, log: Path, workers: int = RECEIVER_WORKERS) -> Iter
     tuple[subprocess.Popen[bytes], str]
 ]:  # fmt: skip
     """``provisioner webhook --port P --workers N``, until its /healthz answers; stopped after."""
-    from worker.redis_server import free_port
+    from worker.devstack.redis_server import free_port
 
     port = free_port()
     env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(common.ROOT),
            "PROVISIONER_WEBHOOK_SECRET": SECRET.decode()}  # fmt: skip
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [common.python(), "-m", "worker.cli", "webhook", "--port", str(port),
+            [common.python(), "-m", "worker.cli.main", "webhook", "--port", str(port),
              "--workers", str(workers)],
             env=env, cwd=common.ROOT, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
@@ -163,7 +163,7 @@ def throughput(redis_url: str, client: redis.Redis, log: Path, workers: int, pre
 def _throughput(url: str, proc: subprocess.Popen[bytes], client: redis.Redis, workers: int,
                 prefix: str, per_request: int, seconds: float, concurrency: int,
                 secret_file: Path) -> LoadResult:  # fmt: skip
-    from worker import keys
+    from worker.store import keys
 
     _load(url, f"{prefix}-warm", per_request, 1.0, concurrency, secret_file)  # caches
     journal0 = client.xlen(keys.JOURNAL)

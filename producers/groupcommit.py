@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from producers.publish import PublishResult, Request
+from worker.queue.publish import PublishResult, Request
 
 Commit = Callable[[Sequence[Request]], Awaitable[list[PublishResult]]]
 

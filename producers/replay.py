@@ -13,8 +13,8 @@ from typing import IO, Any
 
 import redis
 
-from producers.publish import BATCH_SIZE, PublishResult, publish
-from worker.events import Event, EventError, load_json, parse_documents, parse_events
+from worker.contract.events import Event, EventError, load_json, parse_documents, parse_events
+from worker.queue.publish import BATCH_SIZE, PublishResult, publish
 
 MAX_REPORTED = 20
 

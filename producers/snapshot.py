@@ -50,8 +50,6 @@ from typing import IO, Any
 
 import redis
 
-from producers import journal
-from producers.publish import BATCH_SIZE, publish, wire
 from producers.snapshot_diff import (
     GROUP_FIELDS,
     RELATIONS,
@@ -81,8 +79,10 @@ from producers.snapshot_lines import (
     parse_line,
     place_problem,
 )
-from worker import keys
-from worker.events import parse_documents
+from worker.contract.events import parse_documents
+from worker.progress import Progress
+from worker.queue.publish import BATCH_SIZE, ingest_now, publish, wire
+from worker.store import journal, keys
 
 CHUNK = 1000  # objects, pairs or keys per round trip
 CHUNK_IDS = 10_000  # ids (lines and their lists) waiting at once
@@ -172,7 +172,7 @@ def publish_snapshot(
 
 
 def guard_limits() -> GuardLimits:
-    """The deletion guard's share from the environment, as ``worker/guard.py`` reads it."""
+    """The deletion guard's share from the environment, as ``worker/sync/guard.py`` reads it."""
     env = os.environ
     return GuardLimits(
         percent=float(env.get("PROVISIONER_GUARD_PERCENT", "10")),
@@ -196,7 +196,7 @@ def file_lines(path: str) -> Iterator[bytes]:
 # -- rebuild from a snapshot ------------------------------------------------------------------
 @dataclass
 class SnapshotSeed:
-    """A validated snapshot file that ``journal.rebuild`` starts from (``rebuild
+    """A validated snapshot file that ``worker.apps.rebuild.rebuild`` starts from (``rebuild
     --from-snapshot``): applied to the wiped projection, then the journal's newer events."""
 
     path: str
@@ -220,23 +220,14 @@ class SnapshotSeed:
         run = _Run(client, progress=progress)
         try:
             run.read(file_lines(self.path))
-            meter = journal.Progress("snapshot", run.result.events, progress)
+            meter = Progress("snapshot", run.result.events, progress)
             for chunk in run.staged():
-                journal.ingest_now(client, [wire(e) for e in parse_documents(chunk)])
+                ingest_now(client, [wire(e) for e in parse_documents(chunk)])
                 meter.advance(len(chunk))
             meter.finish()
             return run.result.events
         finally:
             run.close()
-
-
-def rebuild_from_snapshot(
-    client: redis.Redis, path: str, *, progress: IO[str] | None = sys.stderr
-) -> journal.RebuildResult:
-    """Wipe the projection, apply the snapshot, replay the journal's events newer than it, then
-    fully sync every active app. Raises ``SnapshotError`` (a bad file) or
-    ``journal.JournalError`` (the journal dropped events newer than the snapshot)."""
-    return journal.rebuild(client, progress=progress, snapshot=SnapshotSeed.load(client, path))
 
 
 # -- one run ----------------------------------------------------------------------------------
@@ -607,7 +598,7 @@ class _Run:
             yield chunk
 
     def publish(self) -> None:
-        meter = journal.Progress("publish", self.result.events, self.progress)
+        meter = Progress("publish", self.result.events, self.progress)
         for chunk in self.staged():
             outcome = publish(self.client, parse_documents(chunk))
             self.result.published += len(outcome.accepted)

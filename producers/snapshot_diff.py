@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from producers.snapshot_lines import taken_at_text
-from worker.events import GroupRecord, UserRecord, epoch_micros
+from worker.contract.events import GroupRecord, UserRecord, epoch_micros
 
 Document = dict[str, Any]
 Kind = Literal["user", "group"]
@@ -66,7 +66,7 @@ class Stamp:
         return {"id": event_id, "type": type_, "occurred_at": self.occurred_at, "data": data}
 
     def version(self, event: Document) -> str:
-        """The event's last-writer-wins version, as ``producers.publish.version`` spells it."""
+        """The event's last-writer-wins version, as ``worker.contract.events.version`` spells it."""
         return f"{self.micros:017d} {event['id']}"
 
     def newer(self, event: Document, held: str | None) -> bool:
@@ -215,7 +215,7 @@ def deleted_object(event: Document) -> tuple[Kind, str]:
 @dataclass(frozen=True)
 class GuardLimits:
     """``PROVISIONER_GUARD_PERCENT`` of the directory, at least ``PROVISIONER_GUARD_MINIMUM``
-    (the defaults of ``worker/guard.py``)."""
+    (the defaults of ``worker/sync/guard.py``)."""
 
     percent: float = 10.0
     minimum: int = 20

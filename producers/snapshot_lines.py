@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from worker.events import GroupRecord, Id, Name, Timestamp, UserRecord
+from worker.contract.events import GroupRecord, Id, Name, Timestamp, UserRecord
 
 KINDS = ("snapshot", "user", "group", "app")
 

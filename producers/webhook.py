@@ -64,12 +64,19 @@ import redis.asyncio
 
 from producers import signing
 from producers.groupcommit import GroupCommit
-from producers.publish import PublishResult, publish_requests_async
-from producers.publish import Request as PublishRequest
 from worker import config
-from worker.events import Event, EventError, MalformedJSON, load_json, parse_documents, parse_event
+from worker.contract.events import (
+    Event,
+    EventError,
+    MalformedJSON,
+    load_json,
+    parse_documents,
+    parse_event,
+)
 from worker.observability import init_sentry
-from worker.sweeper import alive_workers
+from worker.queue.publish import PublishResult, publish_requests_async
+from worker.queue.publish import Request as PublishRequest
+from worker.queue.sweeper import alive_workers
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

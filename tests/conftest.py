@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from worker import config
-from worker.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
-from worker.redis_server import RedisServer
+from worker.devstack.redis_server import RedisServer
+from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
 
 
 def reset_state(client: redis.Redis) -> None:
@@ -72,3 +72,20 @@ def worker_pool(redis_server: RedisServer) -> Iterator[WorkerPool]:
 @pytest.fixture
 def harness(r: redis.Redis, worker_pool: WorkerPool, scim_server: ScimServer, tmp_path) -> Harness:  # noqa: ANN001
     return Harness(r, scim_server, tmp_path)
+
+
+# -- markers: `pytest -m unit` for the quick ones, `-m e2e`, `-m chaos` -----------------------
+CHAOS = {"test_chaos_e2e", "test_faults_e2e", "test_resilience_e2e", "test_worker_pools_e2e"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its module: ``chaos`` (faults injected: kills, restarts, 5xx),
+    ``e2e`` (real worker processes and SCIM apps), ``unit`` (the rest: pure code, or one Redis)."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in CHAOS:
+            item.add_marker(pytest.mark.chaos)
+        elif module.endswith("_e2e"):
+            item.add_marker(pytest.mark.e2e)
+        else:
+            item.add_marker(pytest.mark.unit)

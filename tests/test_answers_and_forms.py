@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from worker import answers
-from worker.model import MirrorGroup, MirrorUser
-from worker.plan import (
+from worker.contract.model import MirrorGroup, MirrorUser
+from worker.scim import GENERIC, ZSCALER, Invalid, Transient, Unsupported, compat
+from worker.scim.errors import error_for_status
+from worker.sync import answers
+from worker.sync.plan import (
     CreateUser,
     PatchMembers,
     RenameGroup,
@@ -16,9 +18,7 @@ from worker.plan import (
     attribute_changes,
     plan_group,
 )
-from worker.rules import SyncGroup
-from worker.scim import GENERIC, ZSCALER, Invalid, Transient, Unsupported, compat
-from worker.scim.errors import error_for_status
+from worker.sync.rules import SyncGroup
 
 # -- errors ----------------------------------------------------------------------------------
 

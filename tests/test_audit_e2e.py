@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 
-from worker import audit
+from worker.store import audit
 
 PROVISION_NAMES = (
     "user_create_provision",

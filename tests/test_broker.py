@@ -1,10 +1,10 @@
-"""The worker's kombu transport (``worker.broker``): one Redis client per channel for the
+"""The worker's kombu transport (``worker.queue.broker``): one Redis client per channel for the
 bookkeeping of every message received and acked, where kombu builds one each time."""
 
 import redis
 
-from worker.broker import Channel
-from worker.celery_app import celery
+from worker.queue.broker import Channel
+from worker.queue.celery_app import celery
 
 
 def test_acks_share_one_client_until_the_pool_changes(r: redis.Redis) -> None:

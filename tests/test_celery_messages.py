@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from worker.celery_app import celery, send_reconcile, task_message
+from worker.queue.celery_app import celery, send_reconcile, task_message
 
 QUEUE = "test.capture"  # no worker consumes it
 UNIQUE = {("headers", "id"), ("headers", "root_id"), ("headers", "origin"),
@@ -61,7 +61,7 @@ def test_task_message_is_what_send_task_writes(r: redis.Redis) -> None:
 
 def test_messages_are_queued_in_order_and_unique(r: redis.Redis, monkeypatch: Any) -> None:
     """One LPUSH for several keys; workers pop from the right: first sent, first run."""
-    from worker import celery_app
+    from worker.queue import celery_app
 
     monkeypatch.setattr(celery_app, "RECONCILE_QUEUE", QUEUE)
     r.delete(QUEUE)
@@ -82,7 +82,7 @@ def test_messages_are_queued_in_order_and_unique(r: redis.Redis, monkeypatch: An
 def test_a_backlog_travels_a_few_keys_to_a_message(r: redis.Redis, monkeypatch: Any) -> None:
     """Up to SPREAD keys go one per message (to as many threads); more go up to
     KEYS_PER_MESSAGE to a message, in order, each key once."""
-    from worker import celery_app
+    from worker.queue import celery_app
 
     monkeypatch.setattr(celery_app, "RECONCILE_QUEUE", QUEUE)
     for count, per_message in ((celery_app.SPREAD, 1), (celery_app.SPREAD + 1, 2), (1000, 4)):

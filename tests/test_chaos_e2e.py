@@ -14,8 +14,8 @@ import redis
 from tests.reference_model import check, predict
 from tests.support.harness import Harness, WorkerPool
 from tests.support.scimserver import DROP, DROP_AFTER, ScimServer
-from worker import keys
-from worker.redis_server import RedisServer
+from worker.devstack.redis_server import RedisServer
+from worker.store import keys
 
 EVENTS = 5000
 USERS, GROUPS = 120, 12

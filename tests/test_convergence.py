@@ -4,7 +4,7 @@ leaves the application in the state that a small reference model of the rules pr
 The end-to-end property drives real worker processes (2 Celery workers x concurrency 2)
 through the producers' publish path against a real SCIM application (scim2-server); the
 reference model is ``tests/reference_model.py``. The pure tests keep that model honest by
-checking it against ``worker.rules`` on the facts it derives.
+checking it against ``worker.sync.rules`` on the facts it derives.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from producers.publish import publish
 from tests.conftest import reset_state
 from tests.reference_model import (
     ABSENT,
@@ -34,9 +33,9 @@ from tests.reference_model import (
     check,
     predict,
 )
-from worker import rules
-from worker.events import parse_events
-from worker.model import (
+from worker.cli.status import snapshot
+from worker.contract.events import parse_events
+from worker.contract.model import (
     AppSettings,
     DirectoryUser,
     GroupFacts,
@@ -44,7 +43,8 @@ from worker.model import (
     MirrorUser,
     UserFacts,
 )
-from worker.status import snapshot
+from worker.queue.publish import publish
+from worker.sync import rules
 
 APP = "zs"
 START = datetime(2026, 11, 28, 17, 0, 0, tzinfo=UTC)
@@ -305,7 +305,7 @@ def test_any_delivery_converges_to_the_reference_model(harness, r, scenario: Sce
     run(harness, r, scenario)
 
 
-# -- the reference model against worker.rules (pure, no Redis) --------------------------------
+# -- the reference model against worker.sync.rules (pure, no Redis) --------------------------------
 SETTINGS = AppSettings(APP)
 
 
@@ -323,7 +323,7 @@ def group_facts(d: Directory, gid: str) -> GroupFacts:
 
 
 def disagreements(prediction: Prediction) -> list[str]:
-    """Where ``worker.rules`` (fed the model's own facts) and the model's prediction differ."""
+    """Where ``worker.sync.rules`` (fed the model's own facts) and the model's prediction differ."""
     d = prediction.directory
     out: list[str] = []
     mirror_user = MirrorUser("remote", {"userName": "x", "active": True})

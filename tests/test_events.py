@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from scim2_models import Email
 
 from producers.replay import ReplayError, read_events
-from worker import events
-from worker.events import EventError, MalformedJSON, load_json, parse_events
+from worker.contract import events
+from worker.contract.events import EventError, MalformedJSON, load_json, parse_events
 
 OK = {
     "id": "e1",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from worker import audit, keys
-from worker.mirror import Mirror
+from worker.store import audit, keys
+from worker.store.mirror import Mirror
 
 U1, U2, U3 = "u1@example.com", "u2@example.com", "u3@example.com"
 VOLATILE = (b"prov:workers", b"prov:wq:sweep", b"prov:journal:max_age_ms")  # the sweeper's own
@@ -151,8 +151,8 @@ def test_sync_runs_one_object_now(harness):
 
 
 def test_overlay_mirror_reads_through_and_keeps_writes_in_memory(r):
-    from worker.dryrun import OverlayMirror
-    from worker.model import MirrorGroup, MirrorUser
+    from worker.contract.model import MirrorGroup, MirrorUser
+    from worker.sync.dryrun import OverlayMirror
 
     stored = Mirror(r, "zs")
     stored.save_user("u1", MirrorUser("r1", {"userName": "a"}))

@@ -6,11 +6,11 @@ import time
 
 import redis
 
-from producers.publish import publish
 from tests.support.scimserver import DROP_AFTER
-from worker import keys
-from worker.events import parse_events
-from worker.redis_server import RedisServer
+from worker.contract.events import parse_events
+from worker.devstack.redis_server import RedisServer
+from worker.queue.publish import publish
+from worker.store import keys
 
 
 def test_a_worker_killed_mid_reconcile_loses_nothing_and_duplicates_nothing(harness, worker_pool):
@@ -93,7 +93,7 @@ def test_activation_is_refused_with_a_bad_token(harness, tmp_path):
 
 
 def test_a_poison_message_is_parked_and_the_worker_goes_on(harness):
-    from worker.celery_app import celery, send_ingest
+    from worker.queue.celery_app import celery, send_ingest
 
     h = harness
     h.activate("zs")

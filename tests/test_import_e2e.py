@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from worker import audit, keys
+from worker.store import audit, keys
 
 CORE = "urn:ietf:params:scim:schemas:core:2.0:User"
 

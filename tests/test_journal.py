@@ -10,10 +10,9 @@ from typing import Any
 
 import redis
 
-from producers import journal
 from tests.support.harness import Harness
-from worker import keys
-from worker.events import parse_events
+from worker.contract.events import parse_events
+from worker.store import journal, keys
 
 
 def events(prefix: str, n: int) -> list[Any]:

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from producers import journal
-from producers.publish import Request, publish, publish_requests
 from tests.conftest import own_redis
 from tests.test_journal import events, instant
-from worker import config, keys
-from worker.redis_server import RedisServer
+from worker import config
+from worker.devstack.redis_server import RedisServer
+from worker.queue.publish import Request, publish, publish_requests
+from worker.store import journal, keys
 
 
 @pytest.fixture(scope="module")

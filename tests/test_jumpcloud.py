@@ -30,7 +30,7 @@ from producers.jumpcloud.follow import FollowOptions, query
 from producers.jumpcloud.mapping import EdgeChange, MappingError, ObjectChange
 from producers.snapshot_lines import parse_line
 from tests.support.jumpcloud import FakeJumpCloud
-from worker.events import parse_documents
+from worker.contract.events import parse_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import redis
 
 from tests.support.harness import ROOT, TEST_ENV, Harness
 from tests.support.jumpcloud import FakeJumpCloud
-from worker import keys
+from worker.store import keys
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
@@ -54,7 +54,7 @@ class Follower:
 
     def __init__(self, h: Harness, fake: FakeJumpCloud, *args: str, key: str = "") -> None:
         self.log = h.tmp / "follow.log"
-        self.argv = [sys.executable, "-m", "worker.cli", "jumpcloud", "follow", "--api-key-file",
+        self.argv = [sys.executable, "-m", "worker.cli.main", "jumpcloud", "follow", "--api-key-file",
                      key_file(h.tmp, key or fake.api_key), "--api-url", fake.url, "--interval", "0.2",
                      "--sync-every", "off", "--rate", "1000", *args]  # fmt: skip
         self.env = {**os.environ, **TEST_ENV, **h.env}
@@ -185,7 +185,7 @@ def test_an_interrupted_sync_publishes_nothing_and_running_it_again_resumes(
     for i in range(300):
         fake.add_user(f"user{i:03d}", event=False)
     fake.delay = 0.2  # 4 pages of users: about a second
-    argv = [sys.executable, "-m", "worker.cli", "jumpcloud", "sync", "--api-key-file",
+    argv = [sys.executable, "-m", "worker.cli.main", "jumpcloud", "sync", "--api-key-file",
             key_file(h.tmp, fake.api_key), "--api-url", fake.url]  # fmt: skip
     sync = subprocess.Popen(argv, env={**os.environ, **TEST_ENV, **h.env}, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

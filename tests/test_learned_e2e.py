@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from worker import audit
+from worker.store import audit
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 U1, U2 = "u1@example.com", "u2@example.com"

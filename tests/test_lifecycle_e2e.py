@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from worker import apps, audit
-from worker.mirror import Mirror
+from worker.store import apps, audit
+from worker.store.mirror import Mirror
 
 U1, U2, U3 = "u1@example.com", "u2@example.com", "u3@example.com"
 

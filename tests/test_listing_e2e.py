@@ -10,8 +10,8 @@ import time
 from typing import Any
 
 from tests.support import drift
-from worker import audit, keys
-from worker.mirror import Mirror
+from worker.store import audit, keys
+from worker.store.mirror import Mirror
 
 U1, U2, U3 = "u1@example.com", "u2@example.com", "u3@example.com"
 
@@ -135,7 +135,7 @@ def test_the_listing_keeps_to_the_apps_rate_limit(harness):
 
 
 def test_seeding_never_overwrites_an_entry_or_a_write_in_doubt(r):
-    from worker.model import MirrorGroup, MirrorUser
+    from worker.contract.model import MirrorGroup, MirrorUser
 
     mirror = Mirror(r, "zs")
     mirror.save_user("u1", MirrorUser("mine", {"userName": "a"}))

@@ -24,15 +24,15 @@ from typing import Any
 import httpx
 import redis
 
-from producers import journal, signing
-from producers.publish import publish
+from producers import signing
 from tests import reference_model
 from tests.support.harness import ROOT, TEST_ENV, Harness, WorkerPool
 from tests.support.scimserver import ScimServer
-from worker import keys
-from worker.events import parse_events
-from worker.redis_server import RedisServer, free_port
-from worker.status import snapshot
+from worker.cli.status import snapshot
+from worker.contract.events import parse_events
+from worker.devstack.redis_server import RedisServer, free_port
+from worker.queue.publish import publish
+from worker.store import journal, keys
 
 SECRET = "load-test-secret-0123456789"
 CLIENTS, TOTAL, USERS, GROUPS = 8, 20_000, 200, 20
@@ -115,7 +115,7 @@ def receiver(redis_url: str, log: Path) -> Iterator[str]:
     env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url, signing.SECRET_ENV: SECRET}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "webhook", "--port", str(port)],
+            [sys.executable, "-m", "worker.cli.main", "webhook", "--port", str(port)],
             env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -236,7 +236,7 @@ def test_the_journal_and_unprocessed_events_survive_a_redis_crash(
              str(token), "--rate", "10000", "--burst", "1000"],
             ["approve", "zs"],  # many deactivations are expected: past the deletion guard
         ):  # fmt: skip
-            subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+            subprocess.run([sys.executable, "-m", "worker.cli.main", *args], env=env, cwd=ROOT,
                            check=True, capture_output=True, timeout=60)  # fmt: skip
         client = redis.Redis.from_url(server.url)
         documents = workload(seed=11)[:2000]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 
-from worker import audit
+from worker.store import audit
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 U1 = "u1@example.com"

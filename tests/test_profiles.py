@@ -13,13 +13,13 @@ import httpx
 import pytest
 from scim2_models import Filter, Patch, ServiceProviderConfig
 
-from worker.cli import build_parser
-from worker.model import MirrorGroup
-from worker.plan import PatchMembers, RenameGroup, ReplaceGroup, plan_group
-from worker.rules import SyncGroup
+from worker.cli.main import build_parser
+from worker.contract.model import MirrorGroup
 from worker.scim import ENTERPRISE_URN, ScimClient
 from worker.scim.client import AppHttp
 from worker.scim.profiles import GENERIC, PROFILES, profile_by_name
+from worker.sync.plan import PatchMembers, RenameGroup, ReplaceGroup, plan_group
+from worker.sync.rules import SyncGroup
 
 NAMES = sorted(PROFILES)
 REQUIRED = {"zscaler", "zscaler-zpa", "aws", "slack", "github-emu", "atlassian", "generic"}

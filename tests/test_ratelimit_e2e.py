@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.harness import Harness
 from tests.support.scimserver import ScimServer
-from worker import ratelimit
+from worker.sync import ratelimit
 
 
 def _record_times(h):

@@ -9,9 +9,10 @@ import pytest
 
 from tests.conftest import own_redis
 from tests.support.scimserver import ScimServer
-from worker import keys, ratelimit, scripts
-from worker.redis_server import RedisServer
-from worker.workqueue import Workqueue
+from worker.devstack.redis_server import RedisServer
+from worker.queue.workqueue import Workqueue
+from worker.store import keys, scripts
+from worker.sync import ratelimit
 
 
 @pytest.fixture(scope="module")
@@ -298,8 +299,8 @@ def test_the_token_bucket_double_counts_exactly_as_a_gateway_does():
 
 def test_a_throttled_answer_teaches_the_pool_the_same_wherever_it_came_from(r):
     """``slow_down`` is what a reconcile and a listing (activation, verify) both call."""
-    from worker import apps
     from worker.scim import Transient
+    from worker.store import apps
 
     ratelimit.slow_down(r, "a", Transient(503, "busy"))  # no 429, no Retry-After: nothing
     assert ratelimit.pace(r, "a", 5.0, 5)["refused"] == 0

@@ -2,7 +2,7 @@
 
 import json
 
-from worker import keys
+from worker.store import keys
 
 
 def audit_entries(h, **match):

@@ -10,9 +10,9 @@ import redis.connection
 
 from tests.conftest import own_redis
 from tests.support.harness import Harness
-from worker import keys
-from worker.redis_server import RedisServer
-from worker.runner import process_key
+from worker.devstack.redis_server import RedisServer
+from worker.store import keys
+from worker.sync.runner import process_key
 
 
 @pytest.fixture(scope="module")

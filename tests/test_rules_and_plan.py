@@ -1,7 +1,15 @@
 """The rules and the planner are pure: tested without Redis, Celery or HTTP."""
 
-from worker.model import AppSettings, DirectoryUser, GroupFacts, MirrorGroup, MirrorUser, UserFacts
-from worker.plan import (
+from worker.contract.model import (
+    AppSettings,
+    DirectoryUser,
+    GroupFacts,
+    MirrorGroup,
+    MirrorUser,
+    UserFacts,
+)
+from worker.scim.profiles import GENERIC, ZSCALER
+from worker.sync.plan import (
     CreateGroup,
     CreateUser,
     DeleteUser,
@@ -17,8 +25,15 @@ from worker.plan import (
     plan_group,
     plan_user,
 )
-from worker.rules import Delete, Deprovision, Leave, Provision, SyncGroup, group_intent, user_intent
-from worker.scim.profiles import GENERIC, ZSCALER
+from worker.sync.rules import (
+    Delete,
+    Deprovision,
+    Leave,
+    Provision,
+    SyncGroup,
+    group_intent,
+    user_intent,
+)
 
 APP = AppSettings(id="zs")
 RECORD = {"id": "u1", "username": "a@x.com", "email": "a@x.com", "department": "Eng"}

@@ -9,7 +9,7 @@ import redis
 
 from tests.support.harness import Harness, WorkerPool
 from tests.support.scimserver import ScimServer
-from worker.redis_server import RedisServer
+from worker.devstack.redis_server import RedisServer
 
 TOKEN = "tok-5ecr3t-9f8e7d6c5b4a"
 

@@ -12,10 +12,9 @@ from typing import Any
 
 import redis
 
-from producers import journal
 from producers.snapshot import publish_snapshot
 from tests.support.harness import Harness
-from worker import keys
+from worker.store import journal, keys
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 

@@ -15,7 +15,6 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producers.publish import publish
 from producers.snapshot import DeletionsRefused, SnapshotError, publish_snapshot
 from producers.snapshot_diff import (
     GuardLimits,
@@ -31,9 +30,10 @@ from producers.snapshot_diff import (
 from producers.snapshot_lines import GroupLine, Header, UserLine, parse_line
 from tests import reference_model
 from tests.conftest import own_redis, reset_state
-from worker import keys, scripts
-from worker.events import GroupRecord, UserRecord, parse_documents, parse_event
-from worker.redis_server import RedisServer
+from worker.contract.events import GroupRecord, UserRecord, parse_documents, parse_event
+from worker.devstack.redis_server import RedisServer
+from worker.queue.publish import publish
+from worker.store import keys, scripts
 
 T = datetime(2026, 11, 29, 6, 0, tzinfo=UTC)
 STAMP = Stamp("test:org", T)
@@ -325,7 +325,7 @@ def initial_events(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 def reference_model_types() -> list[str]:
-    from worker.events import EVENT_TYPES
+    from worker.contract.events import EVENT_TYPES
 
     return list(EVENT_TYPES)
 

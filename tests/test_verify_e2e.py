@@ -10,9 +10,9 @@ import time
 
 from tests.support import drift
 from tests.test_listing_e2e import RequestLog
-from worker import audit, learned
-from worker.mirror import Mirror
-from worker.verify import last_result
+from worker.store import audit, learned
+from worker.store.mirror import Mirror
+from worker.sync.verify import last_result
 
 
 def verify(h, *options: str) -> tuple[int, dict]:  # noqa: ANN001
@@ -194,7 +194,7 @@ def test_the_pool_runs_the_scheduled_verify(harness):
 
 
 def test_verify_refuses_an_unknown_app_and_a_second_run(harness):
-    from worker.verify import Lock
+    from worker.sync.verify import Lock
 
     h = harness
     assert h.cli("verify", "nope", check=False).returncode == 2

@@ -1,5 +1,5 @@
-"""The pure parts of issue 10: the comparison of an app with the intent (``worker/verify.py``),
-matching a listing by name, seeding and the cost rule (``worker/listing.py``), the schedule;
+"""The pure parts of issue 10: the comparison of an app with the intent (``worker/sync/verify.py``),
+matching a listing by name, seeding and the cost rule (``worker/sync/listing.py``), the schedule;
 and the pacer's priority, against a real Redis with no worker involved."""
 
 from __future__ import annotations
@@ -8,13 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker import keys, listing, scripts
-from worker.listing import Listed, NameIndex, Pacer, Page
-from worker.model import MirrorGroup, MirrorUser
-from worker.rules import Delete, DeleteGroup, Deprovision, Leave, Provision, SyncGroup
+from worker.contract.model import MirrorGroup, MirrorUser
 from worker.scim import Invalid
 from worker.scim.client import RemoteGroup, RemoteUser
-from worker.verify import (
+from worker.store import keys, scripts
+from worker.sync import listing
+from worker.sync.listing import Listed, NameIndex, Pacer, Page
+from worker.sync.rules import Delete, DeleteGroup, Deprovision, Leave, Provision, SyncGroup
+from worker.sync.verify import (
     DELETED_BY_HAND,
     GROUP_MEMBERS_EXTRA,
     GROUP_MEMBERS_MISSING,
@@ -29,7 +30,7 @@ from worker.verify import (
     same_value,
     user_drift,
 )
-from worker.verify_schedule import every_text, is_due, parse_every
+from worker.sync.verify_schedule import every_text, is_due, parse_every
 
 ANN = {"userName": "ann@example.com", "active": True, "emails": "ann@example.com",
        "displayName": "Ann", "department": None}  # fmt: skip

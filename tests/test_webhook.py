@@ -30,9 +30,9 @@ from standardwebhooks.webhooks import Webhook
 from producers import signing, webhook
 from producers.webhook import MAX_BODY, create_app
 from tests.conftest import own_redis
-from worker import keys
-from worker.redis_server import RedisServer, free_port
-from worker.sweeper import beat
+from worker.devstack.redis_server import RedisServer, free_port
+from worker.queue.sweeper import beat
+from worker.store import keys
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ from producers import signing
 from producers.webhook import MAX_BODY, create_app
 from tests.conftest import own_redis, reset_state
 from tests.test_webhook import INGEST_QUEUE, NEW, OLD, WHEN, running
-from worker import keys
-from worker.redis_server import RedisServer
+from worker.devstack.redis_server import RedisServer
+from worker.store import keys
 
 EXAMPLES = int(os.environ.get("WEBHOOK_FUZZ_EXAMPLES", "300"))
 

@@ -8,7 +8,7 @@ import redis
 
 from tests.support.harness import Harness, WorkerPool
 from tests.support.scimserver import ScimServer
-from worker.redis_server import RedisServer
+from worker.devstack.redis_server import RedisServer
 
 
 def _children(pid: int) -> list[int]:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import own_redis
-from worker.redis_server import RedisServer
-from worker.workqueue import Workqueue
+from worker.devstack.redis_server import RedisServer
+from worker.queue.workqueue import Workqueue
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_finishing_a_run_releases_marks_follow_ups_and_forgets_failures_in_one_g
 
 def test_the_end_of_a_run_hands_its_causes_on(r):
     """Follow-ups get the run's causes; a run cut short keeps them for its next attempt."""
-    from worker.audit import cause_key
+    from worker.store.audit import cause_key
 
     queue = Workqueue(r)
     queue.mark(["a user u1"])
@@ -168,7 +168,7 @@ def test_the_end_of_a_run_hands_its_causes_on(r):
 
 
 def test_idle_is_what_the_snapshot_says(r):
-    from worker.status import idle, snapshot
+    from worker.cli.status import idle, snapshot
 
     assert idle(r) and snapshot(r)["idle"]
     queue = Workqueue(r)

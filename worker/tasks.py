@@ -9,11 +9,11 @@ import logging
 import redis
 from celery import signals
 
-from worker import keys, scripts
-from worker.celery_app import celery, send_reconcile
 from worker.config import redis_client, settings
 from worker.observability import init_sentry
-from worker.runner import CLIENTS, process_key
+from worker.queue.celery_app import celery, send_reconcile
+from worker.store import keys, scripts
+from worker.sync.runner import CLIENTS, process_key
 
 log = logging.getLogger("provisioner.ingest")
 app = celery()
@@ -60,7 +60,7 @@ def reconcile(*reconcile_keys: str) -> None:
 @app.task(name="prov.verify")
 def verify(app_id: str) -> None:
     """A scheduled verify of one app (queued by the sweeper; one at a time per app)."""
-    from worker.verify_schedule import run_scheduled
+    from worker.sync.verify_schedule import run_scheduled
 
     run_scheduled(redis_client(), app_id)
 
@@ -72,9 +72,14 @@ _sweeper = None
 @signals.worker_ready.connect
 def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
     global _sweeper
-    from worker.sweeper import Sweeper
+    from worker.queue.sweeper import Sweeper
+    from worker.sync.verify_schedule import schedule_due
 
-    _sweeper = Sweeper(redis.Redis.from_url(settings().redis_url), name=str(sender.hostname))
+    _sweeper = Sweeper(
+        redis.Redis.from_url(settings().redis_url),
+        name=str(sender.hostname),
+        schedule_verifies=schedule_due,
+    )
     _sweeper.start()
 
 

@@ -1,6 +1,6 @@
 """``provisioner jumpcloud sync|follow``: the JumpCloud connector's commands.
 
-Registered through ``worker.cli.EXTENSIONS``; imports are lazy so that building the parser
+Registered through ``worker.cli.main.EXTENSIONS``; imports are lazy so that building the parser
 stays cheap.
 """
 

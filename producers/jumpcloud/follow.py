@@ -44,10 +44,10 @@ import redis
 from producers.jumpcloud import mapping
 from producers.jumpcloud.api import AuthError, Client, JumpCloudError, Stopped
 from producers.jumpcloud.sync import describe, last_sync, sync
-from producers.publish import publish
 from producers.snapshot import DeletionsRefused
-from worker import keys
-from worker.events import parse_documents
+from worker.contract.events import parse_documents
+from worker.queue.publish import publish
+from worker.store import keys
 
 log = logging.getLogger("provisioner.jumpcloud")
 

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from worker.events import GroupRecord, UserRecord
+from worker.contract.events import GroupRecord, UserRecord
 
 TEXT_MAX = 256  # the contract's optional texts
 USER_FIELDS = (  # v1 record field <- systemuser attribute

@@ -30,7 +30,8 @@ import redis
 
 from producers.jumpcloud.api import Client
 from producers.jumpcloud.directory import read_snapshot
-from worker import config, keys
+from worker import config
+from worker.store import keys
 
 
 @dataclass

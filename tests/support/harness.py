@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import redis
 
-from producers.publish import publish
 from tests.support.scimserver import ScimServer
-from worker.events import parse_events
-from worker.status import snapshot
+from worker.cli.status import snapshot
+from worker.contract.events import parse_events
+from worker.queue.publish import publish
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_ENV = {
@@ -56,7 +56,7 @@ class WorkerPool:
         name = f"test{next(self._names)}@%h"
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker", "--pool", self.pool, "--concurrency",
+            [sys.executable, "-m", "worker.cli.main", "worker", "--pool", self.pool, "--concurrency",
              str(self.concurrency), "--loglevel", self.loglevel, "--hostname", name],
             env=self.env, cwd=ROOT, stdout=output, stderr=output,
             start_new_session=True,
@@ -119,7 +119,7 @@ class Harness:
         self, *args: str, check: bool = True, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:  # noqa: E501
         env = {**os.environ, **self.env}
-        result = subprocess.run([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+        result = subprocess.run([sys.executable, "-m", "worker.cli.main", *args], env=env, cwd=ROOT,
                                 capture_output=True, text=True, input=input, timeout=120)  # fmt: skip
         if check and result.returncode != 0:
             raise AssertionError(f"provisioner {' '.join(args)} failed: {result.stderr}")

@@ -3,7 +3,7 @@ form its profile starts with (authentik's "compatibility modes", learned instead
 
 Each operation has a chain of forms, tried in order. A form answered ``Unsupported`` (501,
 405, or 400 ``invalidPath``/``noTarget``/``invalidSyntax``) moves the app to the next form for
-good (``worker.learned``); the last form failing parks the object. Pure functions: the profile
+good (``worker.store.learned``); the last form failing parks the object. Pure functions: the profile
 and what was learned go in, the forms to use come out.
 
 | operation | forms, in order |
@@ -100,7 +100,7 @@ def tried(chosen: Mapping[str, str]) -> str:
 
 
 def operation_of(call: Any) -> str | None:
-    """The operation whose form a planned call (``worker.plan``) was sent in, if it has forms."""
+    """The operation whose form a planned call (``worker.sync.plan``) was sent in, if it has forms."""
     kind = type(call).__name__
     if kind in ("UpdateUser", "SetActive"):
         return "user_update"

@@ -49,7 +49,7 @@ class Profile:
     whole group (some apps rename only by PUT). Read by ``worker.scim.compat``."""
     renames_groups: bool = True
     """The app can rename a group (Atlassian Cloud cannot: the old name stays). When False the
-    planner sends no rename; the members still sync (``worker.plan._sync_existing``)."""
+    planner sends no rename; the members still sync (``worker.sync.plan._sync_existing``)."""
     sources: tuple[str, ...] = ()
     """Where the facts above come from (provenance for people; nothing reads it at run time)."""
 
@@ -92,7 +92,7 @@ ZSCALER = Profile(
 # (https://help.zscaler.com/zpa/about-scim): every deactivation the engine sends (a suspension,
 # an implicit deny, the last covering group removed) removes the user from ZPA. The mirror still
 # holds the old id; a later reactivation gets 404 there and the engine re-creates the user
-# (worker/reconcile.py ``_on_remote``), with a new ZPA id.
+# (worker/sync/reconcile.py ``_on_remote``), with a new ZPA id.
 ZSCALER_ZPA = Profile(
     name="zscaler-zpa",
     # Users and Groups: GET, POST, PUT/PATCH, DELETE (https://help.zscaler.com/zpa/about-scim-apis)

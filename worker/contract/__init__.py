@@ -1,0 +1,1 @@
+"""The event contract (what producers send) and the plain data the engine's parts exchange."""

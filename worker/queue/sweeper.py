@@ -1,0 +1,143 @@
+"""The safety net, run by every worker's main process (one at a time, under a Redis lock).
+
+Messages are wake-ups and Redis holds the truth, so a message lost with a killed worker or a
+crashed producer is recovered here: expired leases and due backoffs are scheduled again; dirty
+keys and pending batches whose message is long gone while their queue is empty are sent again.
+Recovery after a crash therefore takes at most the lease (60 s) plus the stale delay (30 s),
+plus one sweep interval (0.25 s), whatever the broker's visibility timeout. The same sweeper
+queues the scheduled verifies that are due (``apps update --verify-every``, ``verify.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import redis
+
+from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, send_ingest, send_reconcile
+from worker.queue.workqueue import Workqueue
+from worker.store import journal, keys, scripts
+
+log = logging.getLogger("provisioner.sweeper")
+
+INTERVAL = 0.25  # also the granularity of backoffs and throttling delays
+STALE_SECONDS = float(os.environ.get("PROVISIONER_STALE_SECONDS", "30"))
+HEARTBEAT_TTL = 15
+
+
+def beat(client: redis.Redis, name: str) -> None:
+    """Say this worker is alive for the next ``HEARTBEAT_TTL`` seconds."""
+    now = scripts.now_ms()
+    pipe = client.pipeline()
+    pipe.zadd(keys.WORKERS, {name: now + HEARTBEAT_TTL * 1000})
+    pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
+    pipe.execute()
+
+
+def alive_workers(client: redis.Redis) -> list[str]:
+    members = client.zrangebyscore(keys.WORKERS, scripts.now_ms(), "+inf")
+    return sorted(m.decode() for m in members)
+
+
+JOURNAL_TRIM_EVERY = 60.0  # seconds between two retention passes over the journal
+VERIFY_CHECK_EVERY = 1.0  # seconds between two looks for scheduled verifies that are due
+
+
+def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> tuple[int, int]:
+    """One pass; returns (reconcile keys, ingest batches) sent again."""
+    queue = Workqueue(client)
+    reconcile_keys = queue.sweep(
+        stale_seconds=stale_seconds, resend_stale=client.llen(RECONCILE_QUEUE) == 0
+    )
+    send_reconcile(reconcile_keys)
+    batches: list[str] = []
+    if client.llen(INGEST_QUEUE) == 0:
+        now = scripts.now_ms()
+        stale = client.zrangebyscore(
+            keys.PENDING_BATCHES, "-inf", now - int(stale_seconds * 1000), start=0, num=1000
+        )
+        if stale:
+            client.zadd(keys.PENDING_BATCHES, {b: now for b in stale}, xx=True)
+            batches = [b.decode() for b in stale]
+            send_ingest(batches)
+    if reconcile_keys or batches:
+        log.info("sweep: %d keys and %d batches sent again", len(reconcile_keys), len(batches))
+    return len(reconcile_keys), len(batches)
+
+
+class Sweeper(threading.Thread):
+    """Heartbeat (for ``/readyz`` and ``status``) and ``sweep_once`` every ``INTERVAL``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str | None = None,
+        schedule_verifies: Callable[[redis.Redis], Iterable[str]] | None = None,
+    ):
+        """``schedule_verifies`` queues the scheduled verifies that are due and returns their
+        apps (the sync layer's ``schedule_due``; the queue does not import it)."""
+        super().__init__(name="provisioner-sweeper", daemon=True)
+        self.schedule_due = schedule_verifies
+        self.redis = client
+        self.worker_name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
+        self.stopped = threading.Event()
+        self.last_trim = 0.0
+        self.last_verify_check = 0.0
+        journal.configured_max_age()  # a bad PROVISIONER_JOURNAL_MAX_AGE_DAYS stops the start
+
+    def run(self) -> None:
+        pause = INTERVAL
+        last_beat = 0.0
+        while not self.stopped.wait(pause):
+            pause = INTERVAL
+            try:
+                if time.monotonic() - last_beat >= INTERVAL:
+                    beat(self.redis, self.worker_name)
+                    last_beat = time.monotonic()
+                if self._hold_lock():
+                    sweep_once(self.redis)
+                    pause = self._until_next_due()
+                    if time.monotonic() - self.last_trim >= JOURNAL_TRIM_EVERY:
+                        self.last_trim = time.monotonic()
+                        journal.trim(self.redis)
+                    if time.monotonic() - self.last_verify_check >= VERIFY_CHECK_EVERY:
+                        self.last_verify_check = time.monotonic()
+                        self._schedule_verifies()
+            except redis.RedisError as error:  # Redis restarting: try again next tick
+                log.warning("sweeper: %s", error)
+            except Exception:
+                log.exception("sweeper failed")
+
+    def _schedule_verifies(self) -> None:
+        """Queue the scheduled verifies that are due (``apps update --verify-every``)."""
+        for app_id in self.schedule_due(self.redis) if self.schedule_due else ():
+            log.info("sweep: scheduled verify of %s queued", app_id)
+
+    def _hold_lock(self) -> bool:
+        """One sweeper for the pool: take the lock, or keep it if it is ours."""
+        ttl = int(INTERVAL * 4000)
+        if self.redis.set(keys.WQ_SWEEP_LOCK, self.worker_name, nx=True, px=ttl):
+            return True
+        if self.redis.get(keys.WQ_SWEEP_LOCK) == self.worker_name.encode():
+            self.redis.pexpire(keys.WQ_SWEEP_LOCK, ttl)
+            return True
+        return False
+
+    def _until_next_due(self) -> float:
+        """Wake when the next backoff or reserved slot is due (throttled keys run on time)."""
+        first = self.redis.zrange(keys.WQ_DELAYED, 0, 0, withscores=True)
+        if not first:
+            return INTERVAL
+        seconds = (first[0][1] - scripts.now_ms()) / 1000
+        return min(INTERVAL, max(0.005, seconds))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(redis.RedisError):
+            self.redis.zrem(keys.WORKERS, self.worker_name)

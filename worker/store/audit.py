@@ -1,0 +1,144 @@
+"""The provisioning audit log: every attempt, under the integration article's event names
+(``user_create_provision``, ``group_update_provision``, ``idm_integration_*``, ...).
+A Redis stream capped at ``PROVISIONER_AUDIT_MAXLEN`` entries (default 200000); entries never
+hold a token or a request body.
+
+Each entry carries the ids of the directory events that caused it: ``lua/ingest.lua`` remembers,
+for every key it marks, the id of the event being applied (``prov:wq:cause:<key>``), and the
+reconcile of the key takes them when it starts (``take_causes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import redis
+
+from worker.store import keys
+
+MAXLEN_ENV = "PROVISIONER_AUDIT_MAXLEN"
+DEFAULT_MAXLEN = 200_000
+CAUSES_PREFIX = keys.PREFIX + "wq:cause:"  # LIST per reconcile key, newest event id first
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    name: str  # the article's event name
+    app: str
+    object: str  # "user:<id>" or "group:<id>" or "app:<id>"
+    outcome: str  # success | failure | skipped | dry_run
+    status: int | None = None  # HTTP status of the application's answer
+    detail: str = ""
+    remote_id: str | None = None
+    time: float = 0.0
+    causes: tuple[str, ...] = ()  # ids of the directory events that led to this attempt
+
+
+@cache
+def maxlen() -> int:
+    """Entries kept (approximately: Redis trims whole nodes)."""
+    value = os.environ.get(MAXLEN_ENV, "").strip()
+    return int(value) if value else DEFAULT_MAXLEN
+
+
+def record(client: redis.Redis | redis.client.Pipeline, entry: AuditEntry) -> None:
+    document = asdict(entry)
+    document["causes"] = list(entry.causes)
+    document["time"] = entry.time or time.time()
+    client.xadd(keys.AUDIT, {"e": json.dumps(document)}, maxlen=maxlen(), approximate=True)
+
+
+def read(
+    client: redis.Redis,
+    *,
+    app: str | None = None,
+    name: str | None = None,
+    object_id: str | None = None,
+    since: float | None = None,
+    failed: bool = False,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` entries that match, oldest first (read newest first, in pages)."""
+    low = f"{int(since * 1000)}-0" if since else "-"
+    high = "+"
+    found: list[dict[str, Any]] = []
+    while len(found) < limit:
+        page = client.xrevrange(keys.AUDIT, max=high, min=low, count=1000)
+        for _, fields in page:
+            entry = json.loads(fields[b"e"])
+            if _matches(entry, app, name, object_id, failed):
+                found.append(entry)
+                if len(found) >= limit:
+                    break
+        if len(page) < 1000:
+            break
+        high = "(" + page[-1][0].decode()
+    found.reverse()
+    return found
+
+
+def _matches(
+    entry: dict[str, Any], app: str | None, name: str | None, object_id: str | None, failed: bool
+) -> bool:
+    if app and entry["app"] != app:
+        return False
+    if name and entry["name"] != name:
+        return False
+    if object_id and object_id not in (entry["object"], entry["object"].split(":", 1)[-1]):
+        return False
+    return not (failed and entry["outcome"] != "failure")
+
+
+# -- causes ------------------------------------------------------------------------------------
+def cause_key(reconcile_key: str) -> str:
+    return CAUSES_PREFIX + reconcile_key
+
+
+def take_causes(client: redis.Redis, reconcile_key: str) -> tuple[str, ...]:
+    """The ids of the events that dirtied a key since its last run, oldest first; forgotten
+    here, so each run reports the events it is the answer to."""
+    pipe = client.pipeline()
+    pipe.lrange(cause_key(reconcile_key), 0, -1)
+    pipe.delete(cause_key(reconcile_key))
+    ids, _ = pipe.execute()
+    return tuple(i.decode() for i in reversed(ids))
+
+
+def forget_causes(client: redis.Redis, app_id: str) -> int:
+    """Drop the causes remembered for an app's keys (its queued work was dropped)."""
+    doomed = list(client.scan_iter(match=cause_key(f"{app_id} *"), count=1000))
+    for start in range(0, len(doomed), 1000):
+        client.delete(*doomed[start : start + 1000])
+    return len(doomed)
+
+
+# -- --since -----------------------------------------------------------------------------------
+_RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw]?)$")
+_UNIT_MINUTES = {"": 1.0, "s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0, "w": 10080.0}
+
+
+def minutes_back(text: str) -> float:
+    """``--since``: minutes (``90``), a relative time (``-2h``, ``30m``, ``1d``) or an RFC 3339
+    instant (``2026-11-28T17:00:00Z``), as minutes before now."""
+    text = text.strip()
+    match = _RELATIVE.match(text)
+    if match:
+        return float(match.group(1)) * _UNIT_MINUTES[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected minutes, a relative time like -2h / 30m / 1d, "
+            "or an RFC 3339 time like 2026-11-28T17:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: an RFC 3339 time needs a zone (Z, +01:00)")
+    return (time.time() - moment.timestamp()) / 60

@@ -1,0 +1,71 @@
+"""What the pool has learned about one application by talking to it (trust but verify).
+
+Two kinds of knowledge, kept per app in the Redis hash ``keys.app_learned(app)``:
+
+- ``form:<operation>`` -> the request form that works for that operation (see
+  ``worker.scim.compat``), learned when the profile's form was answered 501 Not Implemented
+  or 400 ``invalidPath``/``noTarget``/``invalidSyntax``;
+- ``unsupported:<attribute>`` -> why: a user attribute the app accepts but never stores
+  (a create or update answered without it). It is not sent again and is never drift.
+
+``apps update`` (and re-activation) forget all of it, so a fixed application is tried again.
+Each field is written with one ``HSET``: workers that learn at once never lose each other's
+knowledge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import redis
+
+from worker.store import keys
+
+FORM = "form:"
+UNSUPPORTED = "unsupported:"
+
+
+@dataclass(frozen=True)
+class Learned:
+    forms: Mapping[str, str] = field(default_factory=dict)
+    """operation -> the form that worked (only where it differs from the profile's first)"""
+    unsupported_attributes: Mapping[str, str] = field(default_factory=dict)
+    """user attribute -> why it is deemed unsupported"""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "forms": dict(sorted(self.forms.items())),
+            "unsupported_attributes": sorted(self.unsupported_attributes),
+        }
+
+
+def parse(raw: Mapping[bytes | str, bytes | str]) -> Learned:
+    """A ``Learned`` from the hash as ``HGETALL`` returns it."""
+    forms: dict[str, str] = {}
+    unsupported: dict[str, str] = {}
+    for name, value in raw.items():
+        name = name.decode() if isinstance(name, bytes) else name
+        value = value.decode() if isinstance(value, bytes) else value
+        if name.startswith(FORM):
+            forms[name[len(FORM) :]] = value
+        elif name.startswith(UNSUPPORTED):
+            unsupported[name[len(UNSUPPORTED) :]] = value
+    return Learned(forms, unsupported)
+
+
+def load(client: redis.Redis, app_id: str) -> Learned:
+    return parse(client.hgetall(keys.app_learned(app_id)))
+
+
+def learn_form(client: redis.Redis, app_id: str, operation: str, form: str) -> None:
+    client.hset(keys.app_learned(app_id), FORM + operation, form)
+
+
+def learn_unsupported(client: redis.Redis, app_id: str, attribute: str, why: str) -> bool:
+    """Record an attribute the app does not store; True when this is news."""
+    return bool(client.hsetnx(keys.app_learned(app_id), UNSUPPORTED + attribute, why))
+
+
+def reset(client: redis.Redis | redis.client.Pipeline, app_id: str) -> None:
+    client.delete(keys.app_learned(app_id))

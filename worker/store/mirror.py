@@ -1,0 +1,265 @@
+"""The mirror: per application, what we last wrote to (or read from) it (STYLE: authentik's
+mapping table). It lets the planner send nothing that changes nothing and skip lookups once
+an object's remote id is known."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from worker.contract.model import MirrorGroup, MirrorUser
+from worker.store import keys
+from worker.store.keys import Kind
+
+
+class Mirror:
+    def __init__(self, client: redis.Redis, app_id: str):
+        self.redis = client
+        self.app_id = app_id
+        self.users_key = keys.mirror(app_id, "user")
+        self.groups_key = keys.mirror(app_id, "group")
+        self._riders: list[Callable[[redis.client.Pipeline], object]] = []
+
+    # commands that ride along with the next write of the mirror, in its transaction (the
+    # audit entry of the call whose outcome that write records: one round trip for both)
+    def then(self, add: Callable[[redis.client.Pipeline], object]) -> None:
+        """Queue ``add(pipeline)`` to run with the next write of the mirror (or ``flush``)."""
+        self._riders.append(add)
+
+    def flush(self) -> None:
+        """Send the queued riders now, if any."""
+        if self._riders:
+            self._pipeline().execute()
+
+    def _pipeline(self) -> redis.client.Pipeline:
+        pipe = self.redis.pipeline()
+        riders, self._riders = self._riders, []
+        for add in riders:
+            add(pipe)
+        return pipe
+
+    # lookups that found nothing: kept until the object is created, so that a run cut short
+    # (throttled, crashed) between the lookup and the create does not look up again
+    def looked_up(self, kind: Kind, object_id: str) -> bool:
+        return bool(self.redis.sismember(keys.mirror_absent(self.app_id, kind), object_id))
+
+    # writes in doubt: marked before a write is sent, cleared when its outcome is recorded;
+    # one left marked (a crash, a timeout) means the app may hold something the mirror
+    # does not, so the next run re-reads the object before it plans
+    def begin_write(self, kind: Kind, object_id: str) -> None:
+        self.redis.sadd(keys.mirror_doubt(self.app_id, kind), object_id)
+
+    def load(self, kind: Kind, object_id: str) -> tuple[bytes | None, bool, bool]:
+        """The raw entry, whether a lookup found nothing, and whether a write is in doubt."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.users_key if kind == "user" else self.groups_key, object_id)
+        pipe.sismember(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.sismember(keys.mirror_doubt(self.app_id, kind), object_id)
+        raw, absent, doubt = pipe.execute()
+        return raw, bool(absent), bool(doubt)
+
+    def load_user(self, user_id: str) -> tuple[MirrorUser | None, bool, bool]:
+        raw, absent, doubt = self.load("user", user_id)
+        return _user(raw), absent, doubt
+
+    def load_group(self, group_id: str) -> tuple[MirrorGroup | None, bool, bool]:
+        raw, absent, doubt = self.load("group", group_id)
+        return _group(raw), absent, doubt
+
+    def clear_doubt(self, kind: Kind, object_id: str) -> None:
+        """Forget an earlier lookup too: after an interrupted create, look up again."""
+        pipe = self._pipeline()
+        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
+        pipe.srem(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.execute()
+
+    def remember_absent(self, kind: Kind, object_id: str) -> None:
+        """A lookup found nothing: no write of ours is in doubt any more either."""
+        pipe = self._pipeline()
+        pipe.sadd(keys.mirror_absent(self.app_id, kind), object_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
+        pipe.execute()
+
+    # users
+    def user(self, user_id: str) -> MirrorUser | None:
+        return _user(self.redis.hget(self.users_key, user_id))
+
+    def save_user(self, user_id: str, entry: MirrorUser) -> None:
+        document: dict[str, Any] = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
+        if entry.normalized:
+            document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
+        pipe = self._pipeline()
+        pipe.hset(self.users_key, user_id, json.dumps(document))
+        pipe.srem(keys.mirror_absent(self.app_id, "user"), user_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
+        pipe.execute()
+
+    def end_write(self, kind: Kind, object_id: str) -> None:
+        """A write the application refused outright (a 4xx, a 429): nothing changed there, so
+        nothing is in doubt and the next run need not read the object back."""
+        pipe = self._pipeline()
+        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
+        pipe.execute()
+
+    def forget_user(self, user_id: str) -> None:
+        pipe = self._pipeline()
+        pipe.hdel(self.users_key, user_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
+        pipe.execute()
+
+    def remote_user_ids(self, user_ids: Iterable[str]) -> dict[str, str | None]:
+        """Remote id of each user (None where we hold none), in one round trip."""
+        user_ids = list(user_ids)
+        if not user_ids:
+            return {}
+        raws = self.redis.hmget(self.users_key, user_ids)
+        return {
+            u: (json.loads(raw)["id"] if raw is not None else None)
+            for u, raw in zip(user_ids, raws, strict=True)
+        }
+
+    def directory_ids_by_remote_id(self) -> dict[str, str]:
+        return {
+            json.loads(raw)["id"]: user_id.decode()
+            for user_id, raw in self.redis.hgetall(self.users_key).items()
+        }
+
+    # groups
+    def group(self, group_id: str) -> MirrorGroup | None:
+        return _group(self.redis.hget(self.groups_key, group_id))
+
+    def save_group(self, group_id: str, entry: MirrorGroup) -> None:
+        document: dict[str, Any] = {
+            "id": entry.remote_id,
+            "name": entry.display_name,
+            "members": dict(entry.members),
+        }
+        if entry.normalized:
+            document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
+        pipe = self._pipeline()
+        pipe.hset(self.groups_key, group_id, json.dumps(document))
+        pipe.srem(keys.mirror_absent(self.app_id, "group"), group_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
+        pipe.execute()
+
+    def groups_missing_member(self, group_ids: Iterable[str], user_id: str) -> list[str]:
+        """Those of ``group_ids`` whose mirror does not hold ``user_id`` (or that we do not
+        hold yet), in one round trip."""
+        group_ids = sorted(group_ids)
+        raws = self.redis.hmget(self.groups_key, group_ids) if group_ids else []
+        return [
+            g
+            for g, raw in zip(group_ids, raws, strict=True)
+            if raw is None or user_id not in json.loads(raw)["members"]
+        ]
+
+    def forget_group(self, group_id: str) -> None:
+        pipe = self._pipeline()
+        pipe.hdel(self.groups_key, group_id)
+        pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
+        pipe.execute()
+
+    def forget_groups(self) -> None:
+        """Forget every group: the next sync looks them up and takes them over again."""
+        self.redis.delete(
+            self.groups_key,
+            keys.mirror_absent(self.app_id, "group"),
+            keys.mirror_doubt(self.app_id, "group"),
+        )
+
+    def known_keys(self) -> list[str]:
+        """Reconcile keys of every object the app holds for us."""
+        users = sorted(u.decode() for u in self.redis.hkeys(self.users_key))
+        groups = sorted(g.decode() for g in self.redis.hkeys(self.groups_key))
+        return [f"{self.app_id} group {g}" for g in groups] + [
+            f"{self.app_id} user {u}" for u in users
+        ]
+
+    def counts(self) -> tuple[int, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hlen(self.users_key)
+        pipe.hlen(self.groups_key)
+        users, groups = pipe.execute()
+        return users, groups
+
+    def drop(self) -> None:
+        self.redis.delete(self.users_key, self.groups_key, *_absent_keys(self.app_id))
+
+    # whole-app reads and seeding, for the listing of an application (listing.py, verify.py)
+    def snapshot(self, kind: Kind) -> tuple[dict[str, Any], set[str], set[str]]:
+        """Every entry of a kind (``MirrorUser`` or ``MirrorGroup`` by directory id), the ids
+        whose lookup found nothing and those with a write in doubt, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.users_key if kind == "user" else self.groups_key)
+        pipe.smembers(keys.mirror_absent(self.app_id, kind))
+        pipe.smembers(keys.mirror_doubt(self.app_id, kind))
+        raw, absent, doubt = pipe.execute()
+        parse = _user if kind == "user" else _group
+        entries = {k.decode(): parse(v) for k, v in raw.items()}
+        return entries, {a.decode() for a in absent}, {d.decode() for d in doubt}
+
+    def seed(
+        self, kind: Kind, entries: dict[str, Any], absent: Iterable[str], chunk: int = 500
+    ) -> tuple[int, int]:
+        """Record what a listing of the app found, as a lookup would have (an entry adopted or
+        taken over, or "none"), but only for objects the mirror knows nothing of: an entry or
+        a write in doubt is never overwritten (lua/mirror_seed.lua, atomic per chunk).
+        Returns (entries recorded, absences recorded)."""
+        from worker.store import scripts
+
+        documents = [(i, json.dumps(_document(e))) for i, e in entries.items()]
+        absent = list(absent)
+        target = (
+            self.users_key if kind == "user" else self.groups_key,
+            keys.mirror_absent(self.app_id, kind),
+            keys.mirror_doubt(self.app_id, kind),
+        )
+        saved = marked = 0
+        for start in range(0, max(len(documents), len(absent)), chunk):
+            part = documents[start : start + chunk]
+            flat = [value for pair in part for value in pair]
+            got = scripts.run(self.redis, "mirror_seed", *target, len(part), *flat,
+                              *absent[start : start + chunk])  # fmt: skip
+            saved, marked = saved + int(got[0]), marked + int(got[1])
+        return saved, marked
+
+
+def _absent_keys(app_id: str) -> tuple[str, ...]:
+    return tuple(
+        f(app_id, kind)
+        for f in (keys.mirror_absent, keys.mirror_doubt)
+        for kind in ("user", "group")
+    )
+
+
+def _user(raw: bytes | None) -> MirrorUser | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return MirrorUser(data["id"], data["attributes"], _pairs(data.get("normalized")))
+
+
+def _group(raw: bytes | None) -> MirrorGroup | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return MirrorGroup(data["id"], data["name"], data["members"], _pairs(data.get("normalized")))
+
+
+def _pairs(stored: dict[str, list[Any]] | None) -> dict[str, tuple[Any, Any]]:
+    return {k: (v[0], v[1]) for k, v in (stored or {}).items()}
+
+
+def _document(entry: MirrorUser | MirrorGroup) -> dict[str, Any]:
+    """The stored form of an entry (as ``save_user`` and ``save_group`` write it)."""
+    if isinstance(entry, MirrorUser):
+        document: dict[str, Any] = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
+    else:
+        document = {"id": entry.remote_id, "name": entry.display_name,
+                    "members": dict(entry.members)}  # fmt: skip
+    if entry.normalized:
+        document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
+    return document
