@@ -88,8 +88,8 @@ class Stack:
             redis_url = os.environ["REDIS_URL"]
             print(f"Redis: {redis_url.split('@')[-1]} (REDIS_URL)")
         else:
-            self.redis_server = RedisServer(self.var / "redis").start()
-            redis_url = self.redis_server.url
+            self.redis_server = RedisServer(self.var / "redis")  # stopped even if start is cut
+            redis_url = self.redis_server.start().url
             print(f"Redis: embedded on port {self.redis_server.port}, AOF in {self.var / 'redis'}")
         (self.var / "redis.url").write_text(redis_url)
         os.environ["REDIS_URL"] = redis_url
@@ -196,6 +196,17 @@ def signed_curl(webhook: str, secret_file: str) -> str:
     )
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop the stack as Ctrl-C does."""
+
+
+def _stop_requested(signum: int, _frame: object) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
 def run_stack(
     *, once: bool, concurrency: int, sample: str | None, cli: Callable[[list[str]], int]
 ) -> int:
@@ -203,6 +214,8 @@ def run_stack(
     ``provisioner`` command, passed in: the stack sits below the CLI)."""
     from producers.replay import read_events, replay
 
+    for stop_signal in STOP_SIGNALS:  # a supervisor's stop, `timeout`, a closed terminal
+        signal.signal(stop_signal, _stop_requested)
     stack = Stack(concurrency)
     try:
         endpoints = stack.start()
@@ -247,6 +260,7 @@ def run_stack(
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
-        print("\nstopping everything the stack started")
+        for stop_signal in (signal.SIGINT, *STOP_SIGNALS):  # a second one must not cut the stop
+            signal.signal(stop_signal, signal.SIG_IGN)
+        print("\nstopping everything the stack started", flush=True)
         stack.stop()
