@@ -21,8 +21,8 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from producers.snapshot_lines import taken_at_text
 from worker.contract.events import GroupRecord, UserRecord, epoch_micros
+from worker.contract.snapshot import taken_at_text
 
 Document = dict[str, Any]
 Kind = Literal["user", "group"]

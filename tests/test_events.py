@@ -40,7 +40,7 @@ def test_a_valid_event_and_an_array_parse():
         ({**OK, "data": {"group_id": "g", "user_id": "u", "x": 1}}, "/data/x", "unknown field"),
         ({**OK, "data": {"group_id": "g"}}, "/data/user_id", "Field required"),
         ({**OK, "occurred_at": "2026-11-28T17:50:51"}, "/occurred_at", "zone"),
-        ({**OK, "occurred_at": "yesterday"}, "/occurred_at", "datetime"),
+        ({**OK, "occurred_at": "yesterday"}, "/occurred_at", "RFC 3339"),
         ({**OK, "id": ""}, "/id", "at least 1"),
         ({**OK, "id": "x" * 129}, "/id", "at most 128"),
         ({**OK, "data": {"group_id": "g*", "user_id": "u"}}, "/data/group_id", "pattern"),
@@ -234,6 +234,23 @@ def test_replay_refuses_deep_nesting_on_its_line(tmp_path):
 def test_a_timestamp_beyond_the_calendar_in_utc_is_refused(when):
     found = problems({**OK, "occurred_at": when})
     assert found[0]["pointer"] == "/occurred_at" and "out of range" in found[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "when", ["1969-12-31T23:59:59Z", "1970-01-01T00:30:00+01:00", "5138-11-16T09:46:40Z"]
+)
+def test_a_timestamp_the_version_cannot_order_is_refused(when: str) -> None:
+    """``v`` holds 17 digits of µs since 1970: outside that span it would sort wrongly."""
+    found = problems({**OK, "occurred_at": when})
+    assert found[0]["pointer"] == "/occurred_at" and "out of range" in found[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "when", ["1700000000", "2026-11-28", "2026-11-28T17:50Z", "2026-11-28T17:50:51+0100", "now"]
+)
+def test_a_timestamp_that_is_not_rfc_3339_is_refused(when: str) -> None:
+    found = problems({**OK, "occurred_at": when})
+    assert found[0]["pointer"] == "/occurred_at" and "RFC 3339" in found[0]["reason"]
 
 
 @pytest.mark.parametrize("stamp", [1700000000, 1700000000.5])

@@ -28,9 +28,9 @@ from producers.jumpcloud.api import (
 from producers.jumpcloud.directory import read_snapshot, snapshot_lines
 from producers.jumpcloud.follow import FollowOptions, query
 from producers.jumpcloud.mapping import EdgeChange, MappingError, ObjectChange
-from producers.snapshot_lines import parse_line
 from tests.support.jumpcloud import FakeJumpCloud
 from worker.contract.events import parse_documents
+from worker.contract.snapshot import parse_line
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,10 +27,10 @@ from producers.snapshot_diff import (
     refused_deletions,
     user_events,
 )
-from producers.snapshot_lines import GroupLine, Header, UserLine, parse_line
 from tests import reference_model
 from tests.conftest import own_redis, reset_state
 from worker.contract.events import GroupRecord, UserRecord, parse_documents, parse_event
+from worker.contract.snapshot import GroupLine, Header, UserLine, parse_line
 from worker.devstack.redis_server import RedisServer
 from worker.queue.publish import publish
 from worker.store import keys, scripts

@@ -38,20 +38,35 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 OptionalText = Annotated[str, StringConstraints(max_length=256)] | None
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(5138, 11, 16, 9, 46, 39, 999999, tzinfo=UTC)  # 10**17 - 1 µs: 17 digits of `v`
+RANGE = "it must fall within 1970-01-01T00:00:00Z and 5138-11-16T09:46:39Z"
+
+
 def _require_zone(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("timestamp must carry a zone (RFC 3339), e.g. 2026-11-28T17:50:51Z")
     try:
-        return value.astimezone(UTC)
+        moment = value.astimezone(UTC)
     except OverflowError:  # 9999-12-31T23:00:00-05:00 is in year 10000 in UTC
-        raise ValueError(
-            "timestamp out of range: it must fall within years 1 to 9999 in UTC"
-        ) from None
+        raise ValueError(f"timestamp out of range: {RANGE}") from None
+    if not EARLIEST <= moment <= LATEST:  # the version `v` orders as a 17-digit string
+        raise ValueError(f"timestamp out of range: {RANGE}")
+    return moment
+
+
+RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?"
+)  # the zone is checked after parsing, with its own message
 
 
 def _require_text(value: Any) -> Any:
-    """An RFC 3339 string (or a datetime, from code): never a number, which pydantic would
-    read as Unix time although the contract says RFC 3339."""
+    """An RFC 3339 string (or a datetime, from code): never a number nor a number in a string,
+    which pydantic would read as Unix time although the contract says RFC 3339."""
+    if isinstance(value, str) and not RFC3339.fullmatch(value):
+        raise ValueError(
+            "timestamp must be RFC 3339 (date, time with seconds, zone), e.g. 2026-11-28T17:50:51Z"
+        )
     if isinstance(value, int | float):
         raise ValueError("timestamp must be an RFC 3339 string, e.g. 2026-11-28T17:50:51Z")
     return value

@@ -1,6 +1,7 @@
-"""The lines of a full-state directory snapshot, v1 (``docs/snapshot.md``): strict pydantic
-models, as strict as the event contract (unknown fields, wrong types and timestamps without a
-zone are refused), and a parser that names the line and the field of every problem.
+"""The snapshot format, v1: the lines of a full-state directory snapshot (``docs/snapshot.md``,
+its JSON Schema ``docs/snapshot.schema.json``). Strict pydantic models, as strict as the event
+contract (unknown fields, wrong types and timestamps without a zone are refused), and a parser
+that names the line and the field of every problem.
 
 A snapshot is JSON Lines: the header first, then users, groups and apps in any order::
 
@@ -27,38 +28,56 @@ class _Strict(BaseModel):
 
 
 class Header(_Strict):
-    """The first line: when the directory was read (the derived events' ``occurred_at``) and
-    from where (part of the derived events' ids)."""
+    """The first line, and the only header: when the directory was read and from where."""
 
     kind: Literal["snapshot"]
     # Strict mode refuses strings for datetimes in Python input; parsed in lax mode, as events.
-    taken_at: Annotated[Timestamp, Field(strict=False)]
-    source: Name
+    taken_at: Annotated[
+        Timestamp,
+        Field(
+            strict=False,
+            description="When the directory was read (RFC 3339 with a zone): the `occurred_at` "
+            "of every derived event.",
+        ),
+    ]
+    source: Annotated[
+        Name,
+        Field(
+            description="Where the snapshot comes from (`jumpcloud:org-123`): part of every "
+            "derived event's id."
+        ),
+    ]
 
 
 class UserLine(_Strict):
-    """One user: the whole record, as in ``user.created``."""
+    """One user: the whole record, as in `user.created`."""
 
     kind: Literal["user"]
     user: UserRecord
 
 
+# Every id once in a list (``parse_line`` refuses a repeated one).
+_IdList = Annotated[list[Id], Field(json_schema_extra={"uniqueItems": True})]
+
+
 class GroupLine(_Strict):
-    """One group and all of its members (user ids)."""
+    """One group and all of its members."""
 
     kind: Literal["group"]
     group: GroupRecord
-    members: list[Id]
+    members: Annotated[
+        _IdList, Field(description="All the group's members (user ids); [] for none.")
+    ]
 
 
 class AppLine(_Strict):
     """An application's associations, all of them: the groups and the users associated
-    directly. Apps without a line keep theirs."""
+    directly. An app without a line keeps its associations."""
 
     kind: Literal["app"]
-    app_id: Id
-    groups: list[Id]
-    users: list[Id]
+    app_id: Annotated[Id, Field(description="The application, as events name it (`app_id`).")]
+    groups: Annotated[_IdList, Field(description="All the groups associated with the app.")]
+    users: Annotated[_IdList, Field(description="All the users associated with the app directly.")]
 
 
 Line = Annotated[Header | UserLine | GroupLine | AppLine, Field(discriminator="kind")]
