@@ -86,7 +86,8 @@ def start_pool(url: str, shape: PoolShape, env: dict[str, str] | None = None):  
     breaker delays: the harness's short test values are removed), with ``env`` added."""
     from tests.support.harness import TEST_ENV, WorkerPool
 
-    pool = WorkerPool(url, processes=shape.processes, concurrency=shape.concurrency)
+    pool = WorkerPool(url, processes=shape.processes, concurrency=shape.concurrency,
+                      as_operator=True)  # fmt: skip
     for name in TEST_ENV:
         if name.startswith("PROVISIONER_"):
             pool.env.pop(name, None)

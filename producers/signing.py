@@ -29,19 +29,21 @@ sign``) prints the headers for a body, ready for ``curl -H``.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
 import hmac
-import os
 import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import click
+
+from worker import config
 
 HEADER = "X-Provisioner-Signature"
 SCHEME = "v1"
@@ -261,14 +263,19 @@ def split_secrets(text: str) -> list[bytes]:
     return [secret_key(p) for p in parts if p]
 
 
-def load_secrets(environ: dict[str, str] | None = None) -> list[bytes]:
-    """The configured secrets: ``PROVISIONER_WEBHOOK_SECRET`` then ``…_SECRET_FILE``'s content.
+def load_secrets(environ: Mapping[str, str] | None = None) -> list[bytes]:
+    """The configured secrets: ``PROVISIONER_WEBHOOK_SECRET`` then ``…_SECRET_FILE``'s content,
+    from the settings (read now), or from ``environ`` when given (the same two names).
 
     Both are comma-separated lists; the first secret is the one that signs.
     """
-    env = os.environ if environ is None else environ
-    secrets = split_secrets(env.get(SECRET_ENV, ""))
-    path = env.get(SECRET_FILE_ENV, "").strip()
+    if environ is None:
+        conf = config.load()
+        text, path = conf.webhook_secret_text, str(conf.webhook_secret_file or "")
+    else:
+        text, path = environ.get(SECRET_ENV, ""), environ.get(SECRET_FILE_ENV, "")
+    secrets = split_secrets(text)
+    path = path.strip()
     if path:
         try:
             secrets += split_secrets(Path(path).read_text())
@@ -278,47 +285,61 @@ def load_secrets(environ: dict[str, str] | None = None) -> list[bytes]:
     return list(dict.fromkeys(secrets))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``provisioner sign``: print the signature header(s) of the body read on stdin."""
-    parser = argparse.ArgumentParser(
-        prog="provisioner sign",
-        description=f"Print the {HEADER} header (or, with --standard, the Standard Webhooks "
-        "headers) for the request body read on stdin.",
-    )
-    parser.add_argument(
-        "--secret-file",
-        help=f"file holding the secret (default: ${SECRET_ENV} "
-        f"or ${SECRET_FILE_ENV}; the first secret signs)",
-    )
-    parser.add_argument("--timestamp", type=int, help="unix seconds to sign with (default: now)")
-    parser.add_argument("--value", action="store_true", help="print the value only")
-    parser.add_argument(
-        "--standard",
-        action="store_true",
-        help="print the Standard Webhooks headers (webhook-id, -timestamp, -signature)",
-    )
-    parser.add_argument("--id", help="the webhook-id to sign with --standard (default: a new one)")
-    args = parser.parse_args(argv)
-    env = {SECRET_FILE_ENV: args.secret_file} if args.secret_file else None
+@click.command(
+    name="sign",
+    short_help="print the signature header for a body read on stdin",
+    help=f"Print the {HEADER} header (or, with --standard, the Standard Webhooks headers) for "
+    "the request body read on stdin.",
+)
+@click.option(
+    "--secret-file",
+    help=f"file holding the secret (default: ${SECRET_ENV} or ${SECRET_FILE_ENV}; the first "
+    "secret signs)",
+)
+@click.option("--timestamp", type=int, help="unix seconds to sign with (default: now)")
+@click.option("--value", "value_only", is_flag=True, help="print the value only")
+@click.option(
+    "--standard",
+    is_flag=True,
+    help="print the Standard Webhooks headers (webhook-id, -timestamp, -signature)",
+)
+@click.option("--id", "msg_id", help="the webhook-id to sign with --standard (default: a new one)")
+def sign_command(secret_file: str | None, timestamp: int | None, value_only: bool,
+                 standard: bool, msg_id: str | None) -> int:  # fmt: skip
+    """``provisioner sign``: print the signature header(s) of the body read on stdin; exit 2
+    without a usable secret."""
     try:
-        secrets = load_secrets(env)
-    except SecretsError as error:
-        parser.exit(2, f"provisioner sign: {error}\n")
+        secrets = load_secrets({SECRET_FILE_ENV: secret_file} if secret_file else None)
+    except (SecretsError, config.SettingsError) as error:
+        return _refuse(str(error))
     if not secrets:
-        parser.exit(2, f"provisioner sign: no secret: set {SECRET_ENV} or use --secret-file\n")
+        return _refuse(f"no secret: set {SECRET_ENV} or use --secret-file")
+    if standard and msg_id and not _ID.fullmatch(msg_id):
+        return _refuse(f"--id: 1 to {MAX_ID_LENGTH} printable ASCII")
     body = sys.stdin.buffer.read()
-    timestamp = int(time.time()) if args.timestamp is None else args.timestamp
-    if args.standard:
-        msg_id = args.id or f"msg_{uuid.uuid4().hex}"
-        if not _ID.fullmatch(msg_id):
-            parser.exit(2, f"provisioner sign: --id: 1 to {MAX_ID_LENGTH} printable ASCII\n")
-        headers = standard_headers(secrets[0], body, timestamp, msg_id)
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    if standard:
+        headers = standard_headers(secrets[0], body, timestamp, msg_id or f"msg_{uuid.uuid4().hex}")
         for name, value in headers.items():
-            print(value if args.value else f"{name}: {value}")
+            print(value if value_only else f"{name}: {value}")
         return 0
     value = sign(secrets[0], body, timestamp)
-    print(value if args.value else f"{HEADER}: {value}")
+    print(value if value_only else f"{HEADER}: {value}")
     return 0
+
+
+def _refuse(problem: str) -> int:
+    print(f"provisioner sign: {problem}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m producers.signing``: ``provisioner sign`` on its own; returns the exit code."""
+    try:
+        return sign_command.main(args=argv, prog_name="provisioner sign", standalone_mode=False)
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,8 +4,8 @@ a snapshot describes, deletions of what the snapshot lacks included, published l
 others (journal, duplicate filter, ``lua/ingest.lua``).
 
 ``publish_snapshot`` is the stable entry point for producers (a directory connector writes
-snapshot lines and calls it). The decisions are pure (``snapshot_lines``: the line models;
-``snapshot_diff``: which events); this module reads Redis and the input, and publishes.
+snapshot lines and calls it). The decisions are pure (``worker.contract.snapshot``: the line
+models; ``snapshot_diff``: which events); this module reads Redis and the input, and publishes.
 
 **Bounded memory.** The input is read once, line by line. Lines wait in a chunk of at most
 1,000 objects (10,000 ids counting member and association lists), which is then compared with
@@ -36,7 +36,6 @@ journaled while it ran (the journal since then is read again just before publish
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -69,7 +68,9 @@ from producers.snapshot_diff import (
     registers_of,
     user_events,
 )
-from producers.snapshot_lines import (
+from worker import config
+from worker.contract.events import parse_documents
+from worker.contract.snapshot import (
     AppLine,
     Body,
     GroupLine,
@@ -79,17 +80,16 @@ from producers.snapshot_lines import (
     parse_line,
     place_problem,
 )
-from worker.contract.events import parse_documents
 from worker.progress import Progress
 from worker.queue.publish import BATCH_SIZE, ingest_now, publish, wire
-from worker.store import journal, keys
+from worker.store import codec, journal, keys
 
 CHUNK = 1000  # objects, pairs or keys per round trip
 CHUNK_IDS = 10_000  # ids (lines and their lists) waiting at once
 SCRATCH_TTL = 3600  # seconds a run's temporary sets outlive a crashed run
 MAX_REPORTED = 20
 SHOW = 20  # events a dry run prints
-USER_PREFIX, GROUP_PREFIX = keys.user("").encode(), keys.group("").encode()
+USER_PREFIX, GROUP_PREFIX = keys.user(""), keys.group("")
 
 Line = str | bytes | dict[str, Any]
 
@@ -120,12 +120,12 @@ class SnapshotResult:
     users: int = 0  # objects the snapshot lists
     groups: int = 0
     apps: int = 0
-    held: dict[str, int] = field(default_factory=Counter)  # live users, groups in the projection
+    held: dict[Kind, int] = field(default_factory=Counter)  # live users, groups in the projection
     counts: dict[str, int] = field(default_factory=Counter)  # derived events per type
     sample: list[Document] = field(default_factory=list)  # the first ``show`` events
-    deletions: dict[str, int] = field(default_factory=Counter)  # users, groups to delete
-    deleted_before: dict[str, int] = field(default_factory=Counter)  # listed, but deleted
-    kept_newer: dict[str, int] = field(default_factory=Counter)  # lacking, but newer events
+    deletions: dict[Kind, int] = field(default_factory=Counter)  # users, groups to delete
+    deleted_before: dict[Kind, int] = field(default_factory=Counter)  # listed, but deleted
+    kept_newer: dict[Kind, int] = field(default_factory=Counter)  # lacking, but newer events
     published: int = 0  # events the journal accepted (0 on a dry run)
     duplicates: int = 0  # events it already held (the same snapshot published before)
     dry_run: bool = False
@@ -172,12 +172,9 @@ def publish_snapshot(
 
 
 def guard_limits() -> GuardLimits:
-    """The deletion guard's share from the environment, as ``worker/sync/guard.py`` reads it."""
-    env = os.environ
-    return GuardLimits(
-        percent=float(env.get("PROVISIONER_GUARD_PERCENT", "10")),
-        minimum=int(env.get("PROVISIONER_GUARD_MINIMUM", "20")),
-    )
+    """The deletion guard's share, read now from the settings ``worker/sync/guard.py`` uses."""
+    conf = config.load()
+    return GuardLimits(percent=conf.guard_percent, minimum=conf.guard_minimum)
 
 
 def file_lines(path: str) -> Iterator[bytes]:
@@ -222,7 +219,7 @@ class SnapshotSeed:
             run.read(file_lines(self.path))
             meter = Progress("snapshot", run.result.events, progress)
             for chunk in run.staged():
-                ingest_now(client, [wire(e) for e in parse_documents(chunk)])
+                ingest_now(client, [wire(e).decode() for e in parse_documents(chunk)])
                 meter.advance(len(chunk))
             meter.finish()
             return run.result.events
@@ -353,8 +350,9 @@ class _Run:
         pipe.smismember(self.seen[kind], ids)
         pipe.sadd(self.seen[kind], *ids)
         pipe.expire(self.seen[kind], SCRATCH_TTL)
-        for object_id in ids if fields else ():
-            pipe.hmget((keys.user if kind == "user" else keys.group)(object_id), fields)
+        if fields:
+            for object_id in ids:
+                pipe.hmget((keys.user if kind == "user" else keys.group)(object_id), fields)
         before, _, _, *registers = pipe.execute()
         here: set[str] = set()
         for (number, object_id), earlier in zip(chunk, before, strict=True):
@@ -428,7 +426,8 @@ class _Run:
             self._current(pairs, page)
             for start in range(CHUNK, len(pairs.wanted), CHUNK):
                 part = pairs.wanted[start : start + CHUNK]
-                self._wanted(pairs, part, self.client.hmget(pairs.registers, part))
+                registers = codec.optional_blobs(self.client.hmget(pairs.registers, part))
+                self._wanted(pairs, part, registers)
             while cursor:
                 cursor, page = self.client.sscan(pairs.index, cursor, count=CHUNK)
                 self._current(pairs, page)
@@ -442,9 +441,8 @@ class _Run:
         if len(self.candidates) >= CHUNK:
             self._decide()
 
-    def _current(self, pairs: _Pairs, page: list[bytes]) -> None:
-        for raw in page:
-            item = raw.decode()
+    def _current(self, pairs: _Pairs, page: Iterable[bytes | str]) -> None:
+        for item in codec.texts(page):
             if item not in pairs.wanted_set and item not in pairs.removed:
                 pairs.removed.add(item)  # SSCAN may return an item twice
                 self.removals.append((pairs, item))
@@ -487,8 +485,9 @@ class _Run:
         while cursor != 0:
             cursor, page = self.client.scan(cursor or 0, match=keys.PREFIX + "[ug]:*",
                                             count=CHUNK)  # fmt: skip
-            users = [k[len(USER_PREFIX) :].decode() for k in page if k.startswith(USER_PREFIX)]
-            groups = [k[len(GROUP_PREFIX) :].decode() for k in page if k.startswith(GROUP_PREFIX)]
+            names = codec.texts(page)
+            users = [k[len(USER_PREFIX) :] for k in names if k.startswith(USER_PREFIX)]
+            groups = [k[len(GROUP_PREFIX) :] for k in names if k.startswith(GROUP_PREFIX)]
             self._lacking([("user", u) for u in users] + [("group", g) for g in groups])
 
     def _lacking(self, objects: list[tuple[Kind, str]]) -> None:
@@ -515,10 +514,10 @@ class _Run:
                                                           strict=True):  # fmt: skip
             held: HeldUser | HeldGroup
             if kind == "user":
-                held = HeldUser(values[0] is not None, None, _text(values[1]), None,
-                                _text(values[2]))  # fmt: skip
+                held = HeldUser(values[0] is not None, None, codec.optional_text(values[1]),
+                                None, codec.optional_text(values[2]))  # fmt: skip
             else:
-                held = HeldGroup(values[0] is not None, None, _text(values[1]))
+                held = HeldGroup(values[0] is not None, None, codec.optional_text(values[1]))
             if held.deleted:
                 continue
             self.result.held[kind] += 1
@@ -559,7 +558,7 @@ class _Run:
         still waiting for ingest (its events were not in the projection yet)."""
         seconds, micros = self.client.time()
         now = seconds * 1000 + micros // 1000
-        oldest = self.client.zrange(keys.PENDING_BATCHES, 0, 0, withscores=True)
+        oldest = codec.scored(self.client.zrange(keys.PENDING_BATCHES, 0, 0, withscores=True))
         return min([now] + [int(score) for _, score in oldest])
 
     def _touched_since(self, since_ms: int) -> set[tuple[Kind, str]]:
@@ -613,7 +612,3 @@ def _ids(line: Body) -> int:
     if isinstance(line, AppLine):
         return 1 + len(line.groups) + len(line.users)
     return 1
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()

@@ -43,7 +43,6 @@ recorded today cannot be sent next month, when its ids may have left the filter.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import hmac
@@ -124,11 +123,6 @@ class Refused(Exception):
         return Response(self.status, body, self.headers)
 
 
-def env_flag(name: str) -> bool:
-    """A boolean environment variable: ``1``, ``true``, ``yes`` or ``on``."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 # --- authentication --------------------------------------------------------------------------
 
 
@@ -193,8 +187,10 @@ class Authenticator:
             if scheme == signing.HEADER:
                 header = headers.get(SIGNATURE_HEADER)
                 return signing.check(header, body, self.secrets, time.time(), self.window)
-            values = (headers.get(n) for n in signing.STANDARD_HEADERS)
-            return signing.check_standard(*values, body, self.secrets, time.time(), self.window)
+            msg_id, timestamp, signature = (headers.get(n) for n in signing.STANDARD_HEADERS)
+            return signing.check_standard(
+                msg_id, timestamp, signature, body, self.secrets, time.time(), self.window
+            )
         except signing.SignatureError as error:
             raise self.refuse(error.reason, error.header) from None
 
@@ -490,7 +486,7 @@ def create_app(
         except signing.SecretsError as error:
             raise ConfigurationError(str(error)) from None
     if allow_bearer is None:
-        allow_bearer = env_flag(ALLOW_BEARER_ENV)
+        allow_bearer = config.load().webhook_allow_bearer
     if not secrets and not insecure:
         raise ConfigurationError(
             f"no webhook secret: set {signing.SECRET_ENV} (comma-separated for rotation) or "
@@ -510,9 +506,9 @@ def app_from_env() -> Receiver:
     """The factory uvicorn's workers call: everything from the environment."""
     init_sentry("webhook")  # when SENTRY_DSN is set
     # A log line per request: skip what no line shows (the logging HOWTO's "Optimization").
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    return create_app(insecure=env_flag(INSECURE_ENV))
+    return create_app(insecure=config.load().webhook_insecure)
 
 
 def log_config() -> dict[str, Any]:
@@ -539,11 +535,11 @@ def serve(
 
     if insecure:
         os.environ[INSECURE_ENV] = "1"  # the workers are spawned: they read it from the env
-    insecure = env_flag(INSECURE_ENV)
+    insecure = config.load_or_exit("provisioner webhook").webhook_insecure
     logging.config.dictConfig(log_config())
     try:
         create_app(insecure=insecure)  # refuse to start now, not in every worker
-        config.settings()
+        config.redis_url()
     except ConfigurationError as error:
         raise SystemExit(f"provisioner webhook: {error}") from None
     settings = uvicorn.Config(
@@ -571,25 +567,3 @@ def serve(
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with contextlib.suppress(KeyboardInterrupt):
         Multiprocess(settings, sockets=[sock]).run()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``provisioner webhook [--host H] [--port P] [--workers N] [--insecure]``."""
-    parser = argparse.ArgumentParser(
-        prog="provisioner webhook", description="Run the webhook receiver (POST /v1/events)."
-    )
-    parser.add_argument("--host", default=os.environ.get("PROVISIONER_WEBHOOK_HOST", "127.0.0.1"))
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_PORT", "8000"))
-    )
-    parser.add_argument(
-        "--workers", type=int, default=int(os.environ.get("PROVISIONER_WEBHOOK_WORKERS", "1"))
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="accept requests without authentication (local use only)",
-    )
-    args = parser.parse_args(argv)
-    serve(args.host, args.port, args.workers, args.insecure)
-    return 0

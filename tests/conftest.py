@@ -9,9 +9,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support.clock import FakeClock
 from worker import config
 from worker.devstack.redis_server import RedisServer
 from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
+from worker.store import scripts
 
 
 def reset_state(client: redis.Redis) -> None:
@@ -49,6 +51,15 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 
 @pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The scripts' clock (``worker.store.scripts.clock``) in this process, moved on by the
+    test (``clock.advance(seconds)``) instead of sleeping."""
+    fake = FakeClock()
+    monkeypatch.setattr(scripts, "clock", fake)
+    return fake
+
+
+@pytest.fixture
 def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client of the test Redis, with the product's state wiped before each test."""
     client = redis.Redis.from_url(redis_server.url)
@@ -75,17 +86,52 @@ def harness(r: redis.Redis, worker_pool: WorkerPool, scim_server: ScimServer, tm
 
 
 # -- markers: `pytest -m unit` for the quick ones, `-m e2e`, `-m chaos` -----------------------
-CHAOS = {"test_chaos_e2e", "test_faults_e2e", "test_resilience_e2e", "test_worker_pools_e2e"}
+CHAOS = {"test_chaos_e2e", "test_faults_e2e", "test_load_e2e", "test_resilience_e2e",
+         "test_worker_pools_e2e"}  # fmt: skip
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by its module: ``chaos`` (faults injected: kills, restarts, 5xx),
-    ``e2e`` (real worker processes and SCIM apps), ``unit`` (the rest: pure code, or one Redis)."""
+def _module(item: pytest.Item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+
+
+# -- pytest-xdist (pyproject's addopts: ``-n 4 --dist loadgroup``; ``-n0`` to run in one process):
+# each xdist worker has its own session (its Redis, its worker processes, its SCIM servers, its
+# tmp dirs) and takes tests one at a time, except the tests that share an expensive module-scoped
+# fixture, which go together to one worker (an ``xdist_group``).
+def _xdist_group(module: str, item: pytest.Item) -> str | None:
+    if module == "test_interop_e2e":  # one Django server per kind, shared by its tests
+        callspec = getattr(item, "callspec", None)
+        return f"interop-{callspec.params.get('server_kind') if callspec else ''}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test: ``chaos`` (its module injects faults: kills, restarts, 5xx), ``e2e``
+    (an ``_e2e`` module, or a test that needs the worker processes, ``worker_pool``), ``unit``
+    (the rest: pure code, or code against one Redis)."""
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        module = _module(item)
         if module in CHAOS:
             item.add_marker(pytest.mark.chaos)
-        elif module.endswith("_e2e"):
+        elif module.endswith("_e2e") or "worker_pool" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
         else:
             item.add_marker(pytest.mark.unit)
+        group = _xdist_group(module, item) if config.pluginmanager.hasplugin("xdist") else None
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+# The modules with the longest tests (tens of seconds each, mostly waiting on a rate limit or
+# a killed worker) run first: xdist hands tests out in this order, and one of them left for
+# the end would keep the run going on one worker while the others sit idle.
+LONGEST_FIRST = ("test_chaos_e2e", "test_load_e2e", "test_stack_e2e", "test_convergence",
+                 "test_ratelimit_e2e", "test_jumpcloud_e2e", "test_interop_e2e")  # fmt: skip
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_longest_first(items: list[pytest.Item]) -> None:
+    """After the fixtures' own reordering (a stable sort: each module keeps its order)."""
+    rank = {module: n for n, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item), len(rank)))

@@ -12,7 +12,7 @@ from collections import Counter
 import redis
 
 from tests.reference_model import check, predict
-from tests.support.harness import Harness, WorkerPool
+from tests.support.harness import Harness, WorkerPool, leases_held
 from tests.support.scimserver import DROP, DROP_AFTER, ScimServer
 from worker.devstack.redis_server import RedisServer
 from worker.store import keys
@@ -105,6 +105,33 @@ class Faults:
         return None
 
 
+def kill_mid_reconcile(pool: WorkerPool, client: redis.Redis) -> int:
+    """SIGKILL a worker (and start another) mid-reconcile: once every worker is up (the last
+    kill's replacement too) and holds a lease (one thread each: the victim is reconciling); or,
+    if they never all do within a lease's time, once some key is held. 1 if a worker was
+    killed, 0 if nothing was being reconciled (the backlog gone, or waiting out a backoff)."""
+    wait_for(lambda: pool.ready(client), timeout=30)
+    every = wait_for(lambda: leases_held(client) >= len(pool.workers), timeout=5)
+    if every or wait_for(lambda: leases_held(client) >= 1, timeout=0.1):
+        pool.kill_one()
+        return 1
+    return 0
+
+
+def wait_for(predicate, timeout: float) -> bool:  # noqa: ANN001
+    """Whether ``predicate()`` held within ``timeout`` seconds (a Redis being restarted
+    counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except redis.ConnectionError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
 def test_chaos(tmp_path):
     server = RedisServer(tmp_path / "redis").start()
     client = redis.Redis.from_url(server.url)
@@ -125,16 +152,17 @@ def test_chaos(tmp_path):
                 chunk += rng.sample(events, 15)
                 rng.shuffle(chunk)
             scim.inject(faults)
+            kills = 0
             for n, chunk in enumerate(chunks):
                 h.send(*chunk, wait=False)
-                time.sleep(0.3)
+                time.sleep(0.3)  # delivered in waves
                 if n % 4 == 3:
-                    pool.kill_one()  # SIGKILL a whole worker every few seconds
+                    kills += kill_mid_reconcile(pool, client)  # SIGKILL a worker every few waves
                 if n == len(chunks) // 2:
                     server.restart(kill=True)  # Redis crashes; AOF brings everything back
-            for _ in range(3):
-                time.sleep(2)
-                pool.kill_one()
+            for _ in range(3):  # and a few more while the backlog drains
+                kills += kill_mid_reconcile(pool, client)
+            assert kills >= 5, f"{kills} workers killed mid-reconcile"
             h.wait(timeout=400)
             scim.inject(None)
             problems = check(predict(events), scim.users(), scim.groups())

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 
 from tests.conftest import reset_state
@@ -48,7 +48,7 @@ from worker.sync import rules
 
 APP = "zs"
 START = datetime(2026, 11, 28, 17, 0, 0, tzinfo=UTC)
-E2E_EXAMPLES = int(os.environ.get("CONVERGENCE_EXAMPLES", "60"))  # ~1.7 s each on 2 cores
+E2E_EXAMPLES = int(os.environ.get("CONVERGENCE_EXAMPLES", "60"))  # in all shares; ~0.5 s each
 PHASES = [Phase.explicit, Phase.generate]
 if os.environ.get("CONVERGENCE_SHRINK"):
     PHASES.append(Phase.shrink)
@@ -283,26 +283,43 @@ def run(h: Any, r: Any, scenario: Scenario) -> None:
                                      repr(scenario)])  # fmt: skip
 
 
-@settings(
-    max_examples=E2E_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    # A failure here is often a race: shrinking re-runs it dozens of times (minutes each) and
-    # may end in "Flaky". The failing scenario is printed whole; CONVERGENCE_SHRINK=1 shrinks.
-    phases=PHASES,
-    suppress_health_check=[
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-    ],  # fmt: skip
-)
-@given(scenario=scenarios())
-@example(scenario=Scenario(TWO_REMOVALS, rev(TWO_REMOVALS)))
-@example(scenario=Scenario(DELETIONS, rev(DELETIONS)))
-@example(scenario=staged(STAGED, 9, 4, 2))
-def test_any_delivery_converges_to_the_reference_model(harness, r, scenario: Scenario) -> None:
-    run(harness, r, scenario)
+def _delivery_property(shard: int) -> Any:
+    """The end-to-end property over its ``shard``-th share of the ``E2E_EXAMPLES`` random
+    scenarios (its own seed), so that the shares run side by side (pytest-xdist); the first
+    share also runs the hand-made scenarios."""
+    share = E2E_EXAMPLES // SHARDS + (1 if shard < E2E_EXAMPLES % SHARDS else 0)
+
+    @settings(
+        max_examples=max(1, share),
+        deadline=None,
+        database=None,
+        # A failure here is often a race: shrinking re-runs it dozens of times (minutes each)
+        # and may end in "Flaky". The failing scenario is printed whole; CONVERGENCE_SHRINK=1
+        # shrinks.
+        phases=PHASES,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],  # fmt: skip
+    )
+    @seed(20261128 + shard)  # the same scenarios on every run
+    @given(scenario=scenarios())
+    def test(harness: Any, r: Any, scenario: Scenario) -> None:
+        run(harness, r, scenario)
+
+    if shard == 0:
+        for scenario in (Scenario(TWO_REMOVALS, rev(TWO_REMOVALS)),
+                         Scenario(DELETIONS, rev(DELETIONS)), staged(STAGED, 9, 4, 2)):  # fmt: skip
+            test = example(scenario=scenario)(test)
+    test.__name__ = f"test_any_delivery_converges_to_the_reference_model_{shard}"
+    return test
+
+
+SHARDS = 3
+test_any_delivery_converges_to_the_reference_model_0 = _delivery_property(0)
+test_any_delivery_converges_to_the_reference_model_1 = _delivery_property(1)
+test_any_delivery_converges_to_the_reference_model_2 = _delivery_property(2)
 
 
 # -- the reference model against worker.sync.rules (pure, no Redis) --------------------------------

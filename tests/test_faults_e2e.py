@@ -6,6 +6,7 @@ import time
 
 import redis
 
+from tests.support.harness import InFlight, leases_held, wait_until
 from tests.support.scimserver import DROP_AFTER
 from worker.contract.events import parse_events
 from worker.devstack.redis_server import RedisServer
@@ -22,12 +23,16 @@ def test_a_worker_killed_mid_reconcile_loses_nothing_and_duplicates_nothing(harn
             time.sleep(0.3)
         return None
 
-    h.scim.inject(slow)
+    posting = InFlight(slow)
+    h.scim.inject(posting)
     events = [h.group("g1", "eng"), h.associate("zs", "g1")]
     for i in range(30):
         events += [h.user(f"u{i}"), h.member("g1", f"u{i}")]
     h.send(*events, wait=False)
-    time.sleep(1.5)
+    # Killed once both workers reconcile (3 leases held: 2 threads each) and a create is being
+    # answered, after some users were created.
+    wait_until(lambda: leases_held(h.redis) >= 3 and posting.now and len(h.scim.users()) >= 3,
+               timeout=60, what="both workers mid-reconcile")  # fmt: skip
     worker_pool.kill_one()
     h.wait(timeout=120)
     h.scim.inject(None)

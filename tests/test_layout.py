@@ -11,7 +11,8 @@ Every import counts, lazy ones inside functions included. The packages, from the
 - ``producers``: the webhook receiver, replay, snapshots, the JumpCloud connector;
 - ``worker.tasks`` (the worker process), ``worker.devstack`` (the local stack), ``worker.cli``.
 
-``worker.config``, ``worker.observability`` and ``worker.progress`` are leaves anyone may use.
+``worker.config``, ``worker.observability`` and ``worker.progress`` are leaves anyone may use;
+``worker.config`` imports nothing of the project, the other leaves only ``worker.config``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def test_every_package_imports_only_lower_layers_and_leaves() -> None:
     wrong = []
     for source, targets in _imports().items():
         if source in LEAVES:
-            wrong += [f"{where}: the leaf {source} imports {d}" for d, where in targets]
+            wrong += [f"{where}: the leaf {source} imports {d}" for d, where in targets
+                      if source == "worker.config" or d != "worker.config"]  # fmt: skip
             continue
         assert source in LAYERS, f"{source} is in no layer: add it to LAYERS (and the README)"
         rank = LAYERS.index(source)

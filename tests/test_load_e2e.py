@@ -26,7 +26,7 @@ import redis
 
 from producers import signing
 from tests import reference_model
-from tests.support.harness import ROOT, TEST_ENV, Harness, WorkerPool
+from tests.support.harness import ROOT, TEST_ENV, Harness, WorkerPool, run_cli
 from tests.support.scimserver import ScimServer
 from worker.cli.status import snapshot
 from worker.contract.events import parse_events
@@ -228,7 +228,7 @@ def test_the_journal_and_unprocessed_events_survive_a_redis_crash(
     server = RedisServer(tmp_path / "redis").start()
     pool = WorkerPool(server.url, processes=1, concurrency=2)
     try:
-        env = {**os.environ, **TEST_ENV, "REDIS_URL": server.url}
+        env = {**TEST_ENV, "REDIS_URL": server.url}
         token = tmp_path / "scim.token"
         token.write_text(scim_server.token)
         for args in (
@@ -236,8 +236,8 @@ def test_the_journal_and_unprocessed_events_survive_a_redis_crash(
              str(token), "--rate", "10000", "--burst", "1000"],
             ["approve", "zs"],  # many deactivations are expected: past the deletion guard
         ):  # fmt: skip
-            subprocess.run([sys.executable, "-m", "worker.cli.main", *args], env=env, cwd=ROOT,
-                           check=True, capture_output=True, timeout=60)  # fmt: skip
+            done = run_cli(args, env)
+            assert done.returncode == 0, done.stderr
         client = redis.Redis.from_url(server.url)
         documents = workload(seed=11)[:2000]
         # No wake-up messages (notify=False): the pool's sweeper must find the pending batches.

@@ -3,17 +3,17 @@ reaches the planner and the wire. Unit tests: no Redis, no network (an in-memory
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import httpx
 import pytest
 from scim2_models import Filter, Patch, ServiceProviderConfig
 
-from worker.cli.main import build_parser
+from worker.cli.main import cli, main
 from worker.contract.model import MirrorGroup
 from worker.scim import ENTERPRISE_URN, ScimClient
 from worker.scim.client import AppHttp
@@ -72,13 +72,17 @@ def test_generic_follows_the_service_provider_config() -> None:
     assert profile_by_name("aws", spc) is PROFILES["aws"]
 
 
-def _profile_choices(*command: str) -> set[str]:
-    parser = build_parser()
-    for name in command:
-        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = sub.choices[name]
-    (option,) = (a for a in parser._actions if "--profile" in a.option_strings)
-    return set(option.choices)
+def _command(*names: str) -> click.Command:
+    command: click.Command = cli
+    for name in names:
+        assert isinstance(command, click.Group)
+        command = command.commands[name]
+    return command
+
+
+def _profile_choices(*names: str) -> set[str]:
+    (option,) = (p for p in _command(*names).params if "--profile" in p.opts)
+    return set(option.type.choices)
 
 
 @pytest.mark.parametrize("command", ["activate", "update"])
@@ -86,29 +90,25 @@ def test_profile_choices_are_the_table(command: str) -> None:
     assert _profile_choices("apps", command) == set(PROFILES)
 
 
+def _parsed(*argv: str) -> dict[str, Any]:
+    """The parameters ``provisioner apps ARGV`` would run with (nothing runs)."""
+    command = _command("apps", argv[0])
+    return command.make_context(argv[0], list(argv[1:])).params
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_the_cli_accepts_every_profile(name: str) -> None:
-    args = build_parser().parse_args(
-        [
-            "apps",
-            "activate",
-            "a1",
-            "--base-url",
-            "https://x",
-            "--token-file",
-            "t",
-            "--profile",
-            name,
-        ]
-    )
-    assert args.profile == name
-    args = build_parser().parse_args(["apps", "update", "a1", "--profile", name])
-    assert args.profile == name
+    params = _parsed("activate", "a1", "--base-url", "https://x", "--token-file", "t",
+                     "--profile", name)  # fmt: skip
+    assert params["profile"] == name
+    assert _parsed("update", "a1", "--profile", name)["profile"] == name
 
 
-def test_the_cli_refuses_an_unknown_profile() -> None:
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["apps", "update", "a1", "--profile", "okta"])
+def test_the_cli_refuses_an_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(click.BadParameter):
+        _parsed("update", "a1", "--profile", "okta")
+    assert main(["apps", "update", "a1", "--profile", "okta"]) == 2
+    assert "'okta' is not one of" in capsys.readouterr().err
 
 
 # -- documented facts that change what is sent ---------------------------------------------

@@ -1,4 +1,6 @@
-"""The pool-wide rate limit, measured at the application (issues 5 and 10)."""
+"""The pool-wide rate limit, measured at the application (issues 5 and 10). What the pace
+achieves (the share of the limit used, how soon an unthrottled app is done) depends on the
+machine: it is measured by ``benchmarks/ratelimit.py``; the tests assert what holds anyway."""
 
 import itertools
 import json
@@ -8,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.harness import Harness
+from tests.support.harness import Harness, wait_until
 from tests.support.scimserver import ScimServer
 from worker.sync import ratelimit
 
@@ -43,13 +45,9 @@ def test_requests_never_exceed_rate_plus_burst_and_a_backlog_uses_the_limit(harn
     assert len(h.scim.users()) == users
     assert len(times) >= 2 * users
     times.sort()
-    # any 1-second window
+    # any 1-second window (the share of the limit the backlog used: benchmarks/ratelimit.py)
     most = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
     assert most <= rate + burst, most
-    # while the backlog lasts the pool keeps the app busy: ≥ 90 % of the limit
-    span = times[-1] - times[0]
-    used = (len(times) - burst) / span / rate
-    assert used >= 0.9, f"{used:.2f} of the limit used over {span:.1f}s"
 
 
 def test_retry_after_pauses_the_whole_pool_then_everything_lands(harness):
@@ -108,22 +106,23 @@ def test_a_storm_of_5xx_opens_the_breaker_which_probes_before_resuming(harness):
 
 
 def test_one_throttled_application_never_slows_another(harness):
+    """The slow app needs ~20 s (40 calls at 2/s): the fast one is done while the slow one
+    has not done half of its users, whatever the machine's speed (how soon, on this machine:
+    benchmarks/ratelimit.py)."""
     h = harness
     h.activate("slow", "--rate", "2", "--burst", "1")
     h.activate("fast")
     slow = [h.event("app.user_associated", app_id="slow", user_id=f"s{i}") for i in range(20)]
     fast = [h.event("app.user_associated", app_id="fast", user_id=f"f{i}") for i in range(20)]
     users = [h.user(f"s{i}") for i in range(20)] + [h.user(f"f{i}") for i in range(20)]
-    started = time.monotonic()
     h.send(*slow, *fast, *users, wait=False)
-    deadline = started + 30
+    deadline = time.monotonic() + 30
     while len([u for u in h.scim.users() if u["userName"].startswith("f")]) < 20:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    fast_done = time.monotonic() - started
     slow_done_so_far = len([u for u in h.scim.users() if u["userName"].startswith("s")])
-    assert fast_done < 8, fast_done  # the slow app needs ~20 s (40 calls at 2/s)
-    assert slow_done_so_far < 20
+    assert slow_done_so_far < 10, slow_done_so_far
+    h.cli("apps", "deactivate", "slow")  # rather than wait for the rest of its 20 s
     h.wait(timeout=90)
 
 
@@ -147,7 +146,8 @@ def test_an_exact_token_bucket_refuses_under_1_percent_and_nothing_is_lost(gatew
     provisioned."""
     h, bucket = gateway, gateway.scim.bucket
     h.activate("zs", "--rate", f"{RATE:g}", "--burst", str(BURST))
-    time.sleep(1.2)  # the activation's calls were counted too: a full bucket to start with
+    # the activation's calls were counted too: a full bucket to start with
+    wait_until(bucket.full, timeout=5, what="a full bucket")
     bucket.clear()
     seen = itertools.count(1)
 
@@ -170,7 +170,4 @@ def test_an_exact_token_bucket_refuses_under_1_percent_and_nothing_is_lost(gatew
     state = json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]
     assert state["pace"]["refused"] == refused + 1  # the app's 429 too
     assert state["parked"] == {}
-    # and the pace came back: two cuts (that 429, and often a hair-early one) cost a little
-    accepted = [t for t, ok, _ in bucket.arrivals if ok]
-    used = (len(accepted) - BURST) / (accepted[-1] - accepted[0]) / RATE
-    assert used >= 0.75, f"{used:.2f} of the limit used"
+    # (that the pace came back, ≥ 0.75 of the limit used: benchmarks/ratelimit.py)

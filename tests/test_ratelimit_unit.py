@@ -1,14 +1,23 @@
-"""The pacing script on a real Redis, step by step (no worker touches this Redis)."""
+"""The pacing script on a real Redis, step by step (no worker touches this Redis).
+
+The script runs on Redis's clock (``TIME``), so the tests time it on that clock too: the
+``r`` client here reads ``TIME`` in the same transaction as each script it runs (``r.ran``),
+and a slot is due at ``r.ran + wait``. Neither a slow start (a script loaded, a connection
+opened) nor this process being held up between two calls (a loaded machine, other tests
+running beside) moves what is measured."""
 
 import itertools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from tests.conftest import own_redis
 from tests.support.scimserver import ScimServer
+from worker.config import settings
 from worker.devstack.redis_server import RedisServer
 from worker.queue.workqueue import Workqueue
 from worker.store import keys, scripts
@@ -20,18 +29,52 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     yield from own_redis(tmp_path_factory)
 
 
+class Timed(redis.Redis):
+    """A client whose each script run reads Redis's clock in the same transaction, just before
+    the script: ``ran`` is the time (s, Redis's clock) the last script saw."""
+
+    ran = 0.0
+
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:  # type: ignore[override]
+        pipe = self.pipeline(transaction=True)
+        pipe.time()
+        pipe.evalsha(sha, numkeys, *keys_and_args)
+        (seconds, micros), result = pipe.execute()
+        self.ran = seconds + micros / 1e6
+        return result
+
+
+@pytest.fixture
+def r(r: redis.Redis, redis_server: RedisServer) -> Iterator[Timed]:
+    """The test Redis, wiped (conftest's ``r``), through a ``Timed`` client."""
+    client = Timed.from_url(redis_server.url)
+    ratelimit.pace(client, "warm-up", 1, 1)  # the script loaded, the connection open
+    yield client
+    client.close()
+
+
+def due(r: Timed, wait: float) -> float:
+    """When a slot is due, on Redis's clock: the last script's time plus the ``wait`` it gave."""
+    return r.ran + wait
+
+
 def test_burst_then_reserved_slots_in_order(r):
-    waits = [ratelimit.acquire(r, "a", 5, 2, "t", f"k{i}") for i in range(5)]
+    waits, dues = [], []
+    for i in range(5):
+        waits.append(ratelimit.acquire(r, "a", 5, 2, "t", f"k{i}"))
+        dues.append(due(r, waits[-1]))
     assert waits[:2] == [0, 0]  # the burst
     assert 0 < waits[2] < waits[3] < waits[4]  # then one slot every 200 ms, reserved in order
-    assert waits[3] - waits[2] == pytest.approx(0.2, abs=0.01)
+    assert dues[3] - dues[2] == pytest.approx(0.2, abs=0.002)
     assert ratelimit.acquire(r, "a", 5, 2, "t", "k2") > 0  # k2 keeps its slot, not a new one
     assert ratelimit.acquire(r, "b", 5, 2, "t", "k0") == 0  # another app is not affected
 
 
 def test_retry_after_pauses_every_key_of_the_app(r):
     ratelimit.pause(r, "a", 1.0)
-    assert 0.9 <= ratelimit.acquire(r, "a", 100, 10, "t", "k1") <= 1.0
+    paused_at = r.ran
+    wait = ratelimit.acquire(r, "a", 100, 10, "t", "k1")
+    assert 0 < wait <= 1.0 and due(r, wait) == pytest.approx(paused_at + 1.0, abs=0.002)
     assert ratelimit.acquire(r, "b", 100, 10, "t", "k1") == 0
 
 
@@ -59,7 +102,7 @@ def test_a_failed_probe_opens_the_breaker_for_longer(r):
     assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") == 0
     assert ratelimit.transient_failure(r, "a")  # the probe failed: open again
     first = float(r.get("prov:cb:a:cooldown"))
-    assert first == min(ratelimit.BREAKER_MAX, ratelimit.BREAKER_COOLDOWN * 2)
+    assert first == min(ratelimit.BREAKER_MAX, settings().breaker_cooldown * 2)
     assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") > 0
 
 
@@ -87,15 +130,12 @@ def test_a_slot_checks_the_lease_and_marks_the_write_in_doubt_in_the_same_round_
 def test_a_fast_app_is_paced_so_that_the_cap_holds_on_its_own(r):
     """At 200/s with a burst of 5, slots are reserved (rate + burst) / 1.05 s apart, 5.12 ms:
     a backlog never meets the hard cap, which would cost a key a second run."""
-    slots = []  # when each slot is due, on this process's clock
-    for i in range(400):
-        asked = time.monotonic()
-        slots.append(asked + ratelimit.acquire(r, "fast", 200, 5, "t", f"k{i}"))
+    slots = [due(r, ratelimit.acquire(r, "fast", 200, 5, "t", f"k{i}")) for i in range(400)]
     assert all(s <= slots[4] for s in slots[:5])  # the burst
     spacing = (slots[-1] - slots[100]) / 299
     assert spacing == pytest.approx(1.05 / 205, abs=0.0001)
-    slow = [ratelimit.acquire(r, "slow", 5, 5, "t", f"k{i}") for i in range(8)]
-    assert slow[6] - slow[5] == pytest.approx(0.2, abs=0.005)  # 5/s keeps 1 / rate
+    slow = [due(r, ratelimit.acquire(r, "slow", 5, 5, "t", f"k{i}")) for i in range(8)]
+    assert slow[6] - slow[5] == pytest.approx(0.2, abs=0.002)  # 5/s keeps 1 / rate
 
 
 def test_slots_used_late_never_bunch_beyond_the_cap(r):
@@ -129,32 +169,34 @@ def _age(r, app: str, ms: int, climb: bool = True) -> None:
     r.hset(key, mapping={f: state[f] - ms for f in ("cut", *(["t"] if climb else []))})
 
 
-def _due(r, app: str, rate: float, burst: int, names: list[str]) -> list[float]:
-    """When each key's slot is due, in seconds from the first request (this process's clock,
-    so that the time the requests themselves take does not count)."""
-    start, due = time.monotonic(), []
-    for name in names:
-        asked = time.monotonic()
-        due.append(asked - start + ratelimit.acquire(r, app, rate, burst, "t", name))
-    return due
+def _due(r, app: str, rate: float, burst: int, names: list[str],
+         since: float | None = None) -> list[float]:  # fmt: skip
+    """When each key's slot is due, in seconds from the first request (or from ``since``), on
+    Redis's clock: the time the requests themselves take does not count."""
+    dues = [due(r, ratelimit.acquire(r, app, rate, burst, "t", name)) for name in names]
+    origin = since if since is not None else (dues[0] if dues else 0.0)
+    return [d - origin for d in dues]
 
 
 def _pool(r, app: str, rate: float, burst: int, grants: int, keys: int = 8) -> list[float]:
     """A pool in miniature: ``keys`` keys, each sending one request after another as soon as
-    the limiter lets it (a key told to wait comes back then); the seconds at which the first
-    ``grants`` requests were let through."""
+    the limiter lets it (a key told to wait comes back then, never sooner); the seconds at
+    which the first ``grants`` requests were let through, from the first: the slot the
+    limiter reserved for it (Redis's clock), or when it asked if it went at once."""
     fresh = next(_names)
-    due = {f"{fresh}-{i}": 0.0 for i in range(keys)}
-    start, sent = time.monotonic(), []
+    back = {f"{fresh}-{i}": 0.0 for i in range(keys)}  # when each key asks (this process)
+    reserved: dict[str, float] = {}  # each waiting key's slot (Redis's clock)
+    sent: list[float] = []
     while len(sent) < grants:
-        key = min(due, key=due.__getitem__)
-        time.sleep(max(0.0, due[key] - time.monotonic()))
+        key = min(back, key=back.__getitem__)
+        time.sleep(max(0.0, back[key] - time.monotonic()))
         wait = ratelimit.acquire(r, app, rate, burst, "t", key)
-        now = time.monotonic()
-        due[key] = now + wait
+        back[key] = time.monotonic() + wait  # measured after the answer: never early
         if wait == 0:
-            sent.append(now - start)
-    return sent
+            sent.append(reserved.pop(key, r.ran))
+        else:
+            reserved[key] = due(r, wait)
+    return [t - sent[0] for t in sent]
 
 
 def _spacing(r, app: str, rate: float, burst: int, n: int = 10) -> float:
@@ -212,18 +254,18 @@ def test_the_pace_never_goes_below_the_floor(r):
     _hold_climb(r, "a")
     pace = ratelimit.pace(r, "a", 50, 5)
     assert pace["share"] == pytest.approx(0.1) and pace["refused"] == 20
-    assert pace["requests_per_second"] == pytest.approx(50 * 0.99 * 0.1)
+    # (climbing by 1 % a second since _hold_climb: 0.005/s more per 10 ms)
+    assert pace["requests_per_second"] == pytest.approx(50 * 0.99 * 0.1, abs=0.05)
     # (climbing back meanwhile by 1 % a second: 0.1 to 0.116 over the 1.6 s it takes)
     assert _spacing(r, "a", 50, 5, n=8) == pytest.approx(1 / (50 * 0.99 * 0.108), abs=0.01)
 
 
 def test_a_cut_moves_the_reservations_already_handed_out(r):
     """A backlog holds reservations for seconds ahead: a 429 slows them all down at once."""
-    waits = [ratelimit.acquire(r, "a", 5, 5, "t", f"k{i}") for i in range(8)]
-    due = time.monotonic() + waits[7]
+    slots = [due(r, ratelimit.acquire(r, "a", 5, 5, "t", f"k{i}")) for i in range(8)]
     ratelimit.refused(r, "a")  # 0.8 of the pace, climbing back 5 % a second
-    left = due - time.monotonic()
     later = ratelimit.acquire(r, "a", 5, 5, "t", "k7")  # k7 came back early: wait some more
+    left = slots[7] - r.ran  # what was left of its wait then
     assert left / 0.85 < later < left / 0.8 + 0.01
 
 
@@ -232,11 +274,12 @@ def test_keys_told_to_come_back_find_their_slot_as_the_pace_climbs(r):
     climbing pace will have brought the schedule by then, neither sooner nor later."""
     ratelimit.refused(r, "a")  # 0.8 of 20/s, climbing back 5 % a second
     names = [f"k{i}" for i in range(45)]
-    start = time.monotonic()
-    due = _due(r, "a", 20, 5, names)  # more than 2 s of reservations
-    again = []
+    first = ratelimit.acquire(r, "a", 20, 5, "t", names[0])
+    start = time.monotonic()  # at or a little after the first request, on this process's clock
+    due = [0.0, *_due(r, "a", 20, 5, names[1:], since=r.ran + first)]
+    again = []  # more than 2 s of reservations
     for name, at in list(zip(names, due, strict=True))[4:]:  # the burst's 4 went at once
-        time.sleep(max(0.0, start + at - time.monotonic()))
+        time.sleep(max(0.0, start + at - time.monotonic()))  # never sooner than due
         again.append(ratelimit.acquire(r, "a", 20, 5, "t", name))
     assert again == [0] * (len(names) - 4)  # every key on time, none told to wait more
     gaps = [b - a for a, b in zip(due[5:], due[6:], strict=False)]

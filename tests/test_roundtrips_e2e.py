@@ -11,6 +11,7 @@ import redis.connection
 from tests.conftest import own_redis
 from tests.support.harness import Harness
 from worker.devstack.redis_server import RedisServer
+from worker.queue.workqueue import Workqueue
 from worker.store import keys
 from worker.sync.runner import process_key
 
@@ -32,10 +33,10 @@ class CountingConnection(redis.connection.Connection):
 def _run_dirty(r: redis.Redis, counted: redis.Redis, kind: str) -> tuple[int, int]:
     """Reconcile every dirty key of ``kind`` on ``counted``; (runs, SCIM calls)."""
     runs = calls = 0
-    while dirty := [k.decode() for k in r.zrange(keys.WQ_DIRTY, 0, -1)
-                    if k.decode().split()[1] == kind]:  # fmt: skip
-        r.delete(keys.WQ_DELAYED)  # no backoff here: run at once
+    queue = Workqueue(r)
+    while dirty := [k for k in queue.state().dirty if k.kind == kind]:
         for key in dirty:
+            queue.run_now(key)  # no backoff here: run at once
             result = process_key(counted, key)
             assert result.state == "done", result
             runs, calls = runs + 1, calls + result.outcome.calls

@@ -9,10 +9,12 @@ import json
 import time
 
 from tests.support import drift
+from tests.support.harness import wait_until
 from tests.test_listing_e2e import RequestLog
-from worker.store import audit, learned
+from worker.store import audit, keys, learned
 from worker.store.mirror import Mirror
-from worker.sync.verify import last_result
+from worker.sync.verify import last_result, lock_key
+from worker.sync.verify_schedule import QUEUED_FIELD
 
 
 def verify(h, *options: str) -> tuple[int, dict]:  # noqa: ANN001
@@ -153,7 +155,7 @@ def test_verify_reads_the_app_after_its_live_changes(harness):
     h.send(*(h.user(u) for u in users),
            *(h.event("app.user_associated", app_id="zs", user_id=u) for u in users),
            wait=False)  # fmt: skip
-    time.sleep(0.5)
+    wait_until(lambda: log.writes(), what="the first create")  # provisioning has begun
     code, report = verify(h)
     h.wait()
     [(page_at, _)] = log.pages("/Users")
@@ -187,9 +189,11 @@ def test_the_pool_runs_the_scheduled_verify(harness):
     assert "verify every 2s (last " in h.cli("apps", "list").stdout
     h.cli("apps", "update", "zs", "--verify-every", "off")
     h.wait()
-    time.sleep(1.5)  # a run queued before the change may still finish
+    # a run queued before the change may still start (and finish): none queued nor running
+    wait_until(lambda: not h.redis.hexists(keys.app("zs"), QUEUED_FIELD)
+               and not h.redis.exists(lock_key("zs")), what="the last scheduled run")  # fmt: skip
     started = last_result(h.redis, "zs")["started"]
-    time.sleep(3)
+    time.sleep(3)  # more than the old schedule's 2 s and the sweeper's 1 s between looks
     assert last_result(h.redis, "zs")["started"] == started  # no schedule, no run
 
 

@@ -16,14 +16,19 @@ scrubbed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sentry_sdk
 from sentry_sdk.scrubber import DEFAULT_DENYLIST, EventScrubber
+
+if TYPE_CHECKING:
+    from sentry_sdk.types import Breadcrumb, BreadcrumbHint, Event, Hint
+
+from worker import config
 
 log = logging.getLogger("provisioner.sentry")
 
@@ -110,22 +115,23 @@ class Scrubber(EventScrubber):
             send_default_pii=False,
         )
 
-    def scrub_event(self, event: dict[str, Any]) -> None:  # type: ignore[override]
+    def scrub_event(self, event: Event) -> None:
         found: set[str] = set()
         _collect(event, found)
         super().scrub_event(event)
-        for key in list(event):
-            event[key] = _scrub(event[key], found)
+        fields = cast("dict[str, Any]", event)  # every field alike, whatever its key
+        for key in list(fields):
+            fields[key] = _scrub(fields[key], found)
 
 
-def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def before_send(event: Event, hint: Hint) -> Event:
     """Last pass on the serialized event (the scrubber ran before serialization)."""
     found: set[str] = set()
     _collect(event, found)
-    return {k: _scrub(v, found) for k, v in event.items()}
+    return cast("Event", {k: _scrub(v, found) for k, v in event.items()})
 
 
-def before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def before_breadcrumb(crumb: Breadcrumb, hint: BreadcrumbHint) -> Breadcrumb:
     found: set[str] = set()
     _collect(crumb, found)
     return {k: _scrub(v, found) for k, v in crumb.items()}
@@ -134,7 +140,8 @@ def before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, 
 def init_sentry(component: str, *, dsn: str | None = None, **options: Any) -> bool:
     """Initialise Sentry when ``SENTRY_DSN`` (or ``dsn``) is set; False when it is not.
     ``options`` go to ``sentry_sdk.init`` (a test passes ``transport``)."""
-    dsn = dsn or os.environ.get("SENTRY_DSN") or None
+    conf = config.load()
+    dsn = dsn or conf.sentry_dsn_text
     if not dsn:
         return False
     integrations = list(options.pop("integrations", []))
@@ -142,7 +149,7 @@ def init_sentry(component: str, *, dsn: str | None = None, **options: Any) -> bo
         from sentry_sdk.integrations.celery import CeleryIntegration
 
         integrations.append(CeleryIntegration())
-    _remember_webhook_secrets()
+    _remember_webhook_secrets(conf)
     sentry_sdk.init(
         dsn=dsn,
         send_default_pii=False,
@@ -152,7 +159,7 @@ def init_sentry(component: str, *, dsn: str | None = None, **options: Any) -> bo
         before_breadcrumb=before_breadcrumb,
         integrations=integrations,
         server_name=None,
-        environment=os.environ.get("SENTRY_ENVIRONMENT", "production"),
+        environment=conf.sentry_environment,
         **options,
     )
     sentry_sdk.set_tag("component", component)
@@ -160,15 +167,11 @@ def init_sentry(component: str, *, dsn: str | None = None, **options: Any) -> bo
     return True
 
 
-def _remember_webhook_secrets() -> None:
-    texts = [os.environ.get("PROVISIONER_WEBHOOK_SECRET", "")]
-    path = os.environ.get("PROVISIONER_WEBHOOK_SECRET_FILE", "").strip()
-    if path:
-        try:
-            with open(path) as file:
-                texts.append(file.read())
-        except OSError:
-            pass
+def _remember_webhook_secrets(conf: config.Settings) -> None:
+    texts = [conf.webhook_secret_text]
+    if conf.webhook_secret_file:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            texts.append(conf.webhook_secret_file.read_text())
     for text in texts:
         for secret in text.replace("\n", ",").split(","):
             remember_secret(secret.strip())

@@ -9,13 +9,14 @@ import logging
 import redis
 from celery import signals
 
-from worker.config import redis_client, settings
+from worker.config import load_or_exit, redis_client, settings
 from worker.observability import init_sentry
 from worker.queue.celery_app import celery, send_reconcile
 from worker.store import keys, scripts
 from worker.sync.runner import CLIENTS, process_key
 
 log = logging.getLogger("provisioner.ingest")
+load_or_exit("provisioner worker")  # an invalid setting stops the worker here, in one line
 app = celery()
 
 

@@ -1,18 +1,20 @@
 """``provisioner jumpcloud sync|follow``: the JumpCloud connector's commands.
 
-Registered through ``worker.cli.main.EXTENSIONS``; imports are lazy so that building the parser
-stays cheap.
+``worker.cli.main`` adds the ``jumpcloud`` group; imports are lazy so that the command line
+starts cheaply.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
+
+import click
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 ORG_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -26,7 +28,7 @@ def parse_app(text: str) -> tuple[str, str]:
     whose bound groups and users it takes."""
     app_id, sep, application = text.partition("=")
     if not sep or not APP_ID.match(app_id) or not JC_ID.match(application):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected APP=JUMPCLOUD_APPLICATION_ID")
+        raise click.BadParameter(f"{text!r}: expected APP=JUMPCLOUD_APPLICATION_ID")
     return app_id, application
 
 
@@ -36,7 +38,7 @@ def parse_duration(text: str) -> float | None:
     if text.strip().lower() == "off":
         return None
     if not match:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration such as 90s, 30m, 24h, 1d or off")
+        raise click.BadParameter(f"{text!r}: a duration such as 90s, 30m, 24h, 1d or off")
     seconds = float(match[1]) * UNITS.get(match[2] or "s", 1)
     return seconds or None
 
@@ -44,64 +46,48 @@ def parse_duration(text: str) -> float | None:
 def parse_page_size(text: str) -> int:
     """Insights' ``limit``: "The maximum number of rows you can request is 10,000"."""
     if not text.isdigit() or not 1 <= int(text) <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r}: from 1 to 10000")
+        raise click.BadParameter(f"{text!r}: from 1 to 10000")
     return int(text)
 
 
 def parse_org(text: str) -> str:
     if not ORG_ID.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: an organization id (letters, digits, - _)")
+        raise click.BadParameter(f"{text!r}: an organization id (letters, digits, - _)")
     return text
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    from producers.jumpcloud.api import US_API
-
-    p.add_argument("--api-key-file", required=True, metavar="FILE",
-                   help="a file holding the JumpCloud API key (a key is never an argument)")  # fmt: skip
-    p.add_argument("--org-id", type=parse_org, metavar="ORG",
-                   help="the organization (x-org-id): required for a multi-tenant admin's key")  # fmt: skip
-    p.add_argument("--api-url", default=US_API, metavar="URL",
-                   help=f"the console API: {US_API} (US, the default), "
-                   "https://console.eu.jumpcloud.com (EU), https://console.in.jumpcloud.com (India)")  # fmt: skip
-    p.add_argument("--insights-url", metavar="URL",
-                   help="Directory Insights (default: the region's https://api[.eu|.in].jumpcloud.com)")  # fmt: skip
-    p.add_argument("--app", action="append", type=parse_app, default=[],
-                   metavar="APP=APPLICATION_ID",
-                   help="the JumpCloud application that stands for APP: its bound groups and "
-                   "users become APP's associations (repeatable)")  # fmt: skip
-    p.add_argument("--rate", type=float, default=5.0,
-                   help="requests/s to JumpCloud at most (5; it also honours 429 Retry-After)")  # fmt: skip
-    p.add_argument("--allow-deletions", type=int, metavar="N",
-                   help="deletions a snapshot may publish (the snapshot's guard decides without)")  # fmt: skip
-
-
-def register(
-    commands: argparse._SubParsersAction, apps_commands: argparse._SubParsersAction
-) -> None:
-    """Add ``jumpcloud sync`` and ``jumpcloud follow`` to ``provisioner``."""
-    parser = commands.add_parser("jumpcloud", help="feed the pool from JumpCloud: sync, follow")
-    sub = parser.add_subparsers(dest="jumpcloud_command", required=True, metavar="ACTION")
-    p = sub.add_parser("sync", help="read the whole directory through the API, publish it as a "
-                       "snapshot (deletions included, guarded)")  # fmt: skip
-    _common(p)
-    p.add_argument("--dry-run", action="store_true", help="read and count; publish nothing")
-    p.set_defaults(func=cmd_sync)
-    p = sub.add_parser("follow", help="publish directory changes from Directory Insights as "
-                       "they come, with a scheduled sync")  # fmt: skip
-    _common(p)
-    p.add_argument("--interval", type=float, default=1.0, metavar="S",
-                   help="seconds between polls of Directory Insights (1)")  # fmt: skip
-    p.add_argument("--sync-every", type=parse_duration, default=86_400.0, metavar="D",
-                   help="a full sync this often: 24h (default), 30m, 7d, or off")  # fmt: skip
-    p.add_argument("--lag", type=float, default=0.0, metavar="S",
-                   help="read only events at least S seconds old (0), for events indexed late")  # fmt: skip
-    p.add_argument("--page-size", type=parse_page_size, default=1000, metavar="N",
-                   help="events per Insights page (1000; at most 10,000)")  # fmt: skip
-    p.set_defaults(func=cmd_follow)
+def _common(command: Callable[..., int]) -> Callable[..., int]:
+    """The options ``sync`` and ``follow`` share: credentials, region, apps, pace."""
+    options = (
+        click.option("--api-key-file", required=True, metavar="FILE",
+                     help="a file holding the JumpCloud API key (a key is never an argument)"),
+        click.option("--org-id", type=parse_org, metavar="ORG",
+                     help="the organization (x-org-id): required for a multi-tenant admin's key"),
+        click.option("--api-url", metavar="URL",
+                     help="the console API: https://console.jumpcloud.com (US, the default), "
+                     "https://console.eu.jumpcloud.com (EU), https://console.in.jumpcloud.com (India)"),
+        click.option("--insights-url", metavar="URL",
+                     help="Directory Insights (default: the region's https://api[.eu|.in].jumpcloud.com)"),
+        click.option("--app", "app_pairs", multiple=True, type=parse_app,
+                     metavar="APP=APPLICATION_ID",
+                     help="the JumpCloud application that stands for APP: its bound groups and "
+                     "users become APP's associations (repeatable)"),
+        click.option("--rate", type=float, default=5.0, show_default=True,
+                     help="requests/s to JumpCloud at most (it also honours 429 Retry-After)"),
+        click.option("--allow-deletions", type=int, metavar="N",
+                     help="deletions a snapshot may publish (the snapshot's guard decides without)"),
+    )  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
-def _apps(pairs: list[tuple[str, str]]) -> dict[str, str]:
+@click.group(short_help="feed the pool from JumpCloud: sync, follow")
+def jumpcloud() -> None:
+    """Feed the pool from JumpCloud: a whole-directory sync, or following its changes."""
+
+
+def _apps(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
     apps: dict[str, str] = {}
     for app_id, application in pairs:
         if app_id in apps:
@@ -110,12 +96,13 @@ def _apps(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return apps
 
 
-def _client(args: argparse.Namespace, stop: threading.Event) -> Any:
-    from producers.jumpcloud.api import Client, read_api_key
+def _client(connection: dict[str, Any], org_id: str | None, stop: threading.Event) -> Any:
+    """The JumpCloud client of ``--api-key-file``, ``--api-url``, ``--insights-url``, ``--rate``."""
+    from producers.jumpcloud.api import US_API, Client, read_api_key
 
-    return Client(read_api_key(args.api_key_file), api_url=args.api_url,
-                  insights_url=args.insights_url, org_id=args.org_id, rate=args.rate,
-                  stop=stop)  # fmt: skip
+    return Client(read_api_key(connection["api_key_file"]),
+                  api_url=connection["api_url"] or US_API, insights_url=connection["insights_url"],
+                  org_id=org_id, rate=connection["rate"], stop=stop)  # fmt: skip
 
 
 def _stop_on_signals() -> threading.Event:
@@ -125,9 +112,19 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    """Exit codes as ``provisioner snapshot``'s: 0 published (or would be, ``--dry-run``); 1
-    failed; 3 refused by the deletion guard. Nothing is published unless 0."""
+@jumpcloud.command(
+    name="sync",
+    short_help="read the whole directory through the API, publish it as a snapshot "
+    "(deletions included, guarded)",
+)
+@_common
+@click.option("--dry-run", is_flag=True, help="read and count; publish nothing")
+def sync_directory(app_pairs: tuple[tuple[str, str], ...], org_id: str | None,
+                   allow_deletions: int | None, dry_run: bool, **connection: Any) -> int:  # fmt: skip
+    """Read JumpCloud's whole directory through its API and publish it as a snapshot
+    (deletions included, guarded). Exit codes as ``provisioner snapshot``'s: 0 published (or
+    would be, --dry-run); 1 failed; 3 refused by the deletion guard. Nothing is published
+    unless 0."""
     from redis import RedisError
 
     from producers import snapshot
@@ -138,10 +135,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from worker.config import redis_client
 
     try:
-        apps = _apps(args.app)
-        with _client(args, _stop_on_signals()) as jc:
-            outcome = sync(jc, redis_client(), org=args.org_id, apps=apps, dry_run=args.dry_run,
-                           allow_deletions=args.allow_deletions)  # fmt: skip
+        apps = _apps(app_pairs)
+        with _client(connection, org_id, _stop_on_signals()) as jc:
+            outcome = sync(jc, redis_client(), org=org_id, apps=apps, dry_run=dry_run,
+                           allow_deletions=allow_deletions)  # fmt: skip
     except Stopped:
         print("sync stopped: nothing was published", file=sys.stderr)
         return EXIT_FAIL
@@ -164,7 +161,24 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_follow(args: argparse.Namespace) -> int:
+@jumpcloud.command(
+    short_help="publish directory changes from Directory Insights as they come, with a "
+    "scheduled sync"
+)
+@_common
+@click.option("--interval", type=float, default=1.0, show_default=True, metavar="S",
+              help="seconds between polls of Directory Insights")  # fmt: skip
+@click.option("--sync-every", type=parse_duration, default="24h", show_default=True,
+              metavar="D", help="a full sync this often: 24h, 30m, 7d, or off")  # fmt: skip
+@click.option("--lag", type=float, default=0.0, show_default=True, metavar="S",
+              help="read only events at least S seconds old, for events indexed late")  # fmt: skip
+@click.option("--page-size", type=parse_page_size, default="1000", show_default=True,
+              metavar="N", help="events per Insights page (at most 10,000)")  # fmt: skip
+def follow(app_pairs: tuple[tuple[str, str], ...], org_id: str | None,
+           allow_deletions: int | None, interval: float, sync_every: float | None, lag: float,
+           page_size: int, **connection: Any) -> int:  # fmt: skip
+    """Publish JumpCloud's directory changes from Directory Insights as they come, with a
+    full sync every --sync-every. Runs until stopped (SIGTERM, Ctrl-C)."""
     from redis import RedisError
 
     from producers.jumpcloud.api import JumpCloudError
@@ -174,10 +188,10 @@ def cmd_follow(args: argparse.Namespace) -> int:
     logging.getLogger("provisioner.jumpcloud").setLevel(logging.INFO)
     stop = _stop_on_signals()
     try:
-        options = FollowOptions(org=args.org_id, apps=_apps(args.app), interval=args.interval,
-                                sync_every=args.sync_every, lag=args.lag,
-                                page_size=args.page_size, allow_deletions=args.allow_deletions)  # fmt: skip
-        with _client(args, stop) as jc:
+        options = FollowOptions(org=org_id, apps=_apps(app_pairs), interval=interval,
+                                sync_every=sync_every, lag=lag, page_size=page_size,
+                                allow_deletions=allow_deletions)  # fmt: skip
+        with _client(connection, org_id, stop) as jc:
             Follower(jc, redis_client(), options, stop).run()
     except (JumpCloudError, ValueError, RedisError) as error:
         print(f"follow stopped: {error}", file=sys.stderr)

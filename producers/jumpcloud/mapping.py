@@ -120,6 +120,9 @@ def _reason(error: ValidationError) -> str:
 
 
 # -- Directory Insights ------------------------------------------------------------------------
+EdgeKind = Literal["member", "app_group", "app_user"]
+
+
 @dataclass(frozen=True)
 class ObjectChange:
     """A user or group changed somehow: read it now (gone: deleted)."""
@@ -133,13 +136,13 @@ class ObjectChange:
 class EdgeChange:
     """A membership (group -> user) or an application's association (app -> group or user)."""
 
-    kind: Literal["member", "app_group", "app_user"]
+    kind: EdgeKind
     source: str  # the group, or the JumpCloud application
     target: str  # the user, or the group
     added: bool
 
 
-_PAIRS = {
+_PAIRS: dict[frozenset[str], tuple[EdgeKind, str, str]] = {
     frozenset({"user_group", "user"}): ("member", "user_group", "user"),
     frozenset({"application", "user_group"}): ("app_group", "application", "user_group"),
     frozenset({"application", "user"}): ("app_user", "application", "user"),
@@ -151,7 +154,8 @@ def classify(event: Mapping[str, Any]) -> ObjectChange | EdgeChange | None:
     kind = str(event.get("event_type") or "")
     if event.get("success") is False:
         return None
-    resource = event.get("resource") if isinstance(event.get("resource"), dict) else {}
+    found = event.get("resource")
+    resource: Mapping[str, Any] = found if isinstance(found, dict) else {}
     rtype = str(resource.get("type") or "").lower()
     rid = object_id(resource)
     if kind in USER_EVENTS and rid and rtype in ("", "user", "systemuser"):
@@ -176,8 +180,8 @@ def _edge(association: Any) -> EdgeChange | None:
     pair = _PAIRS.get(frozenset(ends))
     if added is None or pair is None or not all(ends.values()):
         return None
-    kind, source, target = pair
-    return EdgeChange(kind, ends[source], ends[target], added)  # type: ignore[arg-type]
+    edge, source, target = pair
+    return EdgeChange(edge, ends[source], ends[target], added)
 
 
 def event_id(event: Mapping[str, Any]) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -20,6 +24,7 @@ from tests.support.scimserver import ScimServer
 from worker.cli.status import snapshot
 from worker.contract.events import parse_events
 from worker.queue.publish import publish
+from worker.store import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_ENV = {
@@ -30,8 +35,94 @@ TEST_ENV = {
 }
 
 
+def run_cli_process(
+    args: Sequence[str], env: dict[str, str], input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m worker.cli.main *args`` as a process of its own, ``env`` over ours."""
+    return subprocess.run([sys.executable, "-m", "worker.cli.main", *args],
+                          env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True,
+                          input=input, timeout=timeout)  # fmt: skip
+
+
+_cli_lock = threading.Lock()
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run_cli(
+    args: Sequence[str], env: dict[str, str], input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``provisioner *args`` in this process, as a process of its own would run it: ``env``
+    over ``os.environ`` for the duration of the call (the settings read afresh before and
+    after), ``input`` as standard input (empty without it, never a terminal), standard output
+    and error captured, WARNING logs to the captured standard error. ``main(argv)`` returns
+    the exit code and never raises ``SystemExit``; the signal handlers a command installs
+    (``jumpcloud sync`` stops on SIGTERM) are put back. Saves the second or so a new
+    interpreter takes to start and import the product."""
+    from worker import config
+    from worker.cli.main import main
+
+    out, err = io.BytesIO(), io.BytesIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    stderr = io.TextIOWrapper(err, encoding="utf-8", write_through=True)
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()), encoding="utf-8")
+    handler = logging.StreamHandler(stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    with _cli_lock:
+        saved_env = {name: os.environ.get(name) for name in env}
+        saved_signals = {s: signal.getsignal(s) for s in _STOP_SIGNALS} if in_main_thread else {}
+        os.environ.update(env)
+        config.settings.cache_clear()
+        logging.getLogger().addHandler(handler)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                code = _main(main, args, stdin)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            for sig, previous in saved_signals.items():
+                if previous is not None:  # None: not set from Python, nothing to put back
+                    signal.signal(sig, previous)
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+            config.settings.cache_clear()
+            _forget_clients()
+    stdout.flush()
+    stderr.flush()
+    return subprocess.CompletedProcess(
+        ["provisioner", *args], code, out.getvalue().decode(), err.getvalue().decode()
+    )
+
+
+def _main(main: Callable[[list[str]], int], args: Sequence[str], stdin: io.TextIOWrapper) -> int:
+    """``main(args)`` reading ``stdin``; a ``SystemExit`` (which ``main`` should never let
+    out) becomes the exit status a process would have had."""
+    previous, sys.stdin = sys.stdin, stdin
+    try:
+        return main(list(args))
+    except SystemExit as stop:
+        if stop.code is None or isinstance(stop.code, int):
+            return stop.code or 0
+        print(stop.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.stdin = previous
+
+
+def _forget_clients() -> None:
+    """A process of its own would have built its SCIM clients afresh."""
+    runner = sys.modules.get("worker.sync.runner")
+    if runner is not None:
+        runner.CLIENTS.reset()
+
+
 class WorkerPool:
-    """Celery worker processes (``provisioner worker``), as an operator runs them."""
+    """Celery worker processes (``provisioner worker``), as an operator runs them; for a test,
+    through ``tests.support.worker_process`` (a deferred group looks for its members more
+    often), unless ``as_operator`` (the benchmarks: exactly ``python -m worker.cli.main``)."""
 
     def __init__(
         self,
@@ -42,21 +133,25 @@ class WorkerPool:
         loglevel: str = "WARNING",
         env: dict[str, str] | None = None,
         pool: str = "threads",
+        as_operator: bool = False,
     ):
         self.env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url, **(env or {})}
+        self.module = "worker.cli.main" if as_operator else "tests.support.worker_process"
         self.log_file = log_file
         self.loglevel = loglevel
         self.processes = processes
         self.concurrency = concurrency
         self.pool = pool
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []  # each worker's node name, before "@"
         self._names = count()
 
     def start_one(self) -> subprocess.Popen[bytes]:
-        name = f"test{next(self._names)}@%h"
+        self.names.append(f"test{next(self._names)}")
+        name = f"{self.names[-1]}@%h"
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli.main", "worker", "--pool", self.pool, "--concurrency",
+            [sys.executable, "-m", self.module, "worker", "--pool", self.pool, "--concurrency",
              str(self.concurrency), "--loglevel", self.loglevel, "--hostname", name],
             env=self.env, cwd=ROOT, stdout=output, stderr=output,
             start_new_session=True,
@@ -69,8 +164,16 @@ class WorkerPool:
             self.start_one()
         return self
 
+    def ready(self, client: redis.Redis) -> bool:
+        """Whether every worker of the pool is up: its sweeper beats (``status``'s workers)."""
+        from worker.queue.sweeper import alive_workers
+
+        alive = {name.split("@")[0] for name in alive_workers(client)}
+        return all(name in alive for name in self.names)
+
     def kill_one(self) -> None:
         """SIGKILL a whole worker (main process and children) and start a replacement."""
+        self.names.pop(0)
         victim = self.workers.pop(0)
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait()
@@ -89,6 +192,7 @@ class WorkerPool:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.workers.clear()
+        self.names.clear()
 
 
 class Harness:
@@ -116,11 +220,15 @@ class Harness:
         self.clock = 1_800_000_000.0
 
     def cli(
-        self, *args: str, check: bool = True, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:  # noqa: E501
-        env = {**os.environ, **self.env}
-        result = subprocess.run([sys.executable, "-m", "worker.cli.main", *args], env=env, cwd=ROOT,
-                                capture_output=True, text=True, input=input, timeout=120)  # fmt: skip
+        self, *args: str, check: bool = True, input: str | None = None, process: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """``provisioner *args`` with the harness's environment: in this process (``main(argv)``,
+        its output captured), or as a process of its own with ``process=True`` (a test of the
+        real process) or ``HARNESS_CLI=process`` in the environment (every call, to debug)."""
+        if process or os.environ.get("HARNESS_CLI") == "process":
+            result = run_cli_process(args, self.env, input)
+        else:
+            result = run_cli(args, self.env, input)
         if check and result.returncode != 0:
             raise AssertionError(f"provisioner {' '.join(args)} failed: {result.stderr}")
         return result
@@ -210,6 +318,40 @@ class Harness:
     def associate(self, app: str, gid: str, associated: bool = True) -> dict[str, Any]:
         kind = "app.group_associated" if associated else "app.group_disassociated"
         return self.event(kind, app_id=app, group_id=gid)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30, what: str = "") -> Any:
+    """Poll ``predicate`` until it holds (returned), for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(0.02)
+    return value
+
+
+def leases_held(client: redis.Redis) -> int:
+    """Keys being reconciled right now: each holds a lease (``prov:wq:owner``)."""
+    return int(client.hlen(keys.WQ_OWNER))
+
+
+class InFlight:
+    """A fault hook (``ScimServer.inject``) that counts the requests being answered, around
+    another hook (or none): a kill can wait for a request in flight instead of sleeping."""
+
+    def __init__(self, inner: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.inner = inner
+        self.now = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any]) -> Any:
+        with self._lock:
+            self.now += 1
+        try:
+            return self.inner(environ) if self.inner is not None else None
+        finally:
+            with self._lock:
+                self.now -= 1
 
 
 def shuffled(documents: Sequence[dict[str, Any]], seed: int) -> list[dict[str, Any]]:

@@ -93,7 +93,8 @@ class FakeJumpCloud:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()  # fmt: skip
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         return self
 

@@ -169,6 +169,12 @@ class TokenBucket:
             self.arrivals.append((now, accepted, request))
             return accepted
 
+    def full(self) -> bool:
+        """Whether the bucket holds ``burst`` tokens (a request now would find them all)."""
+        with self._lock:
+            tokens = self._tokens + (time.monotonic() - self._stamp) * self.rate
+            return tokens >= self.burst
+
     @property
     def accepted(self) -> int:
         return sum(1 for _, ok, _ in self.arrivals if ok)

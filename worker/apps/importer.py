@@ -27,7 +27,7 @@ from worker.contract.events import EventError, parse_event
 from worker.queue.celery_app import RECONCILE_QUEUE, celery
 from worker.queue.celery_app import app as celery_app
 from worker.scim import ScimClient
-from worker.store import audit, keys
+from worker.store import audit, codec, keys
 from worker.store.audit import AuditEntry
 from worker.sync.rules import USER_MAPPING
 
@@ -236,14 +236,13 @@ def _complete(client: redis.Redis, job_id: str, outcome: str, detail: str) -> No
 
 
 def progress(client: redis.Redis, job_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(job_key(job_id)).items()}
+    return {codec.text(k): codec.text(v) for k, v in client.hgetall(job_key(job_id)).items()}
 
 
 def recent(client: redis.Redis, limit: int = 5) -> list[dict[str, Any]]:
     """The latest jobs, newest first (for ``status``)."""
     jobs = []
-    for raw in client.zrevrange(JOBS, 0, limit - 1):
-        job_id = raw.decode()
+    for job_id in codec.members(client.zrevrange(JOBS, 0, limit - 1)):
         state = progress(client, job_id)
         if state:
             jobs.append({"id": job_id, **state})
@@ -251,7 +250,7 @@ def recent(client: redis.Redis, limit: int = 5) -> list[dict[str, Any]]:
 
 
 def _forget_old_jobs(client: redis.Redis) -> None:
-    old = [j.decode() for j in client.zrange(JOBS, 0, -KEEP_JOBS - 1)]
+    old = codec.members(client.zrange(JOBS, 0, -KEEP_JOBS - 1))
     if old:
         client.delete(*(job_key(j) for j in old), *(items_key(j) for j in old))
         client.zrem(JOBS, *old)

@@ -27,9 +27,10 @@ from worker.scim import (
     make_http_client,
     profile_by_name,
 )
-from worker.store import apps, audit, keys, learned, projection
+from worker.store import apps, audit, codec, keys, learned, projection
 from worker.store.apps import AppConfig, AppError
 from worker.store.audit import AuditEntry
+from worker.store.keys import Kind, ReconcileKey
 from worker.store.mirror import Mirror
 from worker.sync.dryrun import DRY_RUN, is_dry_run
 from worker.sync.listing import SeedReport, seed_at_activation
@@ -64,7 +65,7 @@ def syncing(client: redis.Redis, app_id: str) -> bool:
     return bool(client.sismember(keys.APPS_ACTIVE, app_id))
 
 
-def mark(client: redis.Redis, reconcile_keys: Iterable[str]) -> int:
+def mark(client: redis.Redis, reconcile_keys: Iterable[ReconcileKey]) -> int:
     """Mark keys dirty and wake the workers; returns how many were marked."""
     from worker.queue.celery_app import send_reconcile
 
@@ -253,7 +254,7 @@ def update(
     updated = apps.update(client, app_id, **new) if new else app
     reconcile_keys = _reconciles_for(client, app, updated)
     if forgotten and forgotten.unsupported_attributes:  # try them again on every user
-        reconcile_keys |= {k for k in _app_keys(client, app_id) if k.split(" ", 2)[1] == "user"}
+        reconcile_keys |= {k for k in _app_keys(client, app_id) if k.kind == "user"}
     marked = mark(client, reconcile_keys) if syncing(client, app_id) else 0
     changes = [_describe(field, app, updated) for field in new]
     if forgotten:
@@ -278,7 +279,7 @@ def _learned_text(knowledge: learned.Learned) -> str:
     return ", ".join(parts)
 
 
-def _app_keys(client: redis.Redis, app_id: str) -> set[str]:
+def _app_keys(client: redis.Redis, app_id: str) -> set[ReconcileKey]:
     """Every key of the app's scope and every object it holds for us."""
     return set(projection.covered_keys(client, app_id)) | set(Mirror(client, app_id).known_keys())
 
@@ -307,36 +308,36 @@ def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
     return f"{field.replace('_', ' ')} {getattr(old, field)} -> {getattr(new, field)}"
 
 
-def _reconciles_for(client: redis.Redis, old: AppConfig, new: AppConfig) -> set[str]:
+def _reconciles_for(client: redis.Redis, old: AppConfig, new: AppConfig) -> set[ReconcileKey]:
     """The keys a change of settings needs reconciled (see ``update``)."""
-    marked: set[str] = set()
+    marked: set[ReconcileKey] = set()
     mirror = Mirror(client, new.id)
     if new.group_management and not old.group_management:
         marked |= take_over_groups(client, new.id)
     if new.user_delete_policy == "delete" and old.user_delete_policy != "delete":
-        held = [k.split(" ", 2)[2] for k in mirror.known_keys() if k.split(" ", 2)[1] == "user"]
-        marked |= {f"{new.id} user {u}" for u in _deleted(client, "user", held)}
+        held = mirror.known_ids("user")
+        marked |= {ReconcileKey(new.id, "user", u) for u in _deleted(client, "user", held)}
     if is_dry_run(old) and not is_dry_run(new):  # what was only planned must now be sent
         marked |= set(projection.covered_keys(client, new.id)) | set(mirror.known_keys())
     return marked
 
 
-def take_over_groups(client: redis.Redis, app_id: str) -> set[str]:
+def take_over_groups(client: redis.Redis, app_id: str) -> set[ReconcileKey]:
     """Forget the groups of the mirror (the app may have changed them while we did not look)
     except those deleted in the directory (still ours to delete); returns the group keys to
     reconcile: the associated groups, looked up and taken over by name, and those."""
     mirror = Mirror(client, app_id)
-    held = [k.split(" ", 2)[2] for k in mirror.known_keys() if k.split(" ", 2)[1] == "group"]
+    held = mirror.known_ids("group")
     deleted = _deleted(client, "group", held)
     for group_id in held:
         if group_id not in deleted:
             mirror.forget_group(group_id)
     client.delete(keys.mirror_absent(app_id, "group"))
-    associated = {g.decode() for g in client.smembers(keys.app_groups(app_id))}
-    return {f"{app_id} group {g}" for g in associated | deleted}
+    associated = set(codec.texts(client.smembers(keys.app_groups(app_id))))
+    return {ReconcileKey(app_id, "group", g) for g in associated | deleted}
 
 
-def _deleted(client: redis.Redis, kind: str, ids: list[str]) -> set[str]:
+def _deleted(client: redis.Redis, kind: Kind, ids: list[str]) -> set[str]:
     if not ids:
         return set()
     pipe = client.pipeline(transaction=False)
@@ -395,10 +396,10 @@ def deactivate(client: redis.Redis, app_id: str, *, drain_seconds: float = 30.0)
 
 def drain(client: redis.Redis, app_id: str, seconds: float) -> int:
     """Wait until no reconcile of the app holds a lease; returns how many still do."""
-    prefix = f"{app_id} ".encode()
+    queue = Workqueue(client)
     deadline = time.monotonic() + seconds
     while True:
-        held = [k for k in client.hkeys(keys.WQ_OWNER) if k.startswith(prefix)]
+        held = queue.in_flight(app_id)
         if not held or time.monotonic() >= deadline:
             return len(held)
         time.sleep(0.05)
@@ -414,13 +415,8 @@ def remove(client: redis.Redis, app_id: str) -> None:
             app_id,
             f"{app_id} is active: deactivate it first (`provisioner apps deactivate {app_id}`)",
         )
-    Workqueue(client).drop_app(app_id)
+    Workqueue(client).forget_app(app_id)  # queued, parked, failures counted
     audit.forget_causes(client, app_id)
-    prefix = f"{app_id} ".encode()
-    for hash_key in (keys.WQ_PARKED, keys.WQ_ATTEMPTS):
-        doomed = [k for k in client.hkeys(hash_key) if k.startswith(prefix)]
-        if doomed:
-            client.hdel(hash_key, *doomed)
     apps.remove(client, app_id)
     audit_step(client, DELETE, app_id, "success", "removed: configuration and mirror forgotten")
 

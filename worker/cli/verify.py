@@ -1,15 +1,17 @@
 """``provisioner verify APP [--fix] [--json]``: drift between an application and the directory
-(``worker/sync/verify.py`` does the work; this module parses and prints).
+(``worker/sync/verify.py`` does the work; this module parses and prints; ``worker.cli.main``
+adds the command).
 
 Exit code: 0 no drift, 1 drift found (repaired or not), 2 not verified (an unknown app,
 another verify of it running, the application unreadable)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import TYPE_CHECKING
+
+import click
 
 from worker import config
 
@@ -19,16 +21,29 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_DRIFT, EXIT_NOT_VERIFIED = 0, 1, 2
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+@click.command(
+    short_help="compare an application with the directory (drift); --fix repairs it",
+    help="Read the application in pages, within its rate limit and after live changes, and "
+    "compare it with what the directory says it should hold. Exit code 0: no drift; 1: drift "
+    "found; 2: not verified.",
+)
+@click.argument("app_id", metavar="APP")
+@click.option(
+    "--fix",
+    is_flag=True,
+    help="read each drifted object back and reconcile it through the normal path",
+)
+@click.option("--json", "as_json", is_flag=True)
+def verify(app_id: str, fix: bool, as_json: bool) -> int:
     from worker.store.apps import AppError
-    from worker.sync import verify
+    from worker.sync import verify as drift
 
     try:
-        report = verify.run(config.redis_client(), args.app_id, fix=args.fix)
+        report = drift.run(config.redis_client(), app_id, fix=fix)
     except AppError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NOT_VERIFIED
-    print(json.dumps(report.as_json(), indent=2) if args.json else render(report))
+    print(json.dumps(report.as_json(), indent=2) if as_json else render(report))
     if report.error:
         return EXIT_NOT_VERIFIED
     return EXIT_DRIFT if report.drift else EXIT_OK
@@ -67,24 +82,3 @@ def render(report: Report, limit: int = 50) -> str:
     else:
         lines.append(f"`provisioner verify {report.app} --fix` repairs it")
     return "\n".join(lines)
-
-
-def register(
-    commands: argparse._SubParsersAction, apps_commands: argparse._SubParsersAction
-) -> None:
-    """Add ``verify`` to ``provisioner``."""
-    p = commands.add_parser(
-        "verify",
-        help="compare an application with the directory (drift); --fix repairs it",
-        description="Read the application in pages, within its rate limit and after live "
-        "changes, and compare it with what the directory says it should hold. Exit code 0: "
-        "no drift; 1: drift found; 2: not verified.",
-    )
-    p.add_argument("app_id", metavar="APP")
-    p.add_argument(
-        "--fix",
-        action="store_true",
-        help="read each drifted object back and reconcile it through the normal path",
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_verify)

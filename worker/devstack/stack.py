@@ -84,8 +84,8 @@ class Stack:
         return process
 
     def start(self) -> dict[str, str]:
-        if os.environ.get("REDIS_URL"):
-            redis_url = os.environ["REDIS_URL"]
+        if (conf := config.load()).redis_url_env:
+            redis_url = conf.redis_url
             print(f"Redis: {redis_url.split('@')[-1]} (REDIS_URL)")
         else:
             self.redis_server = RedisServer(self.var / "redis")  # stopped even if start is cut
@@ -196,15 +196,30 @@ def signed_curl(webhook: str, secret_file: str) -> str:
     )
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Ctrl-C, a supervisor's stop or `timeout`, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOPPING = "stopping everything the stack started"
 
 
-class StopRequested(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: stop the stack as Ctrl-C does."""
+def _stop_on_signals(stack: Stack) -> None:
+    """Whatever of ``STOP_SIGNALS`` comes, stop the stack's processes and exit at once.
 
+    The handler stops everything itself rather than raise into the main thread: an exception
+    raised by a handler lands wherever the thread is, a finalizer's ``__del__`` included,
+    where Python prints and drops it, and the stack would keep running."""
 
-def _stop_requested(signum: int, _frame: object) -> None:
-    raise StopRequested(signal.Signals(signum).name)
+    def stop_now(signum: int, _frame: object) -> None:
+        for stop_signal in STOP_SIGNALS:  # a second one must not cut the stop short
+            signal.signal(stop_signal, signal.SIG_IGN)
+        print(f"\n{signal.Signals(signum).name}: {STOPPING}", flush=True)
+        try:
+            stack.stop()
+        finally:
+            sys.stdout.flush()
+            os._exit(0)
+
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, stop_now)
 
 
 def run_stack(
@@ -214,9 +229,8 @@ def run_stack(
     ``provisioner`` command, passed in: the stack sits below the CLI)."""
     from producers.replay import read_events, replay
 
-    for stop_signal in STOP_SIGNALS:  # a supervisor's stop, `timeout`, a closed terminal
-        signal.signal(stop_signal, _stop_requested)
     stack = Stack(concurrency)
+    _stop_on_signals(stack)
     try:
         endpoints = stack.start()
         code = cli(
@@ -257,10 +271,8 @@ def run_stack(
             time.sleep(0.5)
         print("a process of the stack exited; see the logs in var/", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 0
     finally:
-        for stop_signal in (signal.SIGINT, *STOP_SIGNALS):  # a second one must not cut the stop
+        for stop_signal in STOP_SIGNALS:  # a signal now must not cut the stop short
             signal.signal(stop_signal, signal.SIG_IGN)
-        print("\nstopping everything the stack started", flush=True)
+        print(f"\n{STOPPING}", flush=True)
         stack.stop()

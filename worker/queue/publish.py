@@ -154,10 +154,13 @@ def _store(
     """Run ``store_batch`` once per batch, all in one round trip; per batch its id and its
     requests' outcomes."""
     # One batch runs on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).
-    pipe = client.pipeline(transaction=False) if len(batches) > 1 else client
     calls = [store_arguments(batch, notify) for batch in batches]
-    answers = [scripts.run(pipe, "store_batch", *args) for _, args in calls]
-    if pipe is not client:
+    if len(batches) == 1:
+        answers = [scripts.run(client, "store_batch", *calls[0][1])]
+    else:
+        pipe = client.pipeline(transaction=False)
+        for _, args in calls:
+            scripts.run(pipe, "store_batch", *args)
         answers = pipe.execute()
     return [(batch_id, outcomes(batch, answer))
             for batch, (batch_id, _), answer in zip(batches, calls, answers, strict=True)]  # fmt: skip

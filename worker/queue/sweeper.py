@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -20,14 +19,14 @@ from collections.abc import Callable, Iterable
 
 import redis
 
+from worker.config import settings
 from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, send_ingest, send_reconcile
 from worker.queue.workqueue import Workqueue
-from worker.store import journal, keys, scripts
+from worker.store import codec, journal, keys, scripts
 
 log = logging.getLogger("provisioner.sweeper")
 
 INTERVAL = 0.25  # also the granularity of backoffs and throttling delays
-STALE_SECONDS = float(os.environ.get("PROVISIONER_STALE_SECONDS", "30"))
 HEARTBEAT_TTL = 15
 
 
@@ -41,16 +40,18 @@ def beat(client: redis.Redis, name: str) -> None:
 
 
 def alive_workers(client: redis.Redis) -> list[str]:
-    members = client.zrangebyscore(keys.WORKERS, scripts.now_ms(), "+inf")
-    return sorted(m.decode() for m in members)
+    return sorted(codec.members(client.zrangebyscore(keys.WORKERS, scripts.now_ms(), "+inf")))
 
 
 JOURNAL_TRIM_EVERY = 60.0  # seconds between two retention passes over the journal
 VERIFY_CHECK_EVERY = 1.0  # seconds between two looks for scheduled verifies that are due
 
 
-def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> tuple[int, int]:
-    """One pass; returns (reconcile keys, ingest batches) sent again."""
+def sweep_once(client: redis.Redis, *, stale_seconds: float | None = None) -> tuple[int, int]:
+    """One pass; returns (reconcile keys, ingest batches) sent again. ``stale_seconds``
+    defaults to ``PROVISIONER_STALE_SECONDS``."""
+    if stale_seconds is None:
+        stale_seconds = settings().stale_seconds
     queue = Workqueue(client)
     reconcile_keys = queue.sweep(
         stale_seconds=stale_seconds, resend_stale=client.llen(RECONCILE_QUEUE) == 0
@@ -62,9 +63,9 @@ def sweep_once(client: redis.Redis, *, stale_seconds: float = STALE_SECONDS) -> 
         stale = client.zrangebyscore(
             keys.PENDING_BATCHES, "-inf", now - int(stale_seconds * 1000), start=0, num=1000
         )
-        if stale:
-            client.zadd(keys.PENDING_BATCHES, {b: now for b in stale}, xx=True)
-            batches = [b.decode() for b in stale]
+        batches = codec.members(stale)
+        if batches:
+            client.zadd(keys.PENDING_BATCHES, dict.fromkeys(batches, now), xx=True)
             send_ingest(batches)
     if reconcile_keys or batches:
         log.info("sweep: %d keys and %d batches sent again", len(reconcile_keys), len(batches))
@@ -85,6 +86,7 @@ class Sweeper(threading.Thread):
         super().__init__(name="provisioner-sweeper", daemon=True)
         self.schedule_due = schedule_verifies
         self.redis = client
+        self.queue = Workqueue(client)
         self.worker_name = name or f"{socket.gethostname()}:{threading.get_native_id()}"
         self.stopped = threading.Event()
         self.last_trim = 0.0
@@ -121,20 +123,14 @@ class Sweeper(threading.Thread):
 
     def _hold_lock(self) -> bool:
         """One sweeper for the pool: take the lock, or keep it if it is ours."""
-        ttl = int(INTERVAL * 4000)
-        if self.redis.set(keys.WQ_SWEEP_LOCK, self.worker_name, nx=True, px=ttl):
-            return True
-        if self.redis.get(keys.WQ_SWEEP_LOCK) == self.worker_name.encode():
-            self.redis.pexpire(keys.WQ_SWEEP_LOCK, ttl)
-            return True
-        return False
+        return self.queue.hold_sweep_lock(self.worker_name, int(INTERVAL * 4000))
 
     def _until_next_due(self) -> float:
         """Wake when the next backoff or reserved slot is due (throttled keys run on time)."""
-        first = self.redis.zrange(keys.WQ_DELAYED, 0, 0, withscores=True)
-        if not first:
+        due = self.queue.next_due_ms()
+        if due is None:
             return INTERVAL
-        seconds = (first[0][1] - scripts.now_ms()) / 1000
+        seconds = (due - scripts.now_ms()) / 1000
         return min(INTERVAL, max(0.005, seconds))
 
     def stop(self) -> None:

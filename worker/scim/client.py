@@ -176,7 +176,8 @@ def named(resources: list[R], name: str, name_of: Callable[[R], str | None]) -> 
     and taking one of them would overwrite somebody else's account."""
     exact = [r for r in resources if name_of(r) == name]
     folded = [r for r in resources if (name_of(r) or "").casefold() == name.casefold()]
-    return (exact or folded or [None])[0]
+    found = exact or folded
+    return found[0] if found else None
 
 
 def _build(model: Callable[..., M], **kwargs: Any) -> M:
@@ -489,7 +490,7 @@ class ScimClient:
             raise Invalid(None, "empty or non-object response where a SCIM resource was expected")
         _ids_as_text(data)
         try:
-            return model.model_validate(data, scim_ctx=ctx)  # type: ignore[attr-defined]
+            return model.model_validate(data, scim_ctx=ctx)
         except ValidationError as exc:
             if not any("emails" in error["loc"] for error in exc.errors()):
                 raise Invalid(None, f"response is not SCIM: {self._scrub(_short(exc))}") from None
@@ -498,7 +499,7 @@ class ScimClient:
         for resource in data.get("Resources") or []:
             _drop_bad_emails(resource)
         try:
-            return model.model_validate(data, scim_ctx=ctx)  # type: ignore[attr-defined]
+            return model.model_validate(data, scim_ctx=ctx)
         except ValidationError as exc:
             raise Invalid(None, f"response is not SCIM: {self._scrub(_short(exc))}") from None
 
@@ -641,10 +642,7 @@ def _error_detail(raw: bytes, status: int) -> tuple[str, str | None]:
 
 
 def _phrase(status: int) -> str:
-    try:
-        return httpx.codes(status).phrase
-    except ValueError:
-        return "error"
+    return httpx.codes.get_reason_phrase(status) or "error"
 
 
 __all__ = [

@@ -92,7 +92,7 @@ ZSCALER = Profile(
 # (https://help.zscaler.com/zpa/about-scim): every deactivation the engine sends (a suspension,
 # an implicit deny, the last covering group removed) removes the user from ZPA. The mirror still
 # holds the old id; a later reactivation gets 404 there and the engine re-creates the user
-# (worker/sync/reconcile.py ``_on_remote``), with a new ZPA id.
+# (worker/sync/executor.py ``Executor.on_remote``), with a new ZPA id.
 ZSCALER_ZPA = Profile(
     name="zscaler-zpa",
     # Users and Groups: GET, POST, PUT/PATCH, DELETE (https://help.zscaler.com/zpa/about-scim-apis)

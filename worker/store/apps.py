@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import redis
 
 from worker.contract.model import AppSettings, UserDeletePolicy
-from worker.store import keys
+from worker.store import codec, keys
+from worker.store.keys import Kind
 
 APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -121,19 +122,20 @@ def update(client: redis.Redis, app_id: str, **changes: object) -> AppConfig:
 
 
 def list_apps(client: redis.Redis) -> list[AppConfig]:
-    ids = sorted(i.decode() for i in client.smembers(keys.APPS))
+    ids = sorted(codec.texts(client.smembers(keys.APPS)))
     return [c for i in ids if (c := load(client, i)) is not None]
 
 
 def remove(client: redis.Redis, app_id: str) -> None:
+    kinds: tuple[Kind, ...] = ("user", "group")
     pipe = client.pipeline()
     pipe.delete(
         keys.app(app_id),
         keys.app_learned(app_id),
         f"{keys.PREFIX}rl:{app_id}:pace",  # the pace learned from its 429s (lua/throttle.lua)
-        *(keys.mirror(app_id, kind) for kind in ("user", "group")),
-        *(keys.mirror_absent(app_id, kind) for kind in ("user", "group")),
-        *(keys.mirror_doubt(app_id, kind) for kind in ("user", "group")),
+        *(keys.mirror(app_id, kind) for kind in kinds),
+        *(keys.mirror_absent(app_id, kind) for kind in kinds),
+        *(keys.mirror_doubt(app_id, kind) for kind in kinds),
     )
     pipe.srem(keys.APPS, app_id)
     pipe.srem(keys.APPS_ACTIVE, app_id)

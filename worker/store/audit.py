@@ -10,22 +10,19 @@ reconcile of the key takes them when it starts (``take_causes``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 import redis
 
-from worker.store import keys
+from worker.config import settings
+from worker.store import codec, keys
+from worker.store.keys import ReconcileKey
 
-MAXLEN_ENV = "PROVISIONER_AUDIT_MAXLEN"
-DEFAULT_MAXLEN = 200_000
 CAUSES_PREFIX = keys.PREFIX + "wq:cause:"  # LIST per reconcile key, newest event id first
 
 
@@ -42,11 +39,9 @@ class AuditEntry:
     causes: tuple[str, ...] = ()  # ids of the directory events that led to this attempt
 
 
-@cache
 def maxlen() -> int:
-    """Entries kept (approximately: Redis trims whole nodes)."""
-    value = os.environ.get(MAXLEN_ENV, "").strip()
-    return int(value) if value else DEFAULT_MAXLEN
+    """Entries kept (approximately: Redis trims whole nodes): ``PROVISIONER_AUDIT_MAXLEN``."""
+    return settings().audit_maxlen
 
 
 def record(client: redis.Redis | redis.client.Pipeline, entry: AuditEntry) -> None:
@@ -71,7 +66,7 @@ def read(
     high = "+"
     found: list[dict[str, Any]] = []
     while len(found) < limit:
-        page = client.xrevrange(keys.AUDIT, max=high, min=low, count=1000)
+        page = codec.stream(client.xrevrange(keys.AUDIT, max=high, min=low, count=1000))
         for _, fields in page:
             entry = json.loads(fields[b"e"])
             if _matches(entry, app, name, object_id, failed):
@@ -114,7 +109,7 @@ def take_causes(client: redis.Redis, reconcile_key: str) -> tuple[str, ...]:
 
 def forget_causes(client: redis.Redis, app_id: str) -> int:
     """Drop the causes remembered for an app's keys (its queued work was dropped)."""
-    doomed = list(client.scan_iter(match=cause_key(f"{app_id} *"), count=1000))
+    doomed = list(client.scan_iter(match=cause_key(ReconcileKey.prefix(app_id) + "*"), count=1000))
     for start in range(0, len(doomed), 1000):
         client.delete(*doomed[start : start + 1000])
     return len(doomed)
@@ -127,7 +122,7 @@ _UNIT_MINUTES = {"": 1.0, "s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0, "w": 10
 
 def minutes_back(text: str) -> float:
     """``--since``: minutes (``90``), a relative time (``-2h``, ``30m``, ``1d``) or an RFC 3339
-    instant (``2026-11-28T17:00:00Z``), as minutes before now."""
+    instant (``2026-11-28T17:00:00Z``), as minutes before now. Raises ``ValueError``."""
     text = text.strip()
     match = _RELATIVE.match(text)
     if match:
@@ -135,10 +130,10 @@ def minutes_back(text: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise argparse.ArgumentTypeError(
+        raise ValueError(
             f"{text!r}: expected minutes, a relative time like -2h / 30m / 1d, "
             "or an RFC 3339 time like 2026-11-28T17:00:00Z"
         ) from None
     if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{text!r}: an RFC 3339 time needs a zone (Z, +01:00)")
+        raise ValueError(f"{text!r}: an RFC 3339 time needs a zone (Z, +01:00)")
     return (time.time() - moment.timestamp()) / 60

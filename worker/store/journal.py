@@ -16,19 +16,16 @@ entries than the limits may stay.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import redis
 
+from worker import config
 from worker.contract.events import EventError, parse_event, version
-from worker.store import audit, keys, scripts
+from worker.store import audit, codec, keys, scripts
 
-MAX_AGE_ENV = "PROVISIONER_JOURNAL_MAX_AGE_DAYS"
-DEFAULT_MAX_AGE_DAYS = 30.0
 MAX_REPORTED = 20
 PAGE = 1000  # entries read per XRANGE
 SNAPSHOT_SKEW_MS = 5 * 60 * 1000  # the directory's clock against Redis's, for a snapshot
@@ -44,11 +41,9 @@ class JournalError(ValueError):
 
 # -- retention --------------------------------------------------------------------------------
 def configured_max_age() -> float:
-    """``PROVISIONER_JOURNAL_MAX_AGE_DAYS`` in seconds (default 30 days)."""
-    days = float(os.environ.get(MAX_AGE_ENV) or DEFAULT_MAX_AGE_DAYS)
-    if days <= 0:
-        raise ValueError(f"{MAX_AGE_ENV} must be a positive number of days, not {days:g}")
-    return days * 86400
+    """``PROVISIONER_JOURNAL_MAX_AGE_DAYS`` in seconds, read now (``config.SettingsError``, a
+    ``ValueError``, when it is not a positive number)."""
+    return config.load().journal_max_age_days * 86400
 
 
 def trim(
@@ -75,7 +70,7 @@ def stream_bounds(
 ) -> tuple[str, str] | None:
     """The stream ids of entries accepted in ``[since, until)``; ``until`` None: up to the last
     entry now (later ones are left out). None when the journal is empty."""
-    last = client.xrevrange(keys.JOURNAL, count=1)
+    last = codec.stream(client.xrevrange(keys.JOURNAL, count=1))
     if not last:
         return None
     start = "-" if since is None else str(_ms(since))
@@ -89,7 +84,7 @@ def entries(
     """``(stream id, stored event JSON)`` of the journal between inclusive ``bounds``."""
     start, end = bounds
     while True:
-        chunk = client.xrange(keys.JOURNAL, start, end, count=page)
+        chunk = codec.stream(client.xrange(keys.JOURNAL, start, end, count=page))
         for entry_id, fields in chunk:
             yield entry_id.decode(), fields[b"e"].decode()
         if len(chunk) < page:
@@ -109,7 +104,7 @@ def read_range(
 
 def count(client: redis.Redis, bounds: tuple[str, str]) -> int:
     """How many entries lie between ``bounds`` (a pass over them, unless it is the whole)."""
-    last = client.xrevrange(keys.JOURNAL, count=1)
+    last = codec.stream(client.xrevrange(keys.JOURNAL, count=1))
     if bounds[0] == "-" and last and bounds[1] == last[0][0].decode():
         return int(client.xlen(keys.JOURNAL))
     return sum(1 for _ in entries(client, bounds))
@@ -140,11 +135,7 @@ def parse_time(text: str) -> datetime:
         moment = None
     if moment is not None and moment.tzinfo is not None:
         return moment.astimezone(UTC)
-    try:
-        minutes = audit.minutes_back(text)
-    except argparse.ArgumentTypeError as error:
-        raise ValueError(str(error)) from None
-    return datetime.now(UTC) - timedelta(minutes=minutes)
+    return datetime.now(UTC) - timedelta(minutes=audit.minutes_back(text))
 
 
 def _ms(moment: datetime) -> int:
@@ -153,7 +144,8 @@ def _ms(moment: datetime) -> int:
 
 def validate(client: redis.Redis, bounds: tuple[str, str]) -> int:
     """Count the entries between ``bounds``; raise ``JournalError`` naming the invalid ones."""
-    total, problems = 0, []
+    total = 0
+    problems: list[str] = []
     for entry_id, document in entries(client, bounds):
         total += 1
         problem = check(entry_id, document)
@@ -182,7 +174,7 @@ def snapshot_gap(client: redis.Redis, taken_at: datetime) -> str | None:
     missing = trimmed(client)
     if not missing:
         return None
-    first = client.xrange(keys.JOURNAL, count=1)
+    first = codec.stream(client.xrange(keys.JOURNAL, count=1))
     if first:  # every dropped entry is older than the first one kept
         boundary = int(first[0][0].split(b"-")[0])
     else:  # none kept: the last one ever added bounds them

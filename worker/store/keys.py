@@ -1,8 +1,9 @@
 """Names of every Redis key the product uses, in one place.
 
-A reconcile key names one object of one application: ``"<app> user <id>"`` or
-``"<app> group <id>"``. Ids never hold whitespace (the event contract refuses it), so a space
-is a safe separator.
+A reconcile key names one object of one application: a ``ReconcileKey``, whose text (in Redis
+and in Celery's messages) is ``"<app> user <id>"`` or ``"<app> group <id>"``. Ids never hold
+whitespace (the event contract refuses it), so a space is a safe separator. The text is made
+and read here only (``str(key)``, ``ReconcileKey.parse``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ def batch(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}"
 
 
-# Workqueue (see workqueue.py)
+# Workqueue: read and written by worker/queue/workqueue.py (and its Lua scripts) only; others
+# ask the Workqueue. Each holds reconcile keys' text.
 WQ_DIRTY = PREFIX + "wq:dirty"  # ZSET key -> time its reconcile was last scheduled (ms)
 WQ_OWNER = PREFIX + "wq:owner"  # HASH key -> lease token
 WQ_LEASES = PREFIX + "wq:leases"  # ZSET key -> lease expiry (ms)
 WQ_DELAYED = PREFIX + "wq:delayed"  # ZSET key -> time it may run again (ms)
-WQ_SWEEP_LOCK = PREFIX + "wq:sweep"
+WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)
+WQ_ATTEMPTS = PREFIX + "wq:attempts"  # HASH key -> consecutive transient failures
+WQ_DEFERRED = PREFIX + "wq:deferred"  # HASH group key -> since when it waits for members
+WQ_SWEEP_LOCK = PREFIX + "wq:sweep"  # STRING: the worker whose sweeper runs now
 
 # Applications
 APPS = PREFIX + "apps"  # SET of configured app ids
@@ -70,9 +75,6 @@ def mirror_doubt(app_id: str, kind: Kind) -> str:
 
 AUDIT = PREFIX + "audit"  # STREAM of provisioning attempts (see audit.py)
 JOURNAL = PREFIX + "journal"  # STREAM of accepted events
-WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)
-WQ_ATTEMPTS = PREFIX + "wq:attempts"  # HASH key -> consecutive transient failures
-WQ_DEFERRED = PREFIX + "wq:deferred"  # HASH group key -> since when it waits for members
 
 
 WORKERS = PREFIX + "workers"  # ZSET worker name -> heartbeat expiry (ms)
@@ -150,6 +152,8 @@ PROJECTION_PATTERNS = tuple(
 
 @dataclass(frozen=True, order=True)
 class ReconcileKey:
+    """One object of one application, the unit of work of the workqueue."""
+
     app: str
     kind: Kind
     id: str
@@ -157,9 +161,22 @@ class ReconcileKey:
     def __str__(self) -> str:
         return f"{self.app} {self.kind} {self.id}"
 
+    @property
+    def object(self) -> str:
+        """The object's name in audit entries and the deletion guard: ``user:<id>``."""
+        return f"{self.kind}:{self.id}"
+
     @classmethod
-    def parse(cls, text: str) -> ReconcileKey:
-        app_id, kind, object_id = text.split(" ", 2)
-        if kind not in ("user", "group"):
+    def parse(cls, text: str | bytes) -> ReconcileKey:
+        """The key of a text made by ``str`` (``ValueError`` for anything else)."""
+        if isinstance(text, bytes):
+            text = text.decode()
+        parts = text.split(" ", 2)
+        if len(parts) != 3 or parts[1] not in ("user", "group"):
             raise ValueError(f"bad reconcile key {text!r}")
-        return cls(app_id, kind, object_id)  # type: ignore[arg-type]
+        return cls(*parts)  # type: ignore[arg-type]
+
+    @staticmethod
+    def prefix(app_id: str) -> str:
+        """What the text of every key of ``app_id`` starts with (to pick its keys in a scan)."""
+        return f"{app_id} "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -40,7 +41,7 @@ class Learned:
         }
 
 
-def parse(raw: Mapping[bytes | str, bytes | str]) -> Learned:
+def parse(raw: Mapping[Any, bytes | str]) -> Learned:
     """A ``Learned`` from the hash as ``HGETALL`` returns it."""
     forms: dict[str, str] = {}
     unsupported: dict[str, str] = {}

@@ -11,8 +11,10 @@ from typing import Any
 import redis
 
 from worker.contract.model import MirrorGroup, MirrorUser
-from worker.store import keys
-from worker.store.keys import Kind
+from worker.store import codec, keys
+from worker.store.keys import Kind, ReconcileKey
+
+KINDS: tuple[Kind, ...] = ("group", "user")
 
 
 class Mirror:
@@ -123,7 +125,7 @@ class Mirror:
 
     def directory_ids_by_remote_id(self) -> dict[str, str]:
         return {
-            json.loads(raw)["id"]: user_id.decode()
+            json.loads(raw)["id"]: codec.text(user_id)
             for user_id, raw in self.redis.hgetall(self.users_key).items()
         }
 
@@ -170,13 +172,15 @@ class Mirror:
             keys.mirror_doubt(self.app_id, "group"),
         )
 
-    def known_keys(self) -> list[str]:
-        """Reconcile keys of every object the app holds for us."""
-        users = sorted(u.decode() for u in self.redis.hkeys(self.users_key))
-        groups = sorted(g.decode() for g in self.redis.hkeys(self.groups_key))
-        return [f"{self.app_id} group {g}" for g in groups] + [
-            f"{self.app_id} user {u}" for u in users
-        ]
+    def known_ids(self, kind: Kind) -> list[str]:
+        """Directory ids of every object of ``kind`` the app holds for us, sorted."""
+        return sorted(
+            codec.texts(self.redis.hkeys(self.users_key if kind == "user" else self.groups_key))
+        )
+
+    def known_keys(self) -> list[ReconcileKey]:
+        """Reconcile keys of every object the app holds for us (groups first)."""
+        return [ReconcileKey(self.app_id, kind, i) for kind in KINDS for i in self.known_ids(kind)]
 
     def counts(self) -> tuple[int, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -228,21 +232,18 @@ class Mirror:
 
 
 def _absent_keys(app_id: str) -> tuple[str, ...]:
-    return tuple(
-        f(app_id, kind)
-        for f in (keys.mirror_absent, keys.mirror_doubt)
-        for kind in ("user", "group")
-    )
+    kinds: tuple[Kind, ...] = ("user", "group")
+    return tuple(f(app_id, kind) for f in (keys.mirror_absent, keys.mirror_doubt) for kind in kinds)
 
 
-def _user(raw: bytes | None) -> MirrorUser | None:
+def _user(raw: bytes | str | None) -> MirrorUser | None:
     if raw is None:
         return None
     data = json.loads(raw)
     return MirrorUser(data["id"], data["attributes"], _pairs(data.get("normalized")))
 
 
-def _group(raw: bytes | None) -> MirrorGroup | None:
+def _group(raw: bytes | str | None) -> MirrorGroup | None:
     if raw is None:
         return None
     data = json.loads(raw)

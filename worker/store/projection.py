@@ -11,11 +11,8 @@ import json
 import redis
 
 from worker.contract.model import DirectoryUser, GroupFacts, UserFacts
-from worker.store import keys, scripts
-
-
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+from worker.store import codec, keys, scripts
+from worker.store.keys import ReconcileKey
 
 
 def directory_user(fields: dict[bytes, bytes], user_id: str) -> DirectoryUser:
@@ -40,7 +37,7 @@ def group_facts(client: redis.Redis, app_id: str, group_id: str) -> GroupFacts:
     fields = _hash(raw)
     return GroupFacts(
         id=group_id,
-        name=_text(fields.get(b"name")),
+        name=codec.optional_text(fields.get(b"name")),
         deleted=b"del" in fields,
         associated=bool(associated),
         members=frozenset(m.decode() for m in members),
@@ -51,15 +48,17 @@ def _hash(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def covered_keys(client: redis.Redis, app_id: str) -> list[str]:
+def covered_keys(client: redis.Redis, app_id: str) -> list[ReconcileKey]:
     """Every reconcile key of an app's current scope: associated groups, their members and
     the directly associated users (a full sync marks these dirty)."""
-    groups = sorted(g.decode() for g in client.smembers(keys.app_groups(app_id)))
-    users = {u.decode() for u in client.smembers(keys.app_users(app_id))}
+    groups = sorted(codec.texts(client.smembers(keys.app_groups(app_id))))
+    users = set(codec.texts(client.smembers(keys.app_users(app_id))))
     if groups:
         pipe = client.pipeline(transaction=False)
         for group_id in groups:
             pipe.smembers(keys.group_members(group_id))
         for members in pipe.execute():
-            users.update(m.decode() for m in members)
-    return [f"{app_id} group {g}" for g in groups] + [f"{app_id} user {u}" for u in sorted(users)]
+            users.update(codec.texts(members))
+    return [ReconcileKey(app_id, "group", g) for g in groups] + [
+        ReconcileKey(app_id, "user", u) for u in sorted(users)
+    ]

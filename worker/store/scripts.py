@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -22,8 +23,20 @@ _LUA = resources.files("worker.store") / "lua"
 _scripts: dict[str, Script] = {}
 
 
-def now_ms() -> int:
+def wall_clock_ms() -> int:
+    """The time, in milliseconds since the epoch."""
     return int(time.time() * 1000)
+
+
+# What ``now_ms`` reads: the wall clock. A test may put a clock of its own in its place (in
+# this process only) and move it on instead of sleeping; Redis's own clock (``TIME``, which
+# the pacing script reads, and key expiries) goes on as before.
+clock: Callable[[], int] = wall_clock_ms
+
+
+def now_ms() -> int:
+    """The ``now`` every script gets as ``ARGV[1]``: ``clock()``."""
+    return clock()
 
 
 @functools.cache

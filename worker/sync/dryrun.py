@@ -1,7 +1,7 @@
-"""The worker's reconciler (``reconciler``), and planning without writing: a SCIM client that
-sends reads but only describes writes, and a mirror that keeps its changes in memory. Used by
-an app in dry run (``apps update --dry-run on``: the worker plans and audits its calls with
-outcome ``dry_run``) and by ``explain``.
+"""Planning without writing: a SCIM client that sends reads but only describes writes, and a
+mirror that keeps its changes in memory. Used by an app in dry run (``apps update --dry-run
+on``: the worker plans and audits its calls with outcome ``dry_run``, ``reconciler``) and by
+``explain``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import redis
 
 from worker.scim import NotFound, RemoteGroup, RemoteUser, ScimClient, escape_filter_value
 from worker.scim.profiles import Profile
-from worker.store import audit
+from worker.store import audit, codec
 from worker.store.apps import AppConfig
 from worker.store.audit import AuditEntry
+from worker.store.keys import ReconcileKey
 from worker.store.mirror import Mirror
+from worker.sync.executor import marking
 from worker.sync.reconcile import Reconciler
 
 DRY_RUN = "dry_run"  # key of AppConfig.extra: "on" while the app is in dry run
@@ -171,14 +173,15 @@ class OverlayRedis:
         fields = [_text(f) for f in fields]
         known = self._fields.get(key, {})
         missing = [f for f in fields if f not in known]
-        base = {}
+        base: dict[str, bytes | None] = {}
         if missing and key not in self._cleared:
-            base = dict(zip(missing, self._client.hmget(key, missing), strict=True))
+            stored = codec.optional_blobs(self._client.hmget(key, missing))
+            base = dict(zip(missing, stored, strict=True))
         return [known[f] if f in known else base.get(f) for f in fields]
 
     def hgetall(self, key: str) -> dict[bytes, bytes]:
-        base = {} if key in self._cleared else self._client.hgetall(key)
-        merged = {_text(f): v for f, v in base.items()}
+        base = {} if key in self._cleared else codec.hash_blobs(self._client.hgetall(key))
+        merged: dict[str, bytes | None] = {_text(f): v for f, v in base.items()}
         merged.update(self._fields.get(key, {}))
         return {f.encode(): v for f, v in merged.items() if v is not None}
 
@@ -271,14 +274,19 @@ class OverlayMirror(Mirror):
 
 
 def reconciler(
-    client: redis.Redis, app: AppConfig, scim: ScimClient, profile: Profile, **options: Any
+    client: redis.Redis,
+    app: AppConfig,
+    scim: ScimClient,
+    profile: Profile,
+    checks: Callable[[str, ReconcileKey], None],
+    **options: Any,
 ) -> Reconciler:
-    """The worker's reconciler for ``app``: the real one, or a dry run that sends reads only,
-    leaves the mirror as it is and audits each planned call with outcome ``dry_run``."""
-    if not is_dry_run(app):
-        return Reconciler(client, app, scim, profile, **options)
+    """The worker's reconciler for ``app`` in dry run: it sends reads only, leaves the mirror
+    as it is and audits each planned call with outcome ``dry_run``. ``checks(name, key)``
+    runs before each call (the lease, a request slot: the gate's, but for the write in doubt,
+    kept in memory)."""
     planner = DryRunScim(scim, profile)
-    options.pop("guard", None)  # nothing is deactivated or deleted: nothing to hold back
+    mirror = OverlayMirror(client, app.id)
 
     def record(entry: AuditEntry) -> None:
         if entry.outcome == "success":
@@ -291,7 +299,8 @@ def reconciler(
         app,
         planner,  # type: ignore[arg-type]
         profile,
-        mirror=OverlayMirror(client, app.id),
+        gate=marking(mirror, checks),
+        mirror=mirror,
         record=record,
         **options,
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from worker.contract.model import AppSettings
 from worker.scim import ScimClient, ScimError
 from worker.scim.profiles import Profile
 from worker.store import audit, keys, learned, projection
@@ -62,60 +63,10 @@ def explain(
     unsupported = frozenset(knowledge.unsupported_attributes)
     settings = replace(settings, excluded_attributes=settings.excluded_attributes | unsupported)
     mirror = Mirror(client, app.id)
-    summary = {
-        "id": app.id,
-        "state": "paused" if app.paused else ("active" if app.active else "inactive"),
-        "profile": profile.name,
-        "group_management": app.group_management,
-        "user_delete_policy": app.user_delete_policy,
-        "excluded_attributes": list(app.excluded_attributes),
-        "learned": knowledge.as_json(),
-        "dry_run": is_dry_run(app),
-    }
-    changes = None
-    if kind == "user":
-        facts = projection.user_facts(client, app.id, object_id)
-        entry = mirror.user(object_id)
-        intent = rules.user_intent(facts, entry, settings)
-        coverage = {
-            "covered": rules.is_covered(facts),
-            "directly_associated": facts.directly_associated,
-            "through_groups": sorted(facts.covering_groups),
-            "record_known": facts.user.record is not None,
-            "suspended": facts.user.suspended,
-            "deleted": facts.user.deleted,
-        }
-        desired = getattr(intent, "attributes", None)
-        held = None
-        if entry is not None:
-            held = {"remote_id": entry.remote_id, "attributes": dict(entry.attributes)}
-        if desired is not None and entry is not None:
-            changes = attribute_changes(desired, entry.attributes, entry.normalized)
-    else:
-        facts = projection.group_facts(client, app.id, object_id)
-        group = mirror.group(object_id)
-        remote_ids = mirror.remote_user_ids(facts.members)
-        intent = rules.group_intent(facts, group, remote_ids, settings)
-        coverage = {
-            "group_management": app.group_management,
-            "associated": facts.associated,
-            "deleted": facts.deleted,
-            "name": facts.name,
-            "members": len(facts.members),
-            "members_in_app": sum(1 for r in remote_ids.values() if r is not None),
-        }
-        desired = (
-            {"displayName": intent.name, "members": sorted(intent.members)}
-            if isinstance(intent, rules.SyncGroup)
-            else None
-        )
-        held = (
-            {"remote_id": group.remote_id, "displayName": group.display_name,
-             "members": sorted(group.members)}
-            if group else None
-        )  # fmt: skip
+    view = _user_view if kind == "user" else _group_view
+    coverage, intent, desired, held, changes = view(client, app, mirror, object_id, settings)
     result = Explanation(
-        summary,
+        _summary(app, profile, knowledge),
         kind,
         object_id,
         coverage,
@@ -125,27 +76,109 @@ def explain(
         held,
         changes,
     )
+    _plan(client, app, keys.ReconcileKey(app.id, kind, object_id), scim, profile, knowledge, result)
+    return result
+
+
+View = tuple[
+    dict[str, Any], Any, dict[str, Any] | None, dict[str, Any] | None, dict[str, Any] | None
+]
+"""Coverage, intent, desired state, what the mirror holds, and (users) what differs."""
+
+
+def _summary(app: AppConfig, profile: Profile, knowledge: learned.Learned) -> dict[str, Any]:
+    return {
+        "id": app.id,
+        "state": "paused" if app.paused else ("active" if app.active else "inactive"),
+        "profile": profile.name,
+        "group_management": app.group_management,
+        "user_delete_policy": app.user_delete_policy,
+        "excluded_attributes": list(app.excluded_attributes),
+        "learned": knowledge.as_json(),
+        "dry_run": is_dry_run(app),
+    }
+
+
+def _user_view(
+    client: redis.Redis, app: AppConfig, mirror: Mirror, user_id: str, settings: AppSettings
+) -> View:
+    facts = projection.user_facts(client, app.id, user_id)
+    entry = mirror.user(user_id)
+    intent = rules.user_intent(facts, entry, settings)
+    coverage = {
+        "covered": rules.is_covered(facts),
+        "directly_associated": facts.directly_associated,
+        "through_groups": sorted(facts.covering_groups),
+        "record_known": facts.user.record is not None,
+        "suspended": facts.user.suspended,
+        "deleted": facts.user.deleted,
+    }
+    desired = getattr(intent, "attributes", None)
+    held = changes = None
+    if entry is not None:
+        held = {"remote_id": entry.remote_id, "attributes": dict(entry.attributes)}
+    if desired is not None and entry is not None:
+        changes = attribute_changes(desired, entry.attributes, entry.normalized)
+    return coverage, intent, desired, held, changes
+
+
+def _group_view(
+    client: redis.Redis, app: AppConfig, mirror: Mirror, group_id: str, settings: AppSettings
+) -> View:
+    facts = projection.group_facts(client, app.id, group_id)
+    group = mirror.group(group_id)
+    remote_ids = mirror.remote_user_ids(facts.members)
+    intent = rules.group_intent(facts, group, remote_ids, settings)
+    coverage = {
+        "group_management": app.group_management,
+        "associated": facts.associated,
+        "deleted": facts.deleted,
+        "name": facts.name,
+        "members": len(facts.members),
+        "members_in_app": sum(1 for r in remote_ids.values() if r is not None),
+    }
+    desired = (
+        {"displayName": intent.name, "members": sorted(intent.members)}
+        if isinstance(intent, rules.SyncGroup)
+        else None
+    )
+    held = (
+        {"remote_id": group.remote_id, "displayName": group.display_name,
+         "members": sorted(group.members)}
+        if group else None
+    )  # fmt: skip
+    return coverage, intent, desired, held, None
+
+
+def _plan(
+    client: redis.Redis,
+    app: AppConfig,
+    key: keys.ReconcileKey,
+    scim: ScimClient | None,
+    profile: Profile,
+    knowledge: learned.Learned,
+    result: Explanation,
+) -> None:
+    """The calls a reconcile of ``key`` would make, its trace, and what stopped it, into
+    ``result``: reads sent (with ``scim``), writes only described, the mirror in memory."""
     planner = DryRunScim(scim, profile)
     entries: list[AuditEntry] = []
-    overlay = OverlayMirror(client, app.id)
     reconciler = Reconciler(
         client,
         app,
-        planner,
+        planner,  # type: ignore[arg-type]
         profile,
-        mirror=overlay,
+        mirror=OverlayMirror(client, app.id),
         record=entries.append,
         wait_for_members=False,
         knowledge=knowledge,
     )
     try:
-        outcome = reconciler.reconcile(keys.ReconcileKey(app.id, kind, object_id))
-        result.trace = outcome.trace
+        result.trace = reconciler.reconcile(key).trace
     except ScimError as error:
         result.error = f"the application answered: {error}"
     result.calls = [str(call) for call in planner.calls]
     result.writes = sum(1 for call in planner.calls if not call.sent)
-    return result
 
 
 def render(result: Explanation) -> str:
@@ -207,17 +240,16 @@ def sync_now(
     from worker.queue.workqueue import Workqueue
     from worker.sync.runner import process_key
 
-    key = str(keys.ReconcileKey(app_id, kind, object_id))
+    key = keys.ReconcileKey(app_id, kind, object_id)
     queue = Workqueue(client)
     queue.unpark(key)
     started = time.time()
     deadline = time.monotonic() + timeout
     while True:
-        client.zrem(keys.WQ_DELAYED, key)
-        queue.mark([key])  # no message: this process claims it
+        queue.run_now(key)  # no message: this process claims it
         result = process_key(client, key)
         if result.state not in RETRY_STATES or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    entries = audit.read(client, app=app_id, object_id=f"{kind}:{object_id}", since=started)
-    return SyncResult(key, result.state, result.outcome.calls, result.outcome.trace, entries)
+    entries = audit.read(client, app=app_id, object_id=key.object, since=started)
+    return SyncResult(str(key), result.state, result.outcome.calls, result.outcome.trace, entries)

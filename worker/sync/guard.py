@@ -8,11 +8,10 @@ The threshold is 10 % of the users the app holds for us, at least 20, per 10 min
 
 from __future__ import annotations
 
-import os
-
 import redis
 
-from worker.store import keys, scripts
+from worker.config import settings
+from worker.store import codec, keys, scripts
 
 DESTRUCTIVE = frozenset({"user_deprovision", "user_delete_provision", "group_delete_provision"})
 
@@ -22,12 +21,8 @@ class Held(Exception):
 
 
 def _limits() -> tuple[float, int, int]:
-    env = os.environ
-    return (
-        float(env.get("PROVISIONER_GUARD_PERCENT", "10")),
-        int(env.get("PROVISIONER_GUARD_MINIMUM", "20")),
-        int(env.get("PROVISIONER_GUARD_WINDOW", "600")),
-    )
+    conf = settings()
+    return conf.guard_percent, conf.guard_minimum, conf.guard_window
 
 
 def _key(app_id: str, part: str) -> str:
@@ -45,7 +40,8 @@ def check(client: redis.Redis, app_id: str, reconcile_key: str, detail: str) -> 
 
 
 def held(client: redis.Redis, app_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(_key(app_id, "held")).items()}
+    held = client.hgetall(_key(app_id, "held"))
+    return {codec.text(k): codec.text(v) for k, v in held.items()}
 
 
 def approve(client: redis.Redis, app_id: str) -> list[str]:

@@ -31,6 +31,7 @@ import httpx
 import redis
 
 from worker.contract.model import GroupFacts, MirrorGroup, MirrorUser, UserFacts
+from worker.queue.workqueue import Workqueue
 from worker.scim import (
     Invalid,
     ScimClient,
@@ -41,7 +42,7 @@ from worker.scim import (
 )
 from worker.scim.client import MAX_BODY_BYTES, RemoteGroup, RemoteUser
 from worker.scim.profiles import Profile
-from worker.store import apps, keys, projection, scripts
+from worker.store import apps, projection, scripts
 from worker.store.apps import AppConfig
 from worker.store.mirror import Mirror
 from worker.sync import ratelimit, rules
@@ -107,14 +108,7 @@ class Pacer:
 def app_busy(client: redis.Redis, app_id: str) -> bool:
     """A reconcile of the app is in flight or due within ``BUSY_HORIZON_MS`` (two bounded
     reads: the leases held, and the soonest delayed keys)."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hkeys(keys.WQ_OWNER)
-    pipe.zrangebyscore(
-        keys.WQ_DELAYED, "-inf", scripts.now_ms() + BUSY_HORIZON_MS, start=0, num=1000
-    )
-    held, due = pipe.execute()
-    prefix = f"{app_id} ".encode()
-    return any(k.startswith(prefix) for k in (*held, *due))
+    return Workqueue(client).due_soon(app_id, BUSY_HORIZON_MS)
 
 
 @dataclass(frozen=True)
@@ -368,10 +362,10 @@ def groups_facts(
 
 def scope(client: redis.Redis, app_id: str) -> tuple[list[str], list[str]]:
     """The user ids and group ids of the app's scope (``projection.covered_keys``)."""
-    users, groups = [], []
+    users: list[str] = []
+    groups: list[str] = []
     for key in projection.covered_keys(client, app_id):
-        _, kind, object_id = key.split(" ", 2)
-        (users if kind == "user" else groups).append(object_id)
+        (users if key.kind == "user" else groups).append(key.id)
     return users, groups
 
 
@@ -487,9 +481,11 @@ def seed_from_app(
             wanted = wanted_groups(facts, lambda g: g not in known)
             report.groups.wanted = len(wanted) if profile.filter_supported else 0
             if report.groups.wanted:
-                listed = read(scim.list_groups, transport, profile.page_size, budget=len(wanted))
-                _note(report.groups, listed)
-                seed_groups_from(mirror, wanted, listed, report.groups)
+                listed_groups = read(
+                    scim.list_groups, transport, profile.page_size, budget=len(wanted)
+                )
+                _note(report.groups, listed_groups)
+                seed_groups_from(mirror, wanted, listed_groups, report.groups)
     except ScimError as error:
         report.error = f"the application answered: {error}"
         if isinstance(error, Transient):

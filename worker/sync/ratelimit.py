@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from worker.store import keys, scripts
+from worker.config import settings
+from worker.store import codec, keys, scripts
 
 if TYPE_CHECKING:
     from worker.scim.errors import Transient
@@ -33,8 +33,7 @@ log = logging.getLogger("provisioner.ratelimit")
 
 BREAKER_THRESHOLD = 10  # consecutive transient failures that open the breaker
 BREAKER_WINDOW = 60  # seconds over which they count
-# first pause; doubles on each failed probe, up to BREAKER_MAX
-BREAKER_COOLDOWN = float(os.environ.get("PROVISIONER_BREAKER_COOLDOWN", "15"))
+# the first pause is PROVISIONER_BREAKER_COOLDOWN; it doubles on each failed probe, up to:
 BREAKER_MAX = 300.0
 SHORT_WAIT = 0.1  # waits below this are slept through instead of re-queued
 
@@ -130,7 +129,8 @@ def transient_failure(client: redis.Redis, app_id: str) -> bool:
     pipe.get(base + ":cooldown")
     fails, _, state, cooldown = pipe.execute()
     if state == b"probing" or (fails >= BREAKER_THRESHOLD and state != b"open"):
-        seconds = min(BREAKER_MAX, float(cooldown) * 2) if state == b"probing" else BREAKER_COOLDOWN
+        probing = state == b"probing"
+        seconds = min(BREAKER_MAX, float(cooldown) * 2) if probing else settings().breaker_cooldown
         pipe = client.pipeline()
         pipe.set(base + ":state", "open")
         pipe.set(base + ":cooldown", seconds)
@@ -144,4 +144,4 @@ def transient_failure(client: redis.Redis, app_id: str) -> bool:
 
 def breaker_state(client: redis.Redis, app_id: str) -> str:
     state = client.get(f"{keys.PREFIX}cb:{app_id}:state")
-    return state.decode() if state else "closed"
+    return codec.optional_text(state) or "closed"

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -33,7 +34,7 @@ from worker.store.audit import AuditEntry
 from worker.store.keys import ReconcileKey
 from worker.sync import dryrun, guard, ratelimit
 from worker.sync.ratelimit import Throttled
-from worker.sync.reconcile import Deferred, LeaseLost, Outcome
+from worker.sync.reconcile import Deferred, LeaseLost, Outcome, Reconciler
 
 log = logging.getLogger("provisioner.reconcile")
 
@@ -90,95 +91,40 @@ class Clients:
 CLIENTS = Clients()
 
 
-def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) -> RunResult:
-    """Claim a key, reconcile it, release it; send the messages that follow."""
+def process_key(
+    client: redis.Redis, key: ReconcileKey | str, clients: Clients = CLIENTS
+) -> RunResult:
+    """Claim a key (or its text, as messages carry it), reconcile it, release it; send the
+    messages that follow."""
+    key_text = str(key)
+    try:
+        key = ReconcileKey.parse(key_text)
+    except ValueError:  # never marked dirty: nothing to do, as for a duplicate message
+        return RunResult(key_text, "clean")
     queue = Workqueue(client, settings().lease_seconds)
     token = uuid.uuid4().hex
-    # one round trip: the lease, the app's config and the causes of the run (a malformed key
-    # is never dirty: it comes back "clean" and is dropped here)
-    app_id = key_text.partition(" ")[0]
+    # one round trip: the lease, the app's config and the causes of the run
     state, config, causes, knowledge = queue.claim_run(
-        key_text, token, app_id, audit.cause_key(key_text)
+        key, token, key.app, audit.cause_key(str(key))
     )
     if state != "claimed":
         return RunResult(key_text, state)
-    key = ReconcileKey.parse(key_text)
-    delay = 0.0
     result = RunResult(key_text, "done")
-    succeeded = False
     try:
-        app = apps.parse(config) if config is not None else None
-        if app is None or not app.active or app.paused:
-            result.state = "skipped"  # re-derived by a full sync on (re)activation
-        else:
-            scim, profile = clients.get(app)
-            rate = app.rate or profile.requests_per_second
-            burst = app.burst or profile.burst
-            options = {}
-            if not dryrun.is_dry_run(app):  # a dry run keeps the mirror's doubts in memory
-                options["gate"] = lambda name, obj, doubt: _gate(
-                    client, queue, app.id, rate, burst, token, key_text, name, obj, doubt
-                )
-            reconciler = dryrun.reconciler(  # the app's own Reconciler, or its dry run
-                client,
-                app,
-                scim,
-                profile,
-                # deactivating the app stops its reconciles in flight before their next call
-                still_ours=lambda: queue.renew(key_text, token, while_active=key.app),
-                causes=causes,
-                throttle=lambda: _take_slot(client, app.id, rate, burst, token, key_text),
-                guard=lambda name, obj: _guard(client, app.id, key_text, name, obj),
-                knowledge=learned.parse(knowledge),
-                **options,
-            )
-            reconciler.reconcile(key, result.outcome)
-            succeeded = True  # failures forgotten, breaker closed when released, below
+        lease = Lease(client, queue, key, token)
+        delay = _run(lease, config, clients, causes, knowledge, result)
     except LeaseLost:
         result.state = "lost"
-        released, _ = queue.finish(key_text, token, causes=causes, keep_causes=True)
+        released, _ = queue.finish(key, token, causes=causes, keep_causes=True)
         if released == "reschedule":  # still ours: app deactivated
-            send_reconcile([key_text])
+            send_reconcile([str(key)])
         return result
-    except guard.Held as held:
-        result.state = "held"  # waits for `provisioner approve|reject APP`
-        log.warning("%s", held)
-    except Deferred as deferred:
-        delay = deferred.delay
-        result.state = "deferred"
-    except Throttled as throttled:
-        # Not a failure: the app has no room now. The slot goes to other keys meanwhile.
-        delay = throttled.wait
-        result.state = "throttled"
-    except Transient as error:
-        ratelimit.slow_down(client, key.app, error)  # the whole pool slows down
-        if error.retry_after:
-            delay = error.retry_after + random.uniform(0, 1)
-        else:
-            ratelimit.transient_failure(client, key.app)
-            delay = queue.backoff(key_text)
-        result.state = "retry"
-        log.warning("%s: %s; again in %.1fs", key_text, error, delay)
-    except Unauthorized as error:
-        pause(client, key.app, f"the application refused our credentials: {error}")
-        result.state = "paused"
-    except (Invalid, Conflict, AppError) as error:
-        queue.park(key_text, str(error))
-        result.state = "parked"
-        log.error("%s parked: %s", key_text, error)
-    except ScimError as error:  # NotFound outside of a handled path
-        queue.park(key_text, str(error))
-        result.state = "parked"
-    except Exception:
-        # A bug or a Redis hiccup: leave the key dirty, retry after a backoff, keep the worker.
-        delay = queue.backoff(key_text)
-        result.state = "retry"
-        log.exception("%s failed; again in %.1fs", key_text, delay)
+    succeeded = result.state == "done"  # failures forgotten, breaker closed
     # Follow-ups are marked while we still hold the lease: marked after it, there would be a
     # moment with nothing dirty and nothing in flight, and `wait` would report idle too early.
     # One round trip for the end of the run, causes handed on included (lua/release.lua).
     released, follow_up = queue.finish(
-        key_text,
+        key,
         token,
         delay,
         succeeded=succeeded,
@@ -188,74 +134,146 @@ def process_key(client: redis.Redis, key_text: str, clients: Clients = CLIENTS) 
         causes=causes,
         keep_causes=not succeeded and result.state != "skipped",  # cut short: runs again
     )
-    to_send = follow_up + ([key_text] if released == "reschedule" else [])
+    to_send = follow_up + ([str(key)] if released == "reschedule" else [])
     send_reconcile(to_send)
     return result
 
 
-def _guard(client: redis.Redis, app_id: str, key: str, name: str, obj: str) -> None:
-    """Stage a deactivation or deletion past the deletion guard's threshold (audited)."""
-    if name not in guard.DESTRUCTIVE:
-        return
+def _run(
+    lease: Lease,
+    config: bytes | None,
+    clients: Clients,
+    causes: list[str],
+    knowledge: dict[bytes, bytes],
+    result: RunResult,
+) -> float:
+    """Reconcile a claimed key of the app of ``config`` and ``knowledge`` (as stored) into
+    ``result``; returns the seconds before it may run again (0: when marked). What the app
+    answered decides (see the table above); ``LeaseLost`` propagates."""
+    key, client = lease.key, lease.redis
     try:
-        guard.check(client, app_id, key, f"{name} {obj}")
-    except guard.Held as held:
-        audit.record(client, AuditEntry(name, app_id, obj, "held", None, str(held)))
+        app = apps.parse(config) if config is not None else None
+        if app is None or not app.active or app.paused:
+            result.state = "skipped"  # re-derived by a full sync on (re)activation
+            return 0.0
+        scim, profile = clients.get(app)
+        lease.pace(app.rate or profile.requests_per_second, app.burst or profile.burst)
+        options: dict[str, Any] = {"causes": tuple(causes), "knowledge": learned.parse(knowledge)}
+        if dryrun.is_dry_run(app):  # a dry run keeps the mirror's doubts in memory
+            reconciler = dryrun.reconciler(client, app, scim, profile, lease.dry_run, **options)
+        else:
+            reconciler = Reconciler(client, app, scim, profile, gate=lease.gate, **options)
+        reconciler.reconcile(key, result.outcome)
+        return 0.0
+    except LeaseLost:
         raise
+    except guard.Held as held:
+        result.state = "held"  # waits for `provisioner approve|reject APP`
+        log.warning("%s", held)
+        return 0.0
+    except Deferred as deferred:
+        result.state = "deferred"
+        return deferred.delay
+    except Throttled as throttled:
+        # Not a failure: the app has no room now. The slot goes to other keys meanwhile.
+        result.state = "throttled"
+        return throttled.wait
+    except Transient as error:
+        ratelimit.slow_down(client, key.app, error)  # the whole pool slows down
+        if error.retry_after:
+            delay = error.retry_after + random.uniform(0, 1)
+        else:
+            ratelimit.transient_failure(client, key.app)
+            delay = lease.queue.backoff(key)
+        result.state = "retry"
+        log.warning("%s: %s; again in %.1fs", key, error, delay)
+        return delay
+    except Unauthorized as error:
+        pause(client, key.app, f"the application refused our credentials: {error}")
+        result.state = "paused"
+    except (Invalid, Conflict, AppError) as error:
+        lease.queue.park(key, str(error))
+        result.state = "parked"
+        log.error("%s parked: %s", key, error)
+    except ScimError as error:  # NotFound outside of a handled path
+        lease.queue.park(key, str(error))
+        result.state = "parked"
+    except Exception:
+        # A bug or a Redis hiccup: leave the key dirty, retry after a backoff, keep the worker.
+        delay = lease.queue.backoff(key)
+        result.state = "retry"
+        log.exception("%s failed; again in %.1fs", key, delay)
+        return delay
+    return 0.0
 
 
-def _gate(
-    client: redis.Redis,
-    queue: Workqueue,
-    app_id: str,
-    rate: float,
-    burst: int,
-    token: str,
-    key: str,
-    name: str,
-    obj: str,
-    doubt: tuple[str, str] | None,
-) -> None:
-    """Before a call: the lease still ours and the app active (else ``LeaseLost``), the
-    deletion guard for a destructive call (``Held``), a request slot (``Throttled``), and a
-    write marked in doubt. One round trip (lua/throttle.lua), two more for a destructive call,
-    whose lease is checked before the guard counts it."""
-    lease: tuple[str, int] | None = (token, queue.lease_ms)
-    if name in guard.DESTRUCTIVE:
-        if not queue.renew(key, token, while_active=app_id):
-            raise LeaseLost(obj)
-        _guard(client, app_id, key, name, obj)
-        lease = None
-    marked = None
-    if doubt is not None:
-        kind, object_id = doubt
-        marked = (keys.mirror_doubt(app_id, kind), object_id)  # type: ignore[arg-type]
-    _take_slot(client, app_id, rate, burst, token, key, lease=lease, doubt=marked, obj=obj)
+class Lease:
+    """The run of one key under its lease: the gate before each of its calls."""
 
+    def __init__(self, client: redis.Redis, queue: Workqueue, key: ReconcileKey, token: str):
+        self.redis = client
+        self.queue = queue
+        self.key = key
+        self.token = token
+        self.app_id = key.app
+        self.rate, self.burst = 0.0, 1
 
-def _take_slot(
-    client: redis.Redis,
-    app_id: str,
-    rate: float,
-    burst: int,
-    token: str,
-    key: str,
-    *,
-    lease: tuple[str, int] | None = None,
-    doubt: tuple[str, str] | None = None,
-    obj: str = "",
-) -> None:
-    """Wait for a request slot of the app only if it is a matter of milliseconds."""
-    for _ in range(3):
-        wait = ratelimit.acquire(client, app_id, rate, burst, token, key, lease=lease, doubt=doubt)
-        if wait == ratelimit.LOST:
-            raise LeaseLost(obj or key)
-        if wait == 0:
-            return
-        if wait > ratelimit.SHORT_WAIT:
-            raise Throttled(app_id, wait)
-        time.sleep(wait)
-    raise Throttled(app_id, ratelimit.SHORT_WAIT)
+    def pace(self, rate: float, burst: int) -> None:
+        """The app's pace: its slots are taken at ``rate`` per second, ``burst`` at once."""
+        self.rate, self.burst = rate, burst
+
+    def gate(self, name: str, key: ReconcileKey, write: bool) -> None:
+        """Before a call: the lease still ours and the app active (else ``LeaseLost``), the
+        deletion guard for a destructive call (``Held``), a request slot (``Throttled``), and
+        a write marked in doubt. One round trip (lua/throttle.lua), two more for a destructive
+        call, whose lease is checked before the guard counts it."""
+        lease: tuple[str, int] | None = (self.token, self.queue.lease_ms)
+        if name in guard.DESTRUCTIVE:
+            self._renew(key)
+            self._guard(name, key)
+            lease = None
+        doubt = (keys.mirror_doubt(key.app, key.kind), key.id) if write else None
+        self._take_slot(lease=lease, doubt=doubt, obj=key.object)
+
+    def dry_run(self, name: str, key: ReconcileKey) -> None:
+        """A dry run's checks before a call: the lease still ours and the app active, a slot."""
+        self._renew(key)
+        self._take_slot()
+
+    def _renew(self, key: ReconcileKey) -> None:
+        # deactivating the app stops its reconciles in flight before their next call
+        if not self.queue.renew(self.key, self.token, while_active=self.app_id):
+            raise LeaseLost(key.object)
+
+    def _guard(self, name: str, key: ReconcileKey) -> None:
+        """Stage a deactivation or deletion past the deletion guard's threshold (audited)."""
+        try:
+            guard.check(self.redis, self.app_id, str(self.key), f"{name} {key.object}")
+        except guard.Held as held:
+            entry = AuditEntry(name, self.app_id, key.object, "held", None, str(held))
+            audit.record(self.redis, entry)
+            raise
+
+    def _take_slot(
+        self,
+        *,
+        lease: tuple[str, int] | None = None,
+        doubt: tuple[str, str] | None = None,
+        obj: str = "",
+    ) -> None:
+        """Wait for a request slot of the app only if it is a matter of milliseconds."""
+        app_id, text = self.app_id, str(self.key)
+        for _ in range(3):
+            wait = ratelimit.acquire(self.redis, app_id, self.rate, self.burst, self.token, text,
+                                     lease=lease, doubt=doubt)  # fmt: skip
+            if wait == ratelimit.LOST:
+                raise LeaseLost(obj or text)
+            if wait == 0:
+                return
+            if wait > ratelimit.SHORT_WAIT:
+                raise Throttled(app_id, wait)
+            time.sleep(wait)
+        raise Throttled(app_id, ratelimit.SHORT_WAIT)
 
 
 def pause(client: redis.Redis, app_id: str, reason: str) -> None:

@@ -415,29 +415,23 @@ def compare_app(
         if f"group:{group_id}" in busy:
             skipped += 1
             continue
-        facts, entry = group_facts[group_id], group_entries.get(group_id)
+        facts, group_entry = group_facts[group_id], group_entries.get(group_id)
         remote_ids = {u: (e.remote_id if (e := entries.get(u)) else None) for u in facts.members}
-        intent = rules.group_intent(facts, entry, remote_ids, settings)
-        remote = by_group_id.get(entry.remote_id) if entry is not None else None
-        if entry is None and isinstance(intent, SyncGroup):
-            remote = group_names.find(intent.name)
-        drift += group_drift(group_id, intent, entry, remote, members_readable=members_readable,
-                             renames=renames)  # fmt: skip
+        group_intent = rules.group_intent(facts, group_entry, remote_ids, settings)
+        remote_group = by_group_id.get(group_entry.remote_id) if group_entry is not None else None
+        if group_entry is None and isinstance(group_intent, SyncGroup):
+            remote_group = group_names.find(group_intent.name)
+        drift += group_drift(group_id, group_intent, group_entry, remote_group,
+                             members_readable=members_readable, renames=renames)  # fmt: skip
     return drift, skipped
 
 
 def busy_objects(client: redis.Redis, app_id: str, since: float) -> set[str]:
     """``kind:id`` of the app's objects whose reconcile is dirty, in flight or waiting now, or
     that were written (audited) since ``since``: what the app holds of them was moving."""
-    pipe = client.pipeline(transaction=False)
-    pipe.zrange(keys.WQ_DIRTY, 0, -1)
-    pipe.hkeys(keys.WQ_OWNER)
-    pipe.zrange(keys.WQ_DELAYED, 0, -1)
-    prefix = f"{app_id} ".encode()
-    busy = set()
-    for key in (k for group in pipe.execute() for k in group if k.startswith(prefix)):
-        _, kind, object_id = key.decode().split(" ", 2)
-        busy.add(f"{kind}:{object_id}")
+    from worker.queue.workqueue import Workqueue
+
+    busy = {key.object for key in Workqueue(client).busy(app_id)}
     for entry in audit.read(client, app=app_id, since=since, limit=1_000_000):
         if entry["object"].startswith(("user:", "group:")):
             busy.add(entry["object"])

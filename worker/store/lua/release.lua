@@ -8,7 +8,7 @@
 -- First, whether or not the lease is still ours: `succeeded` ('1') forgets the key's failures
 -- and parking; `breaker_app` (not '') closes that app's circuit breaker (a call went
 -- through); `forget_deferral` ('1') forgets since when the key waited for members
--- (reconcile.py); each `follow_up` key is marked dirty (while we still hold the lease: never a
+-- (sync/groups.py); each `follow_up` key is marked dirty (while we still hold the lease: never a
 -- moment with nothing dirty and nothing in flight). The run's causes (event ids, oldest
 -- first) are handed on to its follow-ups, and back to the key itself when `keep_causes` is
 -- '1' (a run cut short: its next attempt answers them), as audit.py keeps them: newest

@@ -1,0 +1,154 @@
+"""One SCIM call of a reconcile: the gate, the send, the audit entry, and the mirror's record of
+it (the write marked in doubt before it is sent, cleared when the app refused it).
+
+The gate is the one check before every call: it raises ``LeaseLost`` (our lease on the key
+expired, or the app was deactivated), ``guard.Held`` (too many deactivations or deletions at
+once) or ``ratelimit.Throttled`` (the app has no room now), and marks a write in doubt. The
+worker's gate does all of that in one round trip (``runner.py``); ``marking`` makes a gate of
+checks of one's own and a mirror that keeps its doubts (a dry run's, ``explain``'s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.scim import NotFound, ScimError
+from worker.store import audit
+from worker.store.audit import AuditEntry
+from worker.store.keys import ReconcileKey
+from worker.store.mirror import Mirror
+
+Gate = Callable[[str, ReconcileKey, bool], None]
+"""``gate(call name, key, write)``: raises to stop the call; marks a write in doubt."""
+
+
+class LeaseLost(RuntimeError):
+    """Our lease on the key expired and another worker may hold it: stop writing."""
+
+
+@dataclass
+class Outcome:
+    calls: int = 0
+    trace: list[str] = field(default_factory=list)
+    follow_up: list[ReconcileKey] = field(default_factory=list)  # to mark dirty afterwards
+    stopped_waiting: bool = False  # a group no longer waits for members: forget since when
+
+
+GONE = object()  # what ``Executor.on_remote`` returns when the application lost the object
+
+
+def marking(mirror: Mirror, checks: Callable[[str, ReconcileKey], None] | None = None) -> Gate:
+    """A gate that runs ``checks(name, key)`` (raising to stop the call), then marks a write
+    in doubt in ``mirror``."""
+
+    def gate(name: str, key: ReconcileKey, write: bool) -> None:
+        if checks is not None:
+            checks(name, key)
+        if write:
+            mirror.begin_write(key.kind, key.id)
+
+    return gate
+
+
+class Executor:
+    """Sends the calls of a reconcile of one application, each through the gate, and audits
+    them. With ``ride``, a call's audit entry is written in the same transaction as the
+    mirror's record of its outcome (which comes next), else at once with ``record``."""
+
+    def __init__(
+        self,
+        app_id: str,
+        mirror: Mirror,
+        record: Callable[[AuditEntry], None],
+        gate: Gate,
+        *,
+        causes: tuple[str, ...] = (),
+        ride: bool = False,
+    ):
+        """``causes`` are the ids of the directory events that dirtied the key, carried into
+        every audit entry."""
+        self.app_id = app_id
+        self.mirror = mirror
+        self.record = record
+        self.gate = gate
+        self.causes = causes
+        self.ride = ride
+
+    def send(
+        self,
+        outcome: Outcome,
+        name: str,
+        key: ReconcileKey,
+        send: Callable[[], object],
+        *,
+        status: int = 200,
+        detail: str = "",
+        write: bool = True,
+    ) -> object:
+        """Send one call (``send``) named ``name`` about ``key``'s object; returns the app's
+        answer, or raises its error (audited either way)."""
+        self.mirror.flush()  # entries stay in the order of the calls
+        self.gate(name, key, write)
+        outcome.calls += 1
+        try:
+            result = send()
+        except ScimError as error:
+            if write and error.status is not None and _refused(error.status):
+                self.mirror.end_write(key.kind, key.id)
+            self.record(self._entry(name, key, "failure", error.status, error.detail))
+            raise
+        entry = self._entry(name, key, "success", status, detail, getattr(result, "id", None))
+        if self.ride:  # written with the mirror's record of this outcome, which comes next
+            self.mirror.then(lambda pipe: audit.record(pipe, entry))
+        else:
+            self.record(entry)
+        return result
+
+    def on_remote(
+        self,
+        outcome: Outcome,
+        name: str,
+        key: ReconcileKey,
+        send: Callable[[], object],
+        **options: object,
+    ) -> object:
+        """``send`` a call about an object the app holds: its answer, or ``GONE`` (and the
+        object forgotten) when the app lost it."""
+        try:
+            return self.send(outcome, name, key, send, **options)  # type: ignore[arg-type]
+        except NotFound:
+            outcome.trace.append(f"  404: the application lost {key.object}; it will be recreated")
+            forget(self.mirror, key)
+            return GONE
+
+    def note(self, key: ReconcileKey, detail: str, status: int | None = None) -> None:
+        """An audit entry for something learned about the application."""
+        self.mirror.flush()
+        self.record(self._entry("idm_integration_update", key, "learned", status, detail))
+
+    def _entry(
+        self,
+        name: str,
+        key: ReconcileKey,
+        result: str,
+        status: int | None,
+        detail: str,
+        remote_id: str | None = None,
+    ) -> AuditEntry:
+        return AuditEntry(
+            name, self.app_id, key.object, result, status, detail, remote_id, causes=self.causes
+        )
+
+
+def forget(mirror: Mirror, key: ReconcileKey) -> None:
+    """The app no longer holds the object: forget it (the next plan creates it again)."""
+    if key.kind == "user":
+        mirror.forget_user(key.id)
+    else:
+        mirror.forget_group(key.id)
+
+
+def _refused(status: int) -> bool:
+    """An answer that says the request changed nothing: a 4xx (429 included) or a 501."""
+    return 400 <= status < 500 or status == 501
