@@ -1,7 +1,10 @@
 """Bulk replay of queued events from a file: JSON Lines or one JSON array, ``-`` for stdin.
 
 The whole file is validated before anything is published; an invalid file is refused with
-the line (or array index) and the field of every problem.
+the line (or array index) and the field of every problem. Publishing stops at the first chunk
+that Redis does not take durably (an outage, or fewer replicas than
+``PROVISIONER_REDIS_MIN_REPLICAS`` confirming it): the error says how far it got, and the
+whole file can be replayed again (what was stored is skipped as duplicates).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import IO, Any
 import redis
 
 from worker.contract.events import Event, EventError, load_json, parse_documents, parse_events
-from worker.queue.publish import BATCH_SIZE, PublishResult, publish
+from worker.queue.publish import BATCH_SIZE, NotReplicated, PublishResult, publish
 
 MAX_REPORTED = 20
 
@@ -92,7 +95,11 @@ def replay(
     last_line = 0.0
     chunk = BATCH_SIZE * 10
     for start in range(0, len(events), chunk):
-        result = publish(client, events[start : start + chunk])
+        try:
+            result = publish(client, events[start : start + chunk])
+        except NotReplicated as error:
+            raise NotReplicated(f"replay stopped, {start} of {len(events)} events published "
+                                f"before: {error}") from None  # fmt: skip
         total.accepted += result.accepted
         total.duplicates += result.duplicates
         total.batches += result.batches

@@ -3,9 +3,12 @@
 A request is checked in this order, and nothing of a refused request is published:
 content type (415), declared size (413), credentials (401), body read up to 1 MiB (413),
 JSON (400), event count (413), the v1 contract (422). It is answered 202 only once its events
-are journaled and their batch is pending in Redis; a Redis outage answers 503 and the request
-can be sent again as it is. Bad input never gets a 5xx: whatever the body holds, it is
-answered with a 4xx that names the problem (``tests/test_webhook_fuzz.py``).
+are journaled and their batch is pending in Redis, and, with
+``PROVISIONER_REDIS_MIN_REPLICAS`` = N, confirmed by N replicas (``WAIT``); a Redis outage, or
+too few confirmations in time (a failover), answers 503 with ``Retry-After`` and the request
+can be sent again as it is (what was stored of it is then a duplicate). Bad input never gets
+a 5xx: whatever the body holds, it is answered with a 4xx that names the problem
+(``tests/test_webhook_fuzz.py``).
 
 Credentials are ``X-Provisioner-Signature``, or the Standard Webhooks headers (``webhook-id``,
 ``webhook-timestamp``, ``webhook-signature``), or, when enabled, a bearer secret (see
@@ -73,7 +76,7 @@ from worker.contract.events import (
     parse_event,
 )
 from worker.observability import init_sentry
-from worker.queue.publish import PublishResult, publish_requests_async
+from worker.queue.publish import NotReplicated, PublishResult, publish_requests_async
 from worker.queue.publish import Request as PublishRequest
 from worker.queue.sweeper import alive_workers
 
@@ -269,7 +272,10 @@ def summary(problems: list[dict[str, str]], shown: int = 3) -> str:
 
 
 def unavailable(error: Exception) -> Refused:
-    reason = f"Redis is unavailable ({error.__class__.__name__}); nothing was accepted, retry"
+    if isinstance(error, NotReplicated):
+        reason = "not yet confirmed by enough Redis replicas; send it again (a copy is harmless)"
+    else:
+        reason = f"Redis is unavailable ({error.__class__.__name__}); nothing was accepted, retry"
     return Refused(
         503, "unavailable", reason, [{"pointer": "", "reason": reason}], {"Retry-After": "5"}
     )
@@ -347,19 +353,25 @@ class Receiver:
             "/readyz": ("GET", self.readyz),
         }
 
+    def target(self) -> config.RedisTarget:
+        """The Redis of ``redis_url``, else of the settings (one server, or Sentinel's)."""
+        if self.redis_url is None:
+            return config.redis_target()
+        return config.parse_redis_url(self.redis_url, ca_file=config.settings().redis_ca_file)
+
     def client(self) -> redis.Redis:
         """The blocking client (readiness, in a thread)."""
         if self.redis_url is None:
             return config.redis_client()
         if self._client is None:
-            self._client = redis.Redis.from_url(self.redis_url, **CLIENT_OPTIONS)
+            self._client = config.new_redis(self.target(), **CLIENT_OPTIONS)
         return self._client
 
     def async_client(self) -> redis.asyncio.Redis:
-        """The event loop's client (commits), made in the loop that uses it."""
+        """The event loop's client (commits), made in the loop that uses it; with Sentinel, a
+        broken connection asks the sentinels for the primary again."""
         if self._async_client is None:
-            url = self.redis_url or config.settings().redis_url
-            self._async_client = redis.asyncio.Redis.from_url(url, **CLIENT_OPTIONS)
+            self._async_client = config.new_async_redis(self.target(), **CLIENT_OPTIONS)
         return self._async_client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -539,7 +551,7 @@ def serve(
     logging.config.dictConfig(log_config())
     try:
         create_app(insecure=insecure)  # refuse to start now, not in every worker
-        config.redis_url()
+        config.redis_target()
     except ConfigurationError as error:
         raise SystemExit(f"provisioner webhook: {error}") from None
     settings = uvicorn.Config(

@@ -52,11 +52,10 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    """The scripts' clock (``worker.store.scripts.clock``) in this process, moved on by the
-    test (``clock.advance(seconds)``) instead of sleeping."""
-    fake = FakeClock()
-    monkeypatch.setattr(scripts, "clock", fake)
-    return fake
+    """The scripts' clock in this process (Redis's, plus ``scripts.clock_offset_ms``), moved
+    on by the test (``clock.advance(seconds)``) instead of sleeping."""
+    monkeypatch.setattr(scripts, "clock_offset_ms", 0)
+    return FakeClock()
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ def harness(r: redis.Redis, worker_pool: WorkerPool, scim_server: ScimServer, tm
 
 # -- markers: `pytest -m unit` for the quick ones, `-m e2e`, `-m chaos` -----------------------
 CHAOS = {"test_chaos_e2e", "test_faults_e2e", "test_load_e2e", "test_resilience_e2e",
-         "test_worker_pools_e2e"}  # fmt: skip
+         "test_worker_pools_e2e", "test_clock_skew_e2e", "test_fencing_e2e"}  # fmt: skip
 
 
 def _module(item: pytest.Item) -> str:

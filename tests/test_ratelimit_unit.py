@@ -20,7 +20,7 @@ from tests.support.scimserver import ScimServer
 from worker.config import settings
 from worker.devstack.redis_server import RedisServer
 from worker.queue.workqueue import Workqueue
-from worker.store import keys, scripts
+from worker.store import keys
 from worker.sync import ratelimit
 
 
@@ -89,8 +89,10 @@ def test_the_breaker_opens_then_lets_a_single_probe_through(r):
     assert ratelimit.breaker_state(r, "a") == "probing"
     assert ratelimit.acquire(r, "a", 100, 10, "other", "k2") > 0  # everyone else waits
     assert ratelimit.acquire(r, "a", 100, 10, "probe", "k1") == 0  # the probe's next call
-    # A run whose call went through closes the breaker as it ends (lease or not).
-    Workqueue(r).finish("a user k1", "probe", close_breaker="a")
+    # A run whose call went through closes the breaker as it ends (with its lease's token).
+    queue = Workqueue(r)
+    queue.mark(["a user k1"])
+    queue.finish("a user k1", queue.claim("a user k1").token, close_breaker="a")
     assert ratelimit.breaker_state(r, "a") == "closed"
     assert ratelimit.acquire(r, "a", 100, 10, "other", "k2") == 0
 
@@ -151,10 +153,10 @@ def test_slots_used_late_never_bunch_beyond_the_cap(r):
 def test_pacing_follows_redis_clock_whatever_the_workers_clocks_say(r, monkeypatch):
     """Two workers whose clocks are 10 s apart share one app's pace: each slot comes 1 / rate
     after the one before, not 10 s later (or at once) as their own clocks would have it."""
-    real = scripts.now_ms
+    real = time.time
     waits = []
-    for i, skew in enumerate((5000, -5000, 5000, -5000)):
-        monkeypatch.setattr(scripts, "now_ms", lambda skew=skew: real() + skew)
+    for i, skew in enumerate((5.0, -5.0, 5.0, -5.0)):
+        monkeypatch.setattr(time, "time", lambda skew=skew: real() + skew)
         waits.append(ratelimit.acquire(r, "skew", 5, 1, "t", f"k{i}"))
     assert waits[0] == 0
     assert [round(w, 1) for w in waits[1:]] == [0.2, 0.4, 0.6]

@@ -231,8 +231,8 @@ def test_durations_and_when_a_scheduled_verify_is_due():
 # -- priority ----------------------------------------------------------------------------------
 def test_a_low_priority_pacer_waits_for_the_apps_live_work(r):
     r.hset(keys.WQ_OWNER, "zs user u1", "token")  # a reconcile of the app in flight
-    r.zadd(keys.WQ_DELAYED, {"zs user u2": scripts.now_ms() + 500})  # and one due soon
-    r.zadd(keys.WQ_DELAYED, {"other user u3": scripts.now_ms()})  # another app's: no matter
+    r.zadd(keys.WQ_DELAYED, {"zs user u2": scripts.redis_now_ms(r) + 500})  # and one due soon
+    r.zadd(keys.WQ_DELAYED, {"other user u3": scripts.redis_now_ms(r)})  # another app's: no matter
     slept: list[float] = []
 
     def sleep(seconds: float) -> None:
@@ -240,7 +240,7 @@ def test_a_low_priority_pacer_waits_for_the_apps_live_work(r):
         if len(slept) == 2:
             r.hdel(keys.WQ_OWNER, "zs user u1")
         if len(slept) == 4:
-            r.zadd(keys.WQ_DELAYED, {"zs user u2": scripts.now_ms() + 60_000})  # backoff
+            r.zadd(keys.WQ_DELAYED, {"zs user u2": scripts.redis_now_ms(r) + 60_000})  # backoff
 
     pacer = Pacer(r, "zs", 1000, 10, low_priority=True, sleep=sleep)
     pacer()

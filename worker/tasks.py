@@ -9,10 +9,10 @@ import logging
 import redis
 from celery import signals
 
-from worker.config import load_or_exit, redis_client, settings
+from worker.config import load_or_exit, new_redis, redis_client
 from worker.observability import init_sentry
 from worker.queue.celery_app import celery, send_reconcile
-from worker.store import keys, scripts
+from worker.store import codec, scripts
 from worker.sync.runner import CLIENTS, process_key
 
 log = logging.getLogger("provisioner.ingest")
@@ -22,25 +22,22 @@ app = celery()
 
 @app.task(name="prov.ingest")
 def ingest(batch_id: str) -> None:
-    """Apply a stored batch to the projection and schedule the reconciles it calls for."""
+    """Apply a stored batch to the projection and send the reconciles it calls for.
+
+    ``lua/ingest.lua`` removes the batch in the step that applies it, and parks a poison batch
+    (``ingest:parked``): a run that fails (Redis out of memory, a lost connection) leaves the
+    batch pending, and the sweeper sends its wake-up again. Keys whose messages are not sent
+    stay dirty, and the sweeper sends them too."""
     client = redis_client()
     try:
         result = scripts.run(client, "ingest", batch_id)
     except redis.ResponseError as error:
-        if "poison batch" not in str(error):
-            raise
-        park_batch(client, batch_id, str(error))
-        return
-    send_reconcile(v.decode() for v in result[3:])
-
-
-def park_batch(client: redis.Redis, batch_id: str, reason: str) -> None:
-    """A batch the projection refuses is set aside with the reason, never retried blindly."""
-    log.error("batch %s parked: %s", batch_id, reason)
-    pipe = client.pipeline()
-    pipe.hset(keys.PARKED_BATCHES, batch_id, reason)
-    pipe.zrem(keys.PENDING_BATCHES, batch_id)
-    pipe.execute()
+        if "poison batch" in str(error):
+            log.error("batch %s parked: %s", batch_id, error)
+            return
+        log.warning("batch %s not applied, still pending: %s", batch_id, error)
+        raise
+    send_reconcile(codec.texts(result[3:]))
 
 
 @app.task(name="prov.reconcile")
@@ -77,7 +74,7 @@ def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
     from worker.sync.verify_schedule import schedule_due
 
     _sweeper = Sweeper(
-        redis.Redis.from_url(settings().redis_url),
+        new_redis(socket_timeout=30, socket_connect_timeout=5),  # a pool of its own
         name=str(sender.hostname),
         schedule_verifies=schedule_due,
     )

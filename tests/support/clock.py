@@ -1,6 +1,9 @@
-"""A clock a test moves on by hand, in place of the wall clock of ``worker.store.scripts``
-(the ``now`` each Lua script gets as ``ARGV[1]``): waiting out a lease or a backoff costs no
-sleep. Redis's own clock (``TIME``, key expiries) and other processes are not affected."""
+"""Moving the pool's clock on by hand: every Lua script reads Redis's ``TIME`` and adds
+``worker.store.scripts.clock_offset_ms`` (0 in production), so a test waits out a lease or a
+backoff by moving that offset instead of sleeping. The clock keeps running meanwhile (it is
+Redis's), so a test leaves a margin of a second or so where it checks that something is not
+due yet. Only this process's scripts see the offset: Redis's pacing (throttle.lua), key
+expiries and other processes do not."""
 
 from __future__ import annotations
 
@@ -8,13 +11,11 @@ from worker.store import scripts
 
 
 class FakeClock:
-    """Milliseconds since the epoch, starting at the wall clock's time; still until moved."""
-
-    def __init__(self, start_ms: int | None = None) -> None:
-        self.ms = scripts.wall_clock_ms() if start_ms is None else start_ms
-
-    def __call__(self) -> int:
-        return self.ms
+    """The offset of the scripts' clock in this process, moved on by ``advance``."""
 
     def advance(self, seconds: float) -> None:
-        self.ms += round(seconds * 1000)
+        scripts.clock_offset_ms += round(seconds * 1000)
+
+    @property
+    def offset_ms(self) -> int:
+        return scripts.clock_offset_ms

@@ -28,7 +28,7 @@ from worker.scim import (
     profile_by_name,
 )
 from worker.store import apps, audit, codec, keys, learned, projection
-from worker.store.apps import AppConfig, AppError
+from worker.store.apps import AppConfig, AppError, Network
 from worker.store.audit import AuditEntry
 from worker.store.keys import Kind, ReconcileKey
 from worker.store.mirror import Mirror
@@ -77,12 +77,13 @@ def mark(client: redis.Redis, reconcile_keys: Iterable[ReconcileKey]) -> int:
 
 
 # -- verification ------------------------------------------------------------------------------
-def verify(base_url: str, token_file: str, profile: str) -> Profile:
-    """``ServiceProviderConfig`` then an authenticated read; ``AppError`` with a clear reason.
-    Returns the profile (``generic``: as the ``ServiceProviderConfig`` adjusts it)."""
+def verify(base_url: str, token_file: str, profile: str, network: Network | None = None) -> Profile:
+    """``ServiceProviderConfig`` then an authenticated read, over the app's ``network``;
+    ``AppError`` with a clear reason. Returns the profile (``generic``: as the
+    ``ServiceProviderConfig`` adjusts it)."""
     token = apps.read_token(token_file)
     try:
-        with make_http_client(base_url, token) as http:
+        with make_http_client(base_url, token, network=network) as http:
             scim = ScimClient(http, profile_by_name(profile))
             config = scim.service_provider_config()
             scim.verify()
@@ -99,7 +100,12 @@ def refusal_reason(error: ScimError, base_url: str) -> str:
         return f"{host} refused the token (HTTP {error.status}): check the token file"
     if isinstance(error, Transient) and error.status is None:
         if any(word in detail for word in ("SSL", "TLS", "CERTIFICATE", "certificate")):
-            return f"TLS error talking to {host}: {detail}"
+            return (
+                f"TLS error talking to {host}: {detail} (an app behind a private CA needs "
+                "--ca-file; one that asks for a client certificate, --client-cert/--client-key)"
+            )
+        if "ProxyError" in detail:
+            return f"the proxy refused the connection to {host}: {detail}"
         if detail.startswith("timeout"):
             return f"{host} did not answer in time: {detail}"
         return f"{host} is unreachable: {detail}"
@@ -134,12 +140,14 @@ def activate(
     rate: float | None = None,
     burst: int | None = None,
     listing: bool = True,
+    **network: str | None,
 ) -> Activation:
     """Verify, list the app where that saves lookups (``listing.seed_at_activation``: the
     mirror is seeded with what it holds, within its rate limit, before the app is saved as
     active), save as active, then a full sync of everything the app covers. A known app keeps
     the settings not given; a new one needs ``base_url`` and ``token_file``. ``listing=False``
-    leaves every object to be looked up one by one."""
+    leaves every object to be looked up one by one. ``network``: ``proxy``, ``ca_file``,
+    ``client_cert``, ``client_key`` as ``apps.network_change`` reads them."""
     from worker.sync.runner import full_sync
 
     app_id = apps.check_app_id(app_id)
@@ -156,13 +164,15 @@ def activate(
                 f"F`, then `apps activate {app_id}`)"
             )
         profile_name = profile or (existing.profile if existing else "zscaler")
-        checked = verify(url, path, profile_name)
+        reach = apps.network_change(existing.network if existing else Network(), **network)
+        checked = verify(url, path, profile_name, reach)
     except AppError as error:
         raise _refuse(client, ACTIVATE, app_id, f"not activated: {error}") from None
     settings = {
         "base_url": url,
         "token_file": path,
         "profile": profile_name,
+        "network": reach,
         "active": True,
         "paused": None,
     }
@@ -186,7 +196,7 @@ def activate(
     Workqueue(client).drop_app(app_id)
     apps.save(client, app)
     count = full_sync(client, app_id)
-    detail = f"verified {url}; full sync of {count} objects"
+    detail = f"verified {url} ({reach.describe()}); full sync of {count} objects"
     if seeded is not None:
         detail += f"; {seeded.describe()}"
     audit_step(client, ACTIVATE, app_id, "success", detail)
@@ -214,6 +224,7 @@ def update(
     burst: int | None = None,
     verify_every: float | None = None,
     verify_fix: bool | None = None,
+    **network: str | None,
 ) -> Update:
     """Change settings; a new base URL or profile is verified first. Reconciles triggered:
     group management enabled -> the associated groups are looked up and taken over again;
@@ -221,7 +232,9 @@ def update(
     dry run off -> a full sync (what was only planned is now sent); nothing otherwise.
     ``verify_every`` (seconds, 0: none) schedules ``verify`` in the pool, ``verify_fix`` has
     it repair; a change of schedule alone is no change of the application (nothing learned
-    of it is forgotten)."""
+    of it is forgotten). ``network`` (``proxy``, ``ca_file``, ``client_cert``, ``client_key``,
+    as ``apps.network_change`` reads them) is verified like a new base URL; a change of it
+    alone forgets nothing either."""
     app = _load(client, UPDATE, app_id)
     new: dict[str, object] = {}
     try:
@@ -230,9 +243,10 @@ def update(
         if profile is not None and profile != app.profile:
             profile_by_name(profile)
             new["profile"] = profile
-        if new:
+        reach = apps.network_change(app.network, **network)
+        if new or reach != app.network:
             url, profile_name = new.get("base_url", app.base_url), new.get("profile", app.profile)
-            verify(str(url), app.token_file, str(profile_name))
+            verify(str(url), app.token_file, str(profile_name), reach)
     except (AppError, ValueError) as error:
         raise _refuse(client, UPDATE, app_id, f"not updated: {error}") from None
     for field, value in (
@@ -245,9 +259,12 @@ def update(
             new[field] = value
     if dry_run is not None and dry_run != is_dry_run(app):
         new["extra"] = {**app.extra, DRY_RUN: "on" if dry_run else "off"}
-    schedule = _schedule(app, verify_every, verify_fix)
-    forgotten = None if schedule and not new else _forget_learned(client, app_id)
-    new |= schedule
+    # neither the schedule nor the network is a change of the application
+    others = _schedule(app, verify_every, verify_fix)
+    if reach != app.network:
+        others["network"] = reach
+    forgotten = None if others and not new else _forget_learned(client, app_id)
+    new |= others
     if not new and not forgotten:
         audit_step(client, UPDATE, app_id, "success", "no change")
         return Update(app, [], 0)
@@ -305,6 +322,8 @@ def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
         return f"dry run {'on' if is_dry_run(new) else 'off'}"
     if field == "base_url":
         return f"base URL {new.base_url}"
+    if field == "network":
+        return f"network: {new.network.describe()}"
     return f"{field.replace('_', ' ')} {getattr(old, field)} -> {getattr(new, field)}"
 
 
@@ -361,7 +380,7 @@ def reauth(client: redis.Redis, app_id: str, token_file: str) -> AppConfig:
         )
     path = apps.token_file_path(token_file)
     try:
-        verify(app.base_url, path, app.profile)
+        verify(app.base_url, path, app.profile, app.network)
     except AppError as error:
         raise _refuse(client, REAUTH, app_id, f"token not changed: {error}") from None
     app = apps.update(client, app_id, token_file=path, paused=None)

@@ -15,7 +15,7 @@ import click
 import redis
 
 from worker import config
-from worker.store.apps import AppConfig, AppError
+from worker.store.apps import AppConfig, AppError, Network
 
 EXIT_OK, EXIT_FAIL = 0, 1
 Kind = Literal["user", "group"]
@@ -88,6 +88,41 @@ def _settings(command: Callable[..., int]) -> Callable[..., int]:
     return command
 
 
+def _network(command: Callable[..., int]) -> Callable[..., int]:
+    """How the pool reaches the app (``apps.Network``), options ``apps activate`` and ``apps
+    update`` share; ``_network_settings`` turns them into ``lifecycle``'s arguments."""
+    for option in reversed((
+        click.option("--proxy", metavar="URL",
+                     help="the app's proxy, http://[user:password@]host:port ('': none); "
+                          "default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY of the worker"),
+        click.option("--no-proxy", is_flag=True, help="connect directly, whatever the environment"),
+        click.option("--proxy-from-env", is_flag=True,
+                     help="back to HTTPS_PROXY/HTTP_PROXY/NO_PROXY of the environment"),
+        click.option("--ca-file", metavar="PATH",
+                     help="PEM bundle of the CAs that sign the app's certificate ('': the system's)"),
+        click.option("--client-cert", metavar="PATH",
+                     help="PEM client certificate for mTLS, read by every worker host ('': none)"),
+        click.option("--client-key", metavar="PATH",
+                     help="its private key, unencrypted PEM (default: in --client-cert's file)"),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _network_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with ``--no-proxy`` and ``--proxy-from-env`` folded into ``proxy``."""
+    from worker.store.apps import PROXY_FROM_ENV
+
+    no_proxy, from_env = settings.pop("no_proxy"), settings.pop("proxy_from_env")
+    if no_proxy + from_env + (settings["proxy"] is not None) > 1:
+        raise click.UsageError("give one of --proxy URL, --no-proxy, --proxy-from-env")
+    if no_proxy:
+        settings["proxy"] = ""
+    elif from_env:
+        settings["proxy"] = PROXY_FROM_ENV
+    return settings
+
+
 def _on_off(value: str | None) -> bool | None:
     return None if value is None else value == "on"
 
@@ -98,6 +133,7 @@ def _on_off(value: str | None) -> bool | None:
 @click.option("--base-url", help="required for a new app")
 @click.option("--token-file", help="a file holding the bearer token (new app)")
 @_settings
+@_network
 @click.option(
     "--no-listing",
     is_flag=True,
@@ -109,6 +145,7 @@ def activate(app_id: str, base_url: str | None, token_file: str | None, no_listi
     start syncing it with a full sync; a known app keeps its settings."""
     from worker.apps import lifecycle
 
+    settings = _network_settings(settings)
     try:
         result = lifecycle.activate(_redis(), app_id, base_url=base_url, token_file=token_file,
                                     listing=not no_listing, **settings)  # fmt: skip
@@ -119,6 +156,8 @@ def activate(app_id: str, base_url: str | None, token_file: str | None, no_listi
         f"activated {app.id} ({app.profile}) against {app.base_url}; "
         f"full sync of {result.marked} objects"
     )
+    if app.network != Network():
+        print(f"  network: {app.network.describe()}")
     if result.listing is not None:
         print(f"  {result.listing.describe()}")
     return EXIT_OK
@@ -128,6 +167,7 @@ def activate(app_id: str, base_url: str | None, token_file: str | None, no_listi
 @click.argument("app_id", metavar="APP")
 @click.option("--base-url")
 @_settings
+@_network
 @click.option("--dry-run", type=click.Choice(["on", "off"]), help="plan and audit, send no write")
 @click.option(
     "--verify-every",
@@ -145,6 +185,7 @@ def update(app_id: str, base_url: str | None, dry_run: str | None, verify_every:
     """Change an integration's settings; only the reconciles the change needs are sent."""
     from worker.apps import lifecycle
 
+    settings = _network_settings(settings)
     try:
         result = lifecycle.update(_redis(), app_id, base_url=base_url, dry_run=_on_off(dry_run),
                                   verify_every=verify_every, verify_fix=_on_off(verify_fix),

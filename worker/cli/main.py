@@ -25,6 +25,7 @@ from producers import cli_snapshot, cli_webhook, signing
 from producers.jumpcloud import cli as jumpcloud_cli
 from worker import config
 from worker.cli import admin, journal, safety, verify
+from worker.queue.publish import NotReplicated
 from worker.store import learned
 from worker.store.apps import AppConfig, AppError
 
@@ -296,6 +297,7 @@ def _app_row(
         "base_url": app.base_url,
         "group_management": app.group_management,
         "paused": app.paused,
+        "network": app.network.shown(),  # the proxy without its password
         "learned": (knowledge or learned.Learned()).as_json(),
         "verify": _verify_row(app, last_verify),
     }
@@ -341,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     except AppError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except NotReplicated as error:  # Redis answered: too few replicas confirmed in time
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAIL
     except (redis.ConnectionError, redis.TimeoutError) as error:
         print(f"error: cannot reach Redis at {_redis_location()}: {error}", file=sys.stderr)
         return EXIT_FAIL

@@ -57,6 +57,7 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
             "breaker": ratelimit.breaker_state(client, app.id),
             "pace": _pace(client, app),
             "dry_run": is_dry_run(app),
+            "network": app.network.shown(),  # the proxy without its password
             "learned": learned.load(client, app.id).as_json(),
         }
     queue = {

@@ -86,7 +86,7 @@ class Stack:
     def start(self) -> dict[str, str]:
         if (conf := config.load()).redis_url_env:
             redis_url = conf.redis_url
-            print(f"Redis: {redis_url.split('@')[-1]} (REDIS_URL)")
+            print(f"Redis: {conf.redis_target.redacted} (REDIS_URL)")  # no credentials
         else:
             self.redis_server = RedisServer(self.var / "redis")  # stopped even if start is cut
             redis_url = self.redis_server.start().url

@@ -6,6 +6,9 @@
 - no ETA or countdown anywhere: delays live in the workqueue (``wq:delayed``), so nothing waits
   in the broker past the visibility timeout.
 - no result backend: tasks report through Redis state, not results.
+- the broker is the pool's Redis, whatever form ``REDIS_URL`` takes (``broker_settings``):
+  one server, TLS, or the primary that Sentinel names; the credentials travel as settings,
+  never in the broker URL that Celery prints.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import base64
 import json
 import os
 import socket
+import ssl
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 from celery.utils.saferepr import saferepr
 from kombu import Exchange, Queue
 from kombu import pools as kombu_pools
 
-from worker.config import redis_client, settings
+from worker.config import SENTINEL_OPTIONS, RedisTarget, redis_client, settings
 
 INGEST_QUEUE = "prov.ingest"
 RECONCILE_QUEUE = "prov.reconcile"
@@ -34,12 +39,34 @@ def _queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
+def broker_settings(target: RedisTarget, visibility_timeout: int) -> dict[str, Any]:
+    """Celery's broker settings for ``target``: kombu's Redis transport minus a client per ack
+    (``worker.queue.broker``), or its Sentinel variant; login and TLS as settings."""
+    host, port = target.hosts[0]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    options: dict[str, Any] = {"visibility_timeout": visibility_timeout}
+    if target.sentinel:
+        url, transport = f"sentinel://{address}/{target.db}", "SentinelTransport"
+        options.update(master_name=target.service, sentinels=[list(h) for h in target.hosts],
+                       sentinel_kwargs=dict(SENTINEL_OPTIONS))  # fmt: skip
+    else:
+        url, transport = f"redis://{address}/{target.db}", "Transport"
+    tls = {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True,
+           "ssl_ca_certs": str(target.ca_file) if target.ca_file else None}  # fmt: skip
+    return {
+        "broker_url": url,
+        "broker_transport": f"worker.queue.broker:{transport}",
+        "broker_transport_options": options,
+        "broker_user": target.username,
+        "broker_password": target.password,
+        "broker_use_ssl": tls if target.tls else False,
+    }
+
+
 def configure(celery: Celery) -> None:
     conf = settings()
     celery.conf.update(
-        broker_url=conf.redis_url,
-        broker_transport="worker.queue.broker:Transport",  # kombu's, minus a client per ack
-        broker_transport_options={"visibility_timeout": conf.visibility_timeout},
+        **broker_settings(conf.redis_target, conf.visibility_timeout),
         broker_connection_retry_on_startup=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -4,6 +4,12 @@ An event is durable once ``publish`` returns: the batch is stored in Redis, mark
 its wake-up (the ``prov.ingest`` message) queued in the same atomic step that journals it and
 filters duplicates (``lua/store_batch.lua``). Should a wake-up be lost with a worker, the
 workers' sweeper sends it again for every batch still pending.
+
+With ``PROVISIONER_REDIS_MIN_REPLICAS`` = N > 0, "durable" also means "on N replicas": the
+store is followed, on the same connection, by a write of its own and ``WAIT N timeout``, so
+that what a failover promotes holds the events. Fewer confirmations in time raise
+``NotReplicated``: the events may be stored on the primary, but nothing may be acknowledged
+(sent again, they are duplicates, and their acknowledgement then waits for the same replicas).
 """
 
 from __future__ import annotations
@@ -16,14 +22,52 @@ from typing import Any
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from worker.config import settings
 from worker.contract.events import EVENT, Event, version
 from worker.queue.celery_app import INGEST_QUEUE, ingest_message, send_ingest, send_reconcile
-from worker.store import scripts
+from worker.store import keys, scripts
 
 BATCH_SIZE = 1000
 BATCHES_PER_TRIP = 10
+# Written before each WAIT: WAIT covers the writes of its connection, and a store of nothing
+# but duplicates writes nothing, though its answer stands for events stored before.
+WAIT_MARK = keys.PREFIX + "replicated:mark"
+
+
+class NotReplicated(redis.ConnectionError):
+    """Stored on the primary (perhaps), but fewer replicas than required confirmed it in time:
+    not durable across a failover, so not to be acknowledged. Sending it again is harmless."""
+
+
+@dataclass(frozen=True)
+class Replication:
+    """``WAIT``'s arguments: the replicas that must confirm, and for how long (ms)."""
+
+    replicas: int
+    timeout_ms: int
+
+    @classmethod
+    def configured(cls) -> Replication:
+        conf = settings()
+        return cls(conf.redis_min_replicas, max(1, round(conf.redis_wait_timeout * 1000)))
+
+    def queue(self, pipe: Any) -> None:
+        """Queue the mark and the ``WAIT`` (on a pipeline, sync or asyncio)."""
+        pipe.incr(WAIT_MARK)
+        pipe.wait(self.replicas, self.timeout_ms)
+
+    def check(self, confirmed: Any) -> None:
+        """Raise ``NotReplicated`` unless ``WAIT`` answered enough replicas."""
+        if isinstance(confirmed, Exception):
+            raise confirmed
+        if int(confirmed) < self.replicas:
+            raise NotReplicated(
+                f"stored on the primary but confirmed by {confirmed} of the "
+                f"{self.replicas} replicas PROVISIONER_REDIS_MIN_REPLICAS requires within "
+                f"{self.timeout_ms} ms: not acknowledged; publishing it again is harmless"
+            )
 
 
 @dataclass
@@ -91,13 +135,45 @@ async def publish_requests_async(
     """``publish_requests`` on an asyncio client (the webhook's event loop)."""
     batches = pack(requests, batch_size)
     calls = [store_arguments(batch, notify) for batch in batches]
-    answers = await asyncio.gather(
-        *(scripts.run_async(client, "store_batch", *args) for _, args in calls)
-    )
+    replication = Replication.configured()
+    if replication.replicas:
+        answers = await _run_replicated_async(client, [args for _, args in calls], replication)
+    else:
+        answers = await asyncio.gather(
+            *(scripts.run_async(client, "store_batch", *args) for _, args in calls)
+        )
     return _per_request(
         [(batch_id, outcomes(batch, answer))
          for batch, (batch_id, _), answer in zip(batches, calls, answers, strict=True)]
     )  # fmt: skip
+
+
+async def _run_replicated_async(
+    client: redis.asyncio.Redis, calls: list[list[Any]], replication: Replication
+) -> list[Any]:
+    """``store_batch`` once per argument list, then the ``WAIT``, on one connection (a
+    pipeline); a batch refused NOSCRIPT (a new primary lacks the script) runs again once the
+    script is loaded. The answers, in order; ``NotReplicated`` when too few replicas confirm."""
+    answers: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _ in range(3):
+        pipe = client.pipeline(transaction=False)
+        for i in todo:
+            await scripts.run_async(pipe, "store_batch", *calls[i])  # queued, not run
+        replication.queue(pipe)
+        *results, _, confirmed = await pipe.execute(raise_on_error=False)
+        for i, result in zip(todo, results, strict=True):
+            answers[i] = result
+        todo = [i for i, result in zip(todo, results, strict=True)
+                if isinstance(result, NoScriptError)]  # fmt: skip
+        if not todo:
+            break
+        await client.script_load(scripts.source("store_batch")[0])
+    for answer in answers:
+        if isinstance(answer, Exception):
+            raise answer
+    replication.check(confirmed)
+    return answers
 
 
 def pack(requests: Sequence[Request], batch_size: int) -> list[list[Request]]:
@@ -153,17 +229,29 @@ def _store(
 ) -> list[tuple[str, list[PublishResult]]]:
     """Run ``store_batch`` once per batch, all in one round trip; per batch its id and its
     requests' outcomes."""
-    # One batch runs on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).
     calls = [store_arguments(batch, notify) for batch in batches]
-    if len(batches) == 1:
-        answers = [scripts.run(client, "store_batch", *calls[0][1])]
-    else:
-        pipe = client.pipeline(transaction=False)
-        for _, args in calls:
-            scripts.run(pipe, "store_batch", *args)
-        answers = pipe.execute()
+    answers = run_replicated(client, "store_batch", [args for _, args in calls])
     return [(batch_id, outcomes(batch, answer))
             for batch, (batch_id, _), answer in zip(batches, calls, answers, strict=True)]  # fmt: skip
+
+
+def run_replicated(client: redis.Redis, name: str, calls: Sequence[list[Any]]) -> list[Any]:
+    """Script ``name`` once per argument list, in one round trip, and as many replicas as the
+    settings require confirming it (``NotReplicated`` otherwise); the answers, in order."""
+    replication = Replication.configured()
+    if len(calls) == 1 and not replication.replicas:
+        # Alone, on the client: a pipeline would first ask SCRIPT EXISTS (a round trip).
+        return [scripts.run(client, name, *calls[0])]
+    pipe = client.pipeline(transaction=False)
+    for args in calls:
+        scripts.run(pipe, name, *args)
+    if replication.replicas:
+        replication.queue(pipe)
+    answers = pipe.execute()
+    if replication.replicas:
+        replication.check(answers.pop())
+        answers.pop()  # the mark
+    return answers
 
 
 def publish_wire(
@@ -182,7 +270,7 @@ def publish_wire(
 
     def flush() -> None:
         batch_id = uuid.uuid4().hex
-        scripts.run(client, "store_replay", batch_id, *chunk)
+        run_replicated(client, "store_replay", [[batch_id, *chunk]])
         batches.append(batch_id)
         chunk.clear()
 

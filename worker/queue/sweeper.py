@@ -2,9 +2,12 @@
 
 Messages are wake-ups and Redis holds the truth, so a message lost with a killed worker or a
 crashed producer is recovered here: expired leases and due backoffs are scheduled again; dirty
-keys and pending batches whose message is long gone while their queue is empty are sent again.
-Recovery after a crash therefore takes at most the lease (60 s) plus the stale delay (30 s),
-plus one sweep interval (0.25 s), whatever the broker's visibility timeout. The same sweeper
+keys and pending batches whose message was sent the stale delay (30 s) ago are sent again, even
+behind a backlog, where their message may only be waiting: then each again once its age has
+doubled, so a long backlog costs a key or batch a few harmless duplicates (``lua/sweep.lua``,
+``lua/sweep_batches.lua``). Recovery after a crash therefore takes at most the lease (60 s)
+plus the stale delay (30 s), plus one sweep interval (0.25 s), plus the wait of the message
+sent again behind the backlog, whatever the broker's visibility timeout. The same sweeper
 queues the scheduled verifies that are due (``apps update --verify-every``, ``verify.py``).
 """
 
@@ -31,16 +34,13 @@ HEARTBEAT_TTL = 15
 
 
 def beat(client: redis.Redis, name: str) -> None:
-    """Say this worker is alive for the next ``HEARTBEAT_TTL`` seconds."""
-    now = scripts.now_ms()
-    pipe = client.pipeline()
-    pipe.zadd(keys.WORKERS, {name: now + HEARTBEAT_TTL * 1000})
-    pipe.zremrangebyscore(keys.WORKERS, "-inf", now)
-    pipe.execute()
+    """Say this worker is alive for the next ``HEARTBEAT_TTL`` seconds (Redis's clock)."""
+    scripts.run(client, "heartbeat", name, HEARTBEAT_TTL * 1000)
 
 
 def alive_workers(client: redis.Redis) -> list[str]:
-    return sorted(codec.members(client.zrangebyscore(keys.WORKERS, scripts.now_ms(), "+inf")))
+    now = scripts.redis_now_ms(client)
+    return sorted(codec.members(client.zrangebyscore(keys.WORKERS, now, "+inf")))
 
 
 JOURNAL_TRIM_EVERY = 60.0  # seconds between two retention passes over the journal
@@ -52,24 +52,23 @@ def sweep_once(client: redis.Redis, *, stale_seconds: float | None = None) -> tu
     defaults to ``PROVISIONER_STALE_SECONDS``."""
     if stale_seconds is None:
         stale_seconds = settings().stale_seconds
-    queue = Workqueue(client)
-    reconcile_keys = queue.sweep(
-        stale_seconds=stale_seconds, resend_stale=client.llen(RECONCILE_QUEUE) == 0
-    )
+    # Lost wake-ups are sent again whether or not their queue is empty: every stale delay
+    # while it is (as a message is taken at once), at doubling intervals behind a backlog.
+    queue_empty = client.llen(RECONCILE_QUEUE) == 0
+    reconcile_keys = Workqueue(client).sweep(stale_seconds=stale_seconds, resend_stale=queue_empty)
     send_reconcile(reconcile_keys)
-    batches: list[str] = []
-    if client.llen(INGEST_QUEUE) == 0:
-        now = scripts.now_ms()
-        stale = client.zrangebyscore(
-            keys.PENDING_BATCHES, "-inf", now - int(stale_seconds * 1000), start=0, num=1000
-        )
-        batches = codec.members(stale)
-        if batches:
-            client.zadd(keys.PENDING_BATCHES, dict.fromkeys(batches, now), xx=True)
-            send_ingest(batches)
+    batches = stale_batches(client, stale_seconds)
+    send_ingest(batches)
     if reconcile_keys or batches:
         log.info("sweep: %d keys and %d batches sent again", len(reconcile_keys), len(batches))
     return len(reconcile_keys), len(batches)
+
+
+def stale_batches(client: redis.Redis, stale_seconds: float, limit: int = 1000) -> list[str]:
+    """Pending batches whose wake-up may be lost, their next re-send scheduled
+    (``lua/sweep_batches.lua``)."""
+    stale_ms = int(stale_seconds * 1000)
+    return codec.texts(scripts.run(client, "sweep_batches", stale_ms, limit, INGEST_QUEUE))
 
 
 class Sweeper(threading.Thread):
@@ -127,11 +126,10 @@ class Sweeper(threading.Thread):
 
     def _until_next_due(self) -> float:
         """Wake when the next backoff or reserved slot is due (throttled keys run on time)."""
-        due = self.queue.next_due_ms()
-        if due is None:
+        due_in = self.queue.due_in_ms()
+        if due_in is None:
             return INTERVAL
-        seconds = (due - scripts.now_ms()) / 1000
-        return min(INTERVAL, max(0.005, seconds))
+        return min(INTERVAL, max(0.005, due_in / 1000))
 
     def stop(self) -> None:
         self.stopped.set()

@@ -1,7 +1,10 @@
 """A workqueue in Redis with the semantics of client-go's workqueue (README, "How it works").
 
 - A key is never reconciled by two workers at once: ``claim`` takes a lease with an expiry, so
-  the lease of a killed worker lapses and ``sweep`` makes its key dirty again.
+  the lease of a killed worker lapses and ``sweep`` makes its key dirty again. Its fencing
+  token (growing with each claim of the key) must come with the run's writes and release, so
+  a worker that wakes up past its lease writes nothing (``worker.store.fence``).
+- One clock: every time here is Redis's (``scripts.redis_now_ms``), never a worker's.
 - A key dirtied while it is being reconciled runs again after ``release``.
 - Many marks of a key before it runs cost one run (``mark`` schedules only a clean key).
 
@@ -20,7 +23,7 @@ import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -40,6 +43,25 @@ class QueueStats:
     @property
     def idle(self) -> bool:
         return self.dirty == 0 and self.in_flight == 0 and self.delayed == 0
+
+
+class Claim(NamedTuple):
+    """What ``claim`` answers: its state (``claimed``, ``busy``, ``delayed`` or ``clean``, see
+    lua/claim.lua) and, when claimed, the fencing token of the lease ('' otherwise)."""
+
+    state: str
+    token: str
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """What ``claim_run`` answers: the claim, and when claimed, what the run needs to start."""
+
+    state: str
+    token: str = ""
+    config: bytes | None = None  # the app's stored config
+    causes: list[str] = field(default_factory=list)  # ids of the events, oldest first
+    learned: dict[bytes, bytes] = field(default_factory=dict)  # see ``learned.parse``
 
 
 @dataclass(frozen=True)
@@ -111,26 +133,25 @@ class Workqueue:
         self.redis.zrem(keys.WQ_DELAYED, str(key))
         self.mark([key])
 
-    def claim(self, key: Key, token: str) -> str:
-        """``claimed``, ``busy``, ``delayed`` or ``clean`` (see lua/claim.lua)."""
-        return codec.text(scripts.run(self.redis, "claim", str(key), token, self.lease_ms))
+    def claim(self, key: Key) -> Claim:
+        """Take the lease of a dirty key: its state and fencing token (see lua/claim.lua)."""
+        state, token = codec.texts(scripts.run(self.redis, "claim", str(key), self.lease_ms))
+        return Claim(state, token)
 
-    def claim_run(
-        self, key: Key, token: str, app_id: str, causes_key: str
-    ) -> tuple[str, bytes | None, list[str], dict[bytes, bytes]]:
+    def claim_run(self, key: Key, app_id: str, causes_key: str) -> ClaimedRun:
         """``claim``, and when claimed, in the same round trip: the app's stored config, the
         ids of the events that dirtied the key, taken (oldest first), and what the pool
         learned of the app (``learned.parse`` reads it; see lua/claim.lua)."""
         answer = scripts.run(
-            self.redis, "claim", str(key), token, self.lease_ms, keys.app(app_id), causes_key
+            self.redis, "claim", str(key), self.lease_ms, keys.app(app_id), causes_key
         )
-        state = codec.text(answer[0])
+        state, token = codec.texts(answer[:2])
         if state != "claimed":
-            return state, None, [], {}
-        config = answer[1] or None  # a missing field comes back as a nil (None)
-        flat = answer[2]
+            return ClaimedRun(state)
+        config = answer[2] or None  # a missing field comes back as a nil (None)
+        flat = answer[3]
         learned = dict(zip(flat[::2], flat[1::2], strict=True))
-        return state, config, codec.texts(answer[:2:-1]), learned
+        return ClaimedRun(state, token, config, codec.texts(answer[:3:-1]), learned)
 
     def renew(self, key: Key, token: str, *, while_active: str | None = None) -> bool:
         """Extend the lease; False when it was lost, or when app ``while_active`` is not
@@ -154,9 +175,11 @@ class Workqueue:
         follow_up: Iterable[Key] = (),
         causes: list[str] | tuple[str, ...] = (),
         keep_causes: bool = False,
+        park: str | None = None,
     ) -> tuple[str, list[str]]:
-        """The end of a run in one round trip: ``release``, and first (lease or not) forget
-        the key's failures when it ``succeeded``, close app ``close_breaker``'s circuit
+        """The end of a run in one round trip: ``release``, and first, only while ``token``
+        is the key's (else nothing at all: ``lost``), forget the key's failures when it
+        ``succeeded``, ``park`` it with that reason, close app ``close_breaker``'s circuit
         breaker, forget since when the key waited for members, ``mark`` the ``follow_up``
         keys and hand them the run's ``causes`` (event ids, oldest first), which go back to
         the key itself with ``keep_causes``. Any ``delay_seconds`` above 0 keeps the key dirty
@@ -174,6 +197,7 @@ class Workqueue:
             close_breaker or "",
             "1" if forget_deferral else "0",
             "1" if keep_causes else "0",
+            park or "",
             len(causes),
             *causes,
             *(str(k) for k in follow_up),
@@ -181,17 +205,24 @@ class Workqueue:
         return codec.text(answer[0]), codec.texts(answer[1:])
 
     def sweep(self, *, stale_seconds: float, resend_stale: bool, limit: int = 1000) -> list[str]:
-        """Recover expired leases, due backoffs and (when ``resend_stale``) lost messages."""
+        """Recover expired leases, due backoffs and lost messages (``sweep.lua``); returns the
+        keys to send a message for. ``resend_stale``: the reconcile queue is empty, so a stale
+        key is sent again every ``stale_seconds`` rather than at doubling intervals."""
         return codec.texts(
             scripts.run(
                 self.redis, "sweep", int(stale_seconds * 1000), limit, "1" if resend_stale else "0"
             )
         )
 
-    def next_due_ms(self) -> float | None:
-        """When the soonest backoff or reserved slot is due (Redis time, ms), if any."""
-        first = codec.scored(self.redis.zrange(keys.WQ_DELAYED, 0, 0, withscores=True))
-        return first[0][1] if first else None
+    def due_in_ms(self) -> float | None:
+        """In how many ms (Redis's clock) the soonest backoff or reserved slot is due, if any
+        (at most 0 when it is due already). One round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(keys.WQ_DELAYED, 0, 0, withscores=True)
+        now, first = pipe.execute()
+        soonest = codec.scored(first)
+        return soonest[0][1] - scripts.time_ms(now) if soonest else None
 
     def hold_sweep_lock(self, holder: str, ttl_ms: int) -> bool:
         """One sweeper for the pool: take the lock for ``holder``, or keep it while ``holder`` has it."""
@@ -220,21 +251,28 @@ class Workqueue:
         }
         return _parsed_map({k: stored[k] for k in _of_app(app_id, stored)})
 
-    def backoff(self, key: Key, *, base: float = 1.0, cap: float = 300.0) -> float:
-        """Seconds to wait before the next attempt: capped exponential, full jitter."""
-        attempt = self.redis.hincrby(keys.WQ_ATTEMPTS, str(key), 1)
+    def backoff(
+        self, key: Key, token: str, *, base: float = 1.0, cap: float = 300.0
+    ) -> float | None:
+        """Count a failed attempt of a key we hold (``token``) and return the seconds to wait
+        before the next: capped exponential, full jitter. None (nothing counted) when the
+        token is no longer the key's."""
+        attempt = int(scripts.run(self.redis, "backoff", str(key), token))
+        if attempt < 0:
+            return None
         return random.uniform(0, min(cap, base * 2 ** min(attempt - 1, 20)))
 
     # -- groups waiting for their members ------------------------------------------------------
-    def waiting_since(self, key: Key) -> int | None:
-        """Since when (ms) ``key`` waits for keys on their way (``wait_from_now``), if it does."""
-        since = self.redis.hget(keys.WQ_DEFERRED, str(key))
-        return int(since) if since else None
+    def waited_ms(self, key: Key) -> int | None:
+        """For how long (ms, Redis's clock) ``key`` has waited for keys on their way
+        (``wait_from_now``), if it does."""
+        waited = int(scripts.run(self.redis, "deferral", "waited", str(key)))
+        return waited if waited >= 0 else None
 
     def wait_from_now(self, key: Key) -> None:
         """Note that ``key`` waits from now on, unless it already did (forgotten by ``finish``
         with ``forget_deferral``)."""
-        self.redis.hsetnx(keys.WQ_DEFERRED, str(key), scripts.now_ms())
+        scripts.run(self.redis, "deferral", "start", str(key))
 
     def any_queued(self, reconcile_keys: Iterable[Key]) -> bool:
         """Whether one of the keys is dirty or in flight (one round trip)."""
@@ -272,9 +310,12 @@ class Workqueue:
         """A key of the app is in flight, or due within ``within_ms`` (two bounded reads: the
         leases held and the soonest delayed keys, in one round trip)."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
         pipe.hkeys(keys.WQ_OWNER)
-        pipe.zrangebyscore(keys.WQ_DELAYED, "-inf", scripts.now_ms() + within_ms, start=0, num=1000)
-        held, due = pipe.execute()
+        pipe.zrange(keys.WQ_DELAYED, 0, 999, withscores=True)
+        now, held, delayed = pipe.execute()
+        horizon = scripts.time_ms(now) + within_ms
+        due = [key for key, at in codec.scored(delayed) if at <= horizon]
         return bool(_of_app(app_id, (*held, *due)))
 
     def drop_app(self, app_id: str) -> int:

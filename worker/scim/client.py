@@ -39,7 +39,10 @@ from scim2_models import (
     User,
 )
 
+from worker.store.apps import Network
+
 from .errors import Invalid, Transient, error_for_status, parse_retry_after, scrub
+from .network import http_transport, proxy_for, proxy_secrets
 from .profiles import Profile
 
 ScimUser = User[EnterpriseUser]
@@ -113,9 +116,11 @@ class AppHttp:
         *,
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.secrets = tuple(s for s in (token, *secrets) if s)  # scrubbed from error details
         self.timeout = httpx.Timeout(timeout).as_dict()
         # httpcore sets TCP_NODELAY on its connections: a request's headers and body go out as
         # two writes, and Nagle's algorithm would hold the body for the app's delayed ACK
@@ -157,11 +162,17 @@ def make_http_client(
     base_url: str,
     token: str,
     *,
+    network: Network | None = None,
     timeout: float = 10.0,
     transport: httpx.BaseTransport | None = None,
 ) -> AppHttp:
-    """The HTTP side of one application: bearer auth, SCIM JSON, explicit timeouts."""
-    return AppHttp(base_url, token, timeout=timeout, transport=transport)
+    """The HTTP side of one application: bearer auth, SCIM JSON, explicit timeouts, and its
+    ``network`` (proxy, CA file, client certificate: ``network.http_transport``) unless a
+    ``transport`` is given. ``AppError`` when a file of the network does not load."""
+    network = network or Network()
+    secrets = proxy_secrets(proxy_for(base_url, network))
+    transport = transport or http_transport(base_url, network)
+    return AppHttp(base_url, token, timeout=timeout, transport=transport, secrets=secrets)
 
 
 def escape_filter_value(value: str) -> str:
@@ -517,7 +528,9 @@ class ScimClient:
         return resource if remote_id and path.endswith("/" + _seg(remote_id)) else None
 
     def _scrub(self, text: str) -> str:
-        return scrub(text, self.http.token or None)
+        for secret in self.http.secrets:
+            text = scrub(text, secret)
+        return text
 
     def _request(
         self,

@@ -1,7 +1,9 @@
 """Application integrations: their settings in Redis, and their tokens, which never are.
 
 A token is read from a file (``--token-file``; on a multi-host pool, a mounted secret that
-every worker host has), so Redis, logs and process listings never hold it.
+every worker host has), so Redis, logs and process listings never hold it. So are the files of
+an app's ``Network`` (its CA bundle, a client certificate and key): only their paths are kept.
+A proxy's URL is kept as given; its password is shown nowhere (``redact_url``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from ipaddress import ip_address
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -21,10 +23,68 @@ from worker.store import codec, keys
 from worker.store.keys import Kind
 
 APP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PROXY_FROM_ENV = "env"  # ``network_change(proxy=...)``: back to the environment's proxy
 
 
 class AppError(ValueError):
     """A refused change to an integration, with a message for the administrator."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of its user part (``http://user:***@proxy:3128``)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def proxy_text(proxy: str | None) -> str:
+    """A ``Network.proxy`` as shown: ``environment``, ``direct`` or the URL, redacted."""
+    if proxy is None:
+        return "environment"
+    return redact_url(proxy) if proxy else "direct"
+
+
+@dataclass(frozen=True)
+class Network:
+    """How the pool reaches the application: through which proxy, trusting which CA, with
+    which client certificate (mTLS). Files are read by each process that calls the app."""
+
+    proxy: str | None = None  # None: HTTPS_PROXY/HTTP_PROXY/NO_PROXY of the process; "": direct
+    ca_file: str | None = None  # the CAs that sign the app's certificate (None: the system's)
+    client_cert: str | None = None  # PEM certificate (chain) presented to the app
+    client_key: str | None = None  # its private key (None: in ``client_cert``'s file)
+
+    def __repr__(self) -> str:  # never the proxy's password
+        return f"Network({self.shown()!r})"
+
+    def shown(self) -> dict[str, str | None]:
+        """The settings as ``apps show`` and ``status --json`` print them."""
+        return {
+            "proxy": proxy_text(self.proxy),
+            "ca_file": self.ca_file,
+            "client_cert": self.client_cert,
+            "client_key": self.client_key,
+        }
+
+    def describe(self) -> str:
+        """One line for the audit log and the CLI: the proxy and what is not the default."""
+        parts = [f"proxy {proxy_text(self.proxy)}"]
+        if self.ca_file:
+            parts.append(f"CA file {self.ca_file}")
+        if self.client_cert:
+            parts.append(f"client certificate {self.client_cert}")
+        if self.client_key:
+            parts.append(f"client key {self.client_key}")
+        return ", ".join(parts)
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.ca_file, self.client_cert, self.client_key) if f)
+
+    def stamp(self) -> tuple[int | None, ...]:
+        """The files' modification times: a client built before a file was renewed is stale."""
+        return tuple(_mtime(path) for path in self.files())
 
 
 @dataclass(frozen=True)
@@ -43,6 +103,7 @@ class AppConfig:
     extra: dict[str, str] = field(default_factory=dict)
     verify_every: float | None = None  # seconds between scheduled verifies; None: none
     verify_fix: bool = False  # a scheduled verify repairs what it finds
+    network: Network = Network()
 
     def settings(self) -> AppSettings:
         return AppSettings(
@@ -52,6 +113,13 @@ class AppConfig:
             user_delete_policy=self.user_delete_policy,
             excluded_attributes=frozenset(self.excluded_attributes),
         )
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def check_app_id(app_id: str) -> str:
@@ -79,6 +147,62 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def check_proxy(url: str) -> str:
+    """An http(s) proxy URL (``""``: direct); the message never holds its password."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        raise AppError(
+            f"invalid proxy URL {redact_url(url)!r}: expected http://[user:password@]host:port"
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise AppError(f"invalid port in the proxy URL {redact_url(url)!r}") from None
+    return url.rstrip("/")
+
+
+def readable_file(path: str, what: str) -> str:
+    """The absolute path of a file this process can read (workers may run elsewhere)."""
+    path = os.path.abspath(path)
+    try:
+        with open(path, "rb") as file:
+            file.read(1)
+    except OSError as error:
+        raise AppError(f"cannot read the {what} {path}: {error.strerror}") from None
+    return path
+
+
+def network_change(
+    current: Network,
+    *,
+    proxy: str | None = None,
+    ca_file: str | None = None,
+    client_cert: str | None = None,
+    client_key: str | None = None,
+) -> Network:
+    """``current`` with the changes given: None keeps a setting, ``""`` removes it (a proxy of
+    ``""`` goes direct, ``PROXY_FROM_ENV`` back to the environment's; no client certificate
+    means no key either). Files must be readable here; ``AppError`` otherwise."""
+    changes: dict[str, str | None] = {}
+    if proxy is not None:
+        changes["proxy"] = None if proxy == PROXY_FROM_ENV else check_proxy(proxy)
+    for name, value, what in (
+        ("ca_file", ca_file, "CA file"),
+        ("client_cert", client_cert, "client certificate"),
+        ("client_key", client_key, "client key"),
+    ):
+        if value is not None:
+            changes[name] = readable_file(value, what) if value else None
+    if client_cert == "":
+        changes["client_key"] = None
+    network = replace(current, **changes)
+    if network.client_key and not network.client_cert:
+        raise AppError("--client-key goes with --client-cert (the certificate it signs for)")
+    return network
+
+
 def read_token(path: str) -> str:
     try:
         token = Path(path).read_text().strip()
@@ -98,6 +222,7 @@ def parse(raw: bytes | str) -> AppConfig:
     """An app's config as stored (``save``); the worker reads it in the claim's round trip."""
     data = json.loads(raw)
     data["excluded_attributes"] = tuple(data.get("excluded_attributes", ()))
+    data["network"] = Network(**(data.get("network") or {}))
     return AppConfig(**data)
 
 

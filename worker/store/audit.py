@@ -37,6 +37,7 @@ class AuditEntry:
     remote_id: str | None = None
     time: float = 0.0
     causes: tuple[str, ...] = ()  # ids of the directory events that led to this attempt
+    token: str = ""  # the fencing token of the run's lease (fence.py): grows per key
 
 
 def maxlen() -> int:
@@ -45,10 +46,16 @@ def maxlen() -> int:
 
 
 def record(client: redis.Redis | redis.client.Pipeline, entry: AuditEntry) -> None:
+    client.execute_command(*command(entry))
+
+
+def command(entry: AuditEntry) -> tuple[str, ...]:
+    """The ``XADD`` that records ``entry`` (for a script to run: ``fence.py``). Its time is
+    Redis's, the stream id's (``read`` gives it), unless the entry has one."""
     document = asdict(entry)
     document["causes"] = list(entry.causes)
-    document["time"] = entry.time or time.time()
-    client.xadd(keys.AUDIT, {"e": json.dumps(document)}, maxlen=maxlen(), approximate=True)
+    document["time"] = entry.time or None
+    return ("XADD", keys.AUDIT, "MAXLEN", "~", str(maxlen()), "*", "e", json.dumps(document))
 
 
 def read(
@@ -67,8 +74,9 @@ def read(
     found: list[dict[str, Any]] = []
     while len(found) < limit:
         page = codec.stream(client.xrevrange(keys.AUDIT, max=high, min=low, count=1000))
-        for _, fields in page:
+        for entry_id, fields in page:
             entry = json.loads(fields[b"e"])
+            entry["time"] = entry.get("time") or _stream_time(entry_id)
             if _matches(entry, app, name, object_id, failed):
                 found.append(entry)
                 if len(found) >= limit:
@@ -78,6 +86,11 @@ def read(
         high = "(" + page[-1][0].decode()
     found.reverse()
     return found
+
+
+def _stream_time(entry_id: bytes | str) -> float:
+    """When an entry was added, on Redis's clock: its stream id's milliseconds, as seconds."""
+    return int(codec.text(entry_id).split("-")[0]) / 1000
 
 
 def _matches(

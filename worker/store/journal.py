@@ -56,7 +56,7 @@ def trim(
     """
     age = configured_max_age() if max_age_seconds is None else max_age_seconds
     age_ms = int(age * 1000)
-    cutoff = scripts.now_ms() - age_ms
+    cutoff = scripts.redis_now_ms(client) - age_ms  # the stream ids' clock
     pipe = client.pipeline(transaction=False)
     pipe.set(keys.JOURNAL_MAX_AGE, age_ms)
     pipe.xtrim(keys.JOURNAL, minid=cutoff, approximate=approximate)
@@ -181,7 +181,7 @@ def snapshot_gap(client: redis.Redis, taken_at: datetime) -> str | None:
         try:
             boundary = int(client.xinfo_stream(keys.JOURNAL)["last-generated-id"].split(b"-")[0])
         except redis.ResponseError:
-            boundary = scripts.now_ms()
+            boundary = scripts.redis_now_ms(client)
     if boundary <= _ms(taken_at) - SNAPSHOT_SKEW_MS:
         return None
     since = datetime.fromtimestamp(boundary / 1000, UTC).isoformat(timespec="seconds")

@@ -20,6 +20,7 @@ Kind = Literal["user", "group"]
 RECENT_EVENTS = PREFIX + "ev:recent"  # ZSET accepted event id -> acceptance time (ms)
 JOURNAL_MAX_AGE = PREFIX + "journal:max_age_ms"  # retention by age, set by journal.trim()
 PENDING_BATCHES = PREFIX + "ingest:pending"  # ZSET batch id -> publish time (ms)
+RESEND_BATCHES = PREFIX + "ingest:resend"  # re-send schedule of pending batches (sweep_batches.lua)
 PARKED_BATCHES = PREFIX + "ingest:parked"  # HASH batch id -> reason (a poison batch)
 COUNTERS = PREFIX + "counters"  # HASH published, applied, ignored, ...
 IGNORED_LOG = PREFIX + "ignored"  # capped LIST of events ignored after a deletion
@@ -31,8 +32,10 @@ def batch(batch_id: str) -> str:
 
 # Workqueue: read and written by worker/queue/workqueue.py (and its Lua scripts) only; others
 # ask the Workqueue. Each holds reconcile keys' text.
-WQ_DIRTY = PREFIX + "wq:dirty"  # ZSET key -> time its reconcile was last scheduled (ms)
-WQ_OWNER = PREFIX + "wq:owner"  # HASH key -> lease token
+WQ_DIRTY = PREFIX + "wq:dirty"  # ZSET key -> when its stale clock starts (ms, see sweep.lua)
+WQ_RESEND = PREFIX + "wq:resend:"  # + key: STRING "<score> <first sent>" of its re-sends
+WQ_OWNER = PREFIX + "wq:owner"  # HASH key -> fencing token of its holder
+WQ_FENCE = PREFIX + "wq:fence"  # HASH key -> last fencing token handed out (grows per claim)
 WQ_LEASES = PREFIX + "wq:leases"  # ZSET key -> lease expiry (ms)
 WQ_DELAYED = PREFIX + "wq:delayed"  # ZSET key -> time it may run again (ms)
 WQ_PARKED = PREFIX + "wq:parked"  # HASH key -> reason (a permanent failure)

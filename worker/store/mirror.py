@@ -5,43 +5,52 @@ an object's remote id is known."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 
 from worker.contract.model import MirrorGroup, MirrorUser
 from worker.store import codec, keys
+from worker.store.fence import Command, Fence
 from worker.store.keys import Kind, ReconcileKey
 
 KINDS: tuple[Kind, ...] = ("group", "user")
 
 
 class Mirror:
-    def __init__(self, client: redis.Redis, app_id: str):
+    def __init__(self, client: redis.Redis, app_id: str, fence: Fence | None = None):
+        """With ``fence``, every write is accepted only while the run's lease of its key holds
+        (``fence.py``: else ``LeaseLost``, and the object is left in doubt)."""
         self.redis = client
         self.app_id = app_id
+        self.fence = fence
         self.users_key = keys.mirror(app_id, "user")
         self.groups_key = keys.mirror(app_id, "group")
-        self._riders: list[Callable[[redis.client.Pipeline], object]] = []
+        self._riders: list[Command] = []
 
-    # commands that ride along with the next write of the mirror, in its transaction (the
+    # commands that ride along with the next write of the mirror, atomically with it (the
     # audit entry of the call whose outcome that write records: one round trip for both)
-    def then(self, add: Callable[[redis.client.Pipeline], object]) -> None:
-        """Queue ``add(pipeline)`` to run with the next write of the mirror (or ``flush``)."""
-        self._riders.append(add)
+    def then(self, command: Command) -> None:
+        """Queue ``command`` to run with the next write of the mirror (or ``flush``)."""
+        self._riders.append(command)
 
     def flush(self) -> None:
         """Send the queued riders now, if any."""
         if self._riders:
-            self._pipeline().execute()
+            self._write()
 
-    def _pipeline(self) -> redis.client.Pipeline:
+    def _write(self, *commands: Command) -> None:
+        """The riders, then ``commands``, atomically: one fenced script, or one transaction."""
+        commands = (*self._riders, *commands)
+        self._riders = []
+        if self.fence is not None:
+            self.fence.write(self.redis, commands)
+            return
         pipe = self.redis.pipeline()
-        riders, self._riders = self._riders, []
-        for add in riders:
-            add(pipe)
-        return pipe
+        for command in commands:
+            pipe.execute_command(*command)
+        pipe.execute()
 
     # lookups that found nothing: kept until the object is created, so that a run cut short
     # (throttled, crashed) between the lookup and the create does not look up again
@@ -73,17 +82,32 @@ class Mirror:
 
     def clear_doubt(self, kind: Kind, object_id: str) -> None:
         """Forget an earlier lookup too: after an interrupted create, look up again."""
-        pipe = self._pipeline()
-        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
-        pipe.srem(keys.mirror_absent(self.app_id, kind), object_id)
-        pipe.execute()
+        self._write(
+            ("SREM", keys.mirror_doubt(self.app_id, kind), object_id),
+            ("SREM", keys.mirror_absent(self.app_id, kind), object_id),
+        )
 
     def remember_absent(self, kind: Kind, object_id: str) -> None:
         """A lookup found nothing: no write of ours is in doubt any more either."""
-        pipe = self._pipeline()
-        pipe.sadd(keys.mirror_absent(self.app_id, kind), object_id)
-        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
-        pipe.execute()
+        self._write(
+            ("SADD", keys.mirror_absent(self.app_id, kind), object_id),
+            ("SREM", keys.mirror_doubt(self.app_id, kind), object_id),
+        )
+
+    def _save(self, kind: Kind, object_id: str, document: dict[str, Any]) -> None:
+        """Record an object's entry: no lookup nor write of it in doubt any more."""
+        self._write(
+            ("HSET", self.users_key if kind == "user" else self.groups_key, object_id,
+             json.dumps(document)),
+            ("SREM", keys.mirror_absent(self.app_id, kind), object_id),
+            ("SREM", keys.mirror_doubt(self.app_id, kind), object_id),
+        )  # fmt: skip
+
+    def _forget(self, kind: Kind, object_id: str) -> None:
+        self._write(
+            ("HDEL", self.users_key if kind == "user" else self.groups_key, object_id),
+            ("SREM", keys.mirror_doubt(self.app_id, kind), object_id),
+        )
 
     # users
     def user(self, user_id: str) -> MirrorUser | None:
@@ -93,24 +117,15 @@ class Mirror:
         document: dict[str, Any] = {"id": entry.remote_id, "attributes": dict(entry.attributes)}
         if entry.normalized:
             document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
-        pipe = self._pipeline()
-        pipe.hset(self.users_key, user_id, json.dumps(document))
-        pipe.srem(keys.mirror_absent(self.app_id, "user"), user_id)
-        pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
-        pipe.execute()
+        self._save("user", user_id, document)
 
     def end_write(self, kind: Kind, object_id: str) -> None:
         """A write the application refused outright (a 4xx, a 429): nothing changed there, so
         nothing is in doubt and the next run need not read the object back."""
-        pipe = self._pipeline()
-        pipe.srem(keys.mirror_doubt(self.app_id, kind), object_id)
-        pipe.execute()
+        self._write(("SREM", keys.mirror_doubt(self.app_id, kind), object_id))
 
     def forget_user(self, user_id: str) -> None:
-        pipe = self._pipeline()
-        pipe.hdel(self.users_key, user_id)
-        pipe.srem(keys.mirror_doubt(self.app_id, "user"), user_id)
-        pipe.execute()
+        self._forget("user", user_id)
 
     def remote_user_ids(self, user_ids: Iterable[str]) -> dict[str, str | None]:
         """Remote id of each user (None where we hold none), in one round trip."""
@@ -141,11 +156,7 @@ class Mirror:
         }
         if entry.normalized:
             document["normalized"] = {k: list(v) for k, v in entry.normalized.items()}
-        pipe = self._pipeline()
-        pipe.hset(self.groups_key, group_id, json.dumps(document))
-        pipe.srem(keys.mirror_absent(self.app_id, "group"), group_id)
-        pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
-        pipe.execute()
+        self._save("group", group_id, document)
 
     def groups_missing_member(self, group_ids: Iterable[str], user_id: str) -> list[str]:
         """Those of ``group_ids`` whose mirror does not hold ``user_id`` (or that we do not
@@ -159,10 +170,7 @@ class Mirror:
         ]
 
     def forget_group(self, group_id: str) -> None:
-        pipe = self._pipeline()
-        pipe.hdel(self.groups_key, group_id)
-        pipe.srem(keys.mirror_doubt(self.app_id, "group"), group_id)
-        pipe.execute()
+        self._forget("group", group_id)
 
     def forget_groups(self) -> None:
         """Forget every group: the next sync looks them up and takes them over again."""

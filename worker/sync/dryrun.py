@@ -240,6 +240,16 @@ class OverlayRedis:
     def pipeline(self, transaction: bool = True) -> _OverlayPipeline:
         return _OverlayPipeline(self)
 
+    def execute_command(self, name: str, *args: Any) -> Any:
+        """A write of the mirror as its words (``("HSET", key, field, value)``, ``Mirror``)."""
+        writes: dict[str, Callable[..., int]] = {
+            "HSET": self.hset, "HDEL": self.hdel, "SADD": self.sadd, "SREM": self.srem,
+            "DEL": self.delete,
+        }  # fmt: skip
+        if name.upper() not in writes:
+            raise RuntimeError(f"a dry run keeps Redis as it is: {name} is not supported")
+        return writes[name.upper()](*args)
+
 
 class _OverlayPipeline:
     """Queues commands and runs them on the overlay, in order, at ``execute``."""

@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from worker.scim import NotFound, ScimError
 from worker.store import audit
 from worker.store.audit import AuditEntry
+from worker.store.fence import LeaseLost
 from worker.store.keys import ReconcileKey
 from worker.store.mirror import Mirror
 
 Gate = Callable[[str, ReconcileKey, bool], None]
 """``gate(call name, key, write)``: raises to stop the call; marks a write in doubt."""
 
-
-class LeaseLost(RuntimeError):
-    """Our lease on the key expired and another worker may hold it: stop writing."""
+__all__ = ["GONE", "Executor", "Gate", "LeaseLost", "Outcome", "forget", "marking"]
 
 
 @dataclass
@@ -53,8 +52,9 @@ def marking(mirror: Mirror, checks: Callable[[str, ReconcileKey], None] | None =
 
 class Executor:
     """Sends the calls of a reconcile of one application, each through the gate, and audits
-    them. With ``ride``, a call's audit entry is written in the same transaction as the
-    mirror's record of its outcome (which comes next), else at once with ``record``."""
+    them. With ``ride``, every audit entry goes through the mirror: a call's entry atomically
+    with the mirror's record of its outcome (which comes next), the others at once, all of
+    them fenced as the mirror's writes are (``fence.py``); else at once with ``record``."""
 
     def __init__(
         self,
@@ -65,15 +65,17 @@ class Executor:
         *,
         causes: tuple[str, ...] = (),
         ride: bool = False,
+        token: str = "",
     ):
         """``causes`` are the ids of the directory events that dirtied the key, carried into
-        every audit entry."""
+        every audit entry, as is ``token``, the fencing token of the run's lease."""
         self.app_id = app_id
         self.mirror = mirror
         self.record = record
         self.gate = gate
         self.causes = causes
         self.ride = ride
+        self.token = token
 
     def send(
         self,
@@ -94,13 +96,19 @@ class Executor:
         try:
             result = send()
         except ScimError as error:
+            failed = self._entry(name, key, "failure", error.status, error.detail)
+            if self.ride:  # with the end of the doubt, if any: one round trip
+                self.mirror.then(audit.command(failed))
             if write and error.status is not None and _refused(error.status):
                 self.mirror.end_write(key.kind, key.id)
-            self.record(self._entry(name, key, "failure", error.status, error.detail))
+            if self.ride:
+                self.mirror.flush()
+            else:
+                self.record(failed)
             raise
         entry = self._entry(name, key, "success", status, detail, getattr(result, "id", None))
         if self.ride:  # written with the mirror's record of this outcome, which comes next
-            self.mirror.then(lambda pipe: audit.record(pipe, entry))
+            self.mirror.then(audit.command(entry))
         else:
             self.record(entry)
         return result
@@ -125,7 +133,15 @@ class Executor:
     def note(self, key: ReconcileKey, detail: str, status: int | None = None) -> None:
         """An audit entry for something learned about the application."""
         self.mirror.flush()
-        self.record(self._entry("idm_integration_update", key, "learned", status, detail))
+        self._audit(self._entry("idm_integration_update", key, "learned", status, detail))
+
+    def _audit(self, entry: AuditEntry) -> None:
+        """Record an entry now: through the mirror with ``ride`` (fenced), else ``record``."""
+        if self.ride:
+            self.mirror.then(audit.command(entry))
+            self.mirror.flush()
+        else:
+            self.record(entry)
 
     def _entry(
         self,
@@ -136,9 +152,8 @@ class Executor:
         detail: str,
         remote_id: str | None = None,
     ) -> AuditEntry:
-        return AuditEntry(
-            name, self.app_id, key.object, result, status, detail, remote_id, causes=self.causes
-        )
+        return AuditEntry(name, self.app_id, key.object, result, status, detail, remote_id,
+                          causes=self.causes, token=self.token)  # fmt: skip
 
 
 def forget(mirror: Mirror, key: ReconcileKey) -> None:

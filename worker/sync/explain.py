@@ -17,7 +17,7 @@ import redis
 from worker.contract.model import AppSettings
 from worker.scim import ScimClient, ScimError
 from worker.scim.profiles import Profile
-from worker.store import audit, keys, learned, projection
+from worker.store import audit, keys, learned, projection, scripts
 from worker.store.apps import AppConfig
 from worker.store.audit import AuditEntry
 from worker.store.keys import Kind
@@ -243,7 +243,7 @@ def sync_now(
     key = keys.ReconcileKey(app_id, kind, object_id)
     queue = Workqueue(client)
     queue.unpark(key)
-    started = time.time()
+    started = scripts.redis_now_ms(client) / 1000  # the audit log's clock
     deadline = time.monotonic() + timeout
     while True:
         queue.run_now(key)  # no message: this process claims it

@@ -15,7 +15,7 @@ import redis
 from worker.contract.model import GroupFacts, MirrorGroup
 from worker.queue.workqueue import Workqueue
 from worker.scim import Conflict, Invalid, NotFound, Unsupported
-from worker.store import projection, scripts
+from worker.store import projection
 from worker.store.keys import ReconcileKey
 from worker.store.mirror import Mirror
 from worker.sync import answers, rules
@@ -285,17 +285,17 @@ class GroupReconciler:
 
         Looks at the missing members a slice at a time and stops at the first one still
         queued, so a large group waiting for many members costs one round trip a check."""
-        since = self.queue.waiting_since(key) if missing else None
-        waited = (scripts.now_ms() - since) / 1000 if since else 0.0
+        waited_ms = self.queue.waited_ms(key) if missing else None  # on Redis's clock
+        waited = waited_ms / 1000 if waited_ms is not None else 0.0
         if missing and waited < MEMBER_WAIT:
             for start in range(0, len(missing), MEMBER_SLICE):
                 users = missing[start : start + MEMBER_SLICE]
                 if self.queue.any_queued(ReconcileKey(key.app, "user", u) for u in users):
-                    if since is None:
+                    if waited_ms is None:
                         self.queue.wait_from_now(key)
                     outcome.trace.append(f"group {key.id}: waiting for members on their way")
                     return True
-        if since is not None or not missing:
+        if waited_ms is not None or not missing:
             outcome.stopped_waiting = True  # forgotten when the key is released (runner.py)
         return False
 

@@ -41,6 +41,7 @@ from worker.scim import (
     profile_by_name,
 )
 from worker.scim.client import MAX_BODY_BYTES, RemoteGroup, RemoteUser
+from worker.scim.network import http_transport
 from worker.scim.profiles import Profile
 from worker.store import apps, projection, scripts
 from worker.store.apps import AppConfig
@@ -181,8 +182,9 @@ def paced_client(
     rate = app.rate or base.requests_per_second
     burst = app.burst or base.burst
     pacer = Pacer(client, app.id, rate, burst, low_priority=low_priority, keepalive=keepalive)
-    transport = PacedTransport(pacer)
-    http = make_http_client(app.base_url, apps.read_token(app.token_file), transport=transport)
+    transport = PacedTransport(pacer, http_transport(app.base_url, app.network))
+    token = apps.read_token(app.token_file)
+    http = make_http_client(app.base_url, token, network=app.network, transport=transport)
     scim = ScimClient(http, base)
     if profile is None and app.profile == "generic":
         base = profile_by_name("generic", scim.service_provider_config())

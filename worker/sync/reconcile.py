@@ -21,6 +21,7 @@ from worker.scim.profiles import Profile
 from worker.store import audit
 from worker.store.apps import AppConfig
 from worker.store.audit import AuditEntry
+from worker.store.fence import Fence
 from worker.store.keys import ReconcileKey
 from worker.store.learned import Learned
 from worker.store.mirror import Mirror
@@ -44,6 +45,7 @@ class Reconciler:
         profile: Profile,
         *,
         gate: Gate | None = None,
+        fence: Fence | None = None,
         mirror: Mirror | None = None,
         record: Callable[[AuditEntry], None] | None = None,
         causes: tuple[str, ...] = (),
@@ -52,12 +54,13 @@ class Reconciler:
     ):
         """``mirror`` and ``record`` default to the app's mirror and the audit log; a dry run
         passes an in-memory mirror and its own recorder. With both defaults, a call's audit
-        entry is written in the same transaction as the mirror's record of its outcome.
+        entry is written atomically with the mirror's record of its outcome, and with
+        ``fence`` (the run's lease) both are accepted only while the lease holds (``LeaseLost``).
         ``gate`` runs before each call (``executor.py``); by default it only marks a write in
         doubt in the mirror. ``causes`` are the ids of the directory events that dirtied the
         key, carried into every audit entry; ``knowledge`` is what the pool learned about the
         app (``worker.store.learned``)."""
-        self.mirror = mirror or Mirror(client, app.id)
+        self.mirror = mirror or Mirror(client, app.id, fence)
         executor = Executor(
             app.id,
             self.mirror,
@@ -65,6 +68,7 @@ class Reconciler:
             gate or marking(self.mirror),
             causes=causes,
             ride=mirror is None and record is None,
+            token=fence.token if fence else "",
         )
         session = AppSession(client, app, scim, profile, knowledge or Learned(), executor)
         doubt = DoubtResolver(session, executor, self.mirror)

@@ -31,6 +31,7 @@ from worker.scim.profiles import Profile, profile_by_name
 from worker.store import apps, audit, keys, learned
 from worker.store.apps import AppConfig, AppError
 from worker.store.audit import AuditEntry
+from worker.store.fence import Fence
 from worker.store.keys import ReconcileKey
 from worker.sync import dryrun, guard, ratelimit
 from worker.sync.ratelimit import Throttled
@@ -44,6 +45,7 @@ class RunResult:
     key: str
     state: str  # claimed state, then: done | rescheduled | retry | parked | paused | skipped
     outcome: Outcome = field(default_factory=Outcome)
+    parked: str | None = None  # why the key is parked (with its release, fenced)
 
 
 class Clients:
@@ -66,7 +68,8 @@ class Clients:
             mtime = os.stat(app.token_file).st_mtime_ns
         except OSError:
             mtime = None
-        fingerprint = (app.base_url, app.token_file, mtime, app.profile)
+        network = (app.network, app.network.stamp())  # a renewed certificate: a new client
+        fingerprint = (app.base_url, app.token_file, mtime, app.profile, network)
         cached = self._cache.get(app.id)
         if cached and cached[0] == fingerprint:
             return cached[1], cached[2]
@@ -78,7 +81,7 @@ class Clients:
 
     def _build(self, app: AppConfig, fingerprint: tuple[object, ...]) -> tuple[ScimClient, Profile]:
         token = apps.read_token(app.token_file)
-        http = make_http_client(app.base_url, token)
+        http = make_http_client(app.base_url, token, network=app.network)
         profile = profile_by_name(app.profile)
         scim = ScimClient(http, profile)
         if app.profile == "generic":
@@ -102,22 +105,21 @@ def process_key(
     except ValueError:  # never marked dirty: nothing to do, as for a duplicate message
         return RunResult(key_text, "clean")
     queue = Workqueue(client, settings().lease_seconds)
-    token = uuid.uuid4().hex
-    # one round trip: the lease, the app's config and the causes of the run
-    state, config, causes, knowledge = queue.claim_run(
-        key, token, key.app, audit.cause_key(str(key))
-    )
-    if state != "claimed":
-        return RunResult(key_text, state)
+    # one round trip: the lease (and its fencing token), the app's config, the run's causes
+    run = queue.claim_run(key, key.app, audit.cause_key(str(key)))
+    if run.state != "claimed":
+        return RunResult(key_text, run.state)
+    token, causes = run.token, run.causes
     result = RunResult(key_text, "done")
     try:
         lease = Lease(client, queue, key, token)
-        delay = _run(lease, config, clients, causes, knowledge, result)
-    except LeaseLost:
+        delay = _run(lease, run.config, clients, causes, run.learned, result)
+    except LeaseLost as lost:
         result.state = "lost"
         released, _ = queue.finish(key, token, causes=causes, keep_causes=True)
         if released == "reschedule":  # still ours: app deactivated
             send_reconcile([str(key)])
+        send_reconcile(lost.schedule)  # a record refused by the fence dirtied the key
         return result
     succeeded = result.state == "done"  # failures forgotten, breaker closed
     # Follow-ups are marked while we still hold the lease: marked after it, there would be a
@@ -133,6 +135,7 @@ def process_key(
         follow_up=result.outcome.follow_up,
         causes=causes,
         keep_causes=not succeeded and result.state != "skipped",  # cut short: runs again
+        park=result.parked,
     )
     to_send = follow_up + ([str(key)] if released == "reschedule" else [])
     send_reconcile(to_send)
@@ -162,7 +165,9 @@ def _run(
         if dryrun.is_dry_run(app):  # a dry run keeps the mirror's doubts in memory
             reconciler = dryrun.reconciler(client, app, scim, profile, lease.dry_run, **options)
         else:
-            reconciler = Reconciler(client, app, scim, profile, gate=lease.gate, **options)
+            reconciler = Reconciler(
+                client, app, scim, profile, gate=lease.gate, fence=lease.fence, **options
+            )
         reconciler.reconcile(key, result.outcome)
         return 0.0
     except LeaseLost:
@@ -184,7 +189,7 @@ def _run(
             delay = error.retry_after + random.uniform(0, 1)
         else:
             ratelimit.transient_failure(client, key.app)
-            delay = lease.queue.backoff(key)
+            delay = lease.backoff()
         result.state = "retry"
         log.warning("%s: %s; again in %.1fs", key, error, delay)
         return delay
@@ -192,15 +197,13 @@ def _run(
         pause(client, key.app, f"the application refused our credentials: {error}")
         result.state = "paused"
     except (Invalid, Conflict, AppError) as error:
-        lease.queue.park(key, str(error))
-        result.state = "parked"
+        result.state, result.parked = "parked", str(error)
         log.error("%s parked: %s", key, error)
     except ScimError as error:  # NotFound outside of a handled path
-        lease.queue.park(key, str(error))
-        result.state = "parked"
+        result.state, result.parked = "parked", str(error)
     except Exception:
         # A bug or a Redis hiccup: leave the key dirty, retry after a backoff, keep the worker.
-        delay = lease.queue.backoff(key)
+        delay = lease.backoff()
         result.state = "retry"
         log.exception("%s failed; again in %.1fs", key, delay)
         return delay
@@ -208,15 +211,26 @@ def _run(
 
 
 class Lease:
-    """The run of one key under its lease: the gate before each of its calls."""
+    """The run of one key under its lease (``token``: its fencing token): the gate before each
+    of its calls, the fence of its writes."""
 
     def __init__(self, client: redis.Redis, queue: Workqueue, key: ReconcileKey, token: str):
         self.redis = client
         self.queue = queue
         self.key = key
         self.token = token
+        self.fence = Fence(key, token)
+        self.probe = uuid.uuid4().hex  # who probes an app's breaker (tokens repeat across keys)
         self.app_id = key.app
         self.rate, self.burst = 0.0, 1
+
+    def backoff(self) -> float:
+        """Count a failed attempt of the key: the seconds until the next (``LeaseLost``
+        when the lease is no longer ours)."""
+        delay = self.queue.backoff(self.key, self.token)
+        if delay is None:
+            raise LeaseLost(self.key.object)
+        return delay
 
     def pace(self, rate: float, burst: int) -> None:
         """The app's pace: its slots are taken at ``rate`` per second, ``burst`` at once."""
@@ -264,7 +278,7 @@ class Lease:
         """Wait for a request slot of the app only if it is a matter of milliseconds."""
         app_id, text = self.app_id, str(self.key)
         for _ in range(3):
-            wait = ratelimit.acquire(self.redis, app_id, self.rate, self.burst, self.token, text,
+            wait = ratelimit.acquire(self.redis, app_id, self.rate, self.burst, self.probe, text,
                                      lease=lease, doubt=doubt)  # fmt: skip
             if wait == ratelimit.LOST:
                 raise LeaseLost(obj or text)

@@ -38,7 +38,7 @@ import redis
 from worker.contract.model import MirrorGroup, MirrorUser
 from worker.scim import ScimError
 from worker.scim.client import RemoteGroup, RemoteUser
-from worker.store import apps, audit, keys, learned
+from worker.store import apps, audit, keys, learned, scripts
 from worker.store.apps import AppConfig, AppError
 from worker.store.audit import AuditEntry
 from worker.store.mirror import Mirror
@@ -306,7 +306,7 @@ def _verify(
     keepalive: Any,
     low_priority: bool,
 ) -> Report:
-    report = Report(app.id, trigger, time.time(), fix=fix)
+    report = Report(app.id, trigger, scripts.redis_now_ms(client) / 1000, fix=fix)
     t0 = time.monotonic()
     try:
         scim, transport, profile = listing.paced_client(

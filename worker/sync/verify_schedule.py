@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import redis
 
-from worker.store import apps, keys
+from worker.store import apps, keys, scripts
 from worker.store.apps import AppError
 from worker.sync.verify import RESULT_FIELD, Report, lock_key, run
 
@@ -69,7 +68,7 @@ def schedule_due(client: redis.Redis, now: float | None = None) -> list[str]:
     the sweeper that holds the pool's lock); returns their ids."""
     from worker.queue.celery_app import RECONCILE_QUEUE, celery
 
-    now = time.time() if now is None else now
+    now = scripts.redis_now_ms(client) / 1000 if now is None else now  # as verify.py stamps
     queued = []
     for app in apps.list_apps(client):
         if not app.verify_every or not app.active or app.paused:

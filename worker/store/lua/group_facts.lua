@@ -1,4 +1,4 @@
--- ARGV: now_ms, app, group_id. What the projection says of a group for an app, in one trip:
+-- ARGV: offset_ms, app, group_id. What the projection says of a group for an app, in one trip:
 -- {the group's hash (HGETALL's flat list), 1 when the group is associated with the app else
 -- 0, then its members that are not deleted}.
 local app, group = ARGV[2], ARGV[3]

@@ -1,4 +1,4 @@
--- ARGV: now_ms, app, key, detail, window_s, percent, minimum.
+-- ARGV: offset_ms, app, key, detail, window_s, percent, minimum.
 -- Count one destructive call of `key` in the app's window and say whether it must be held.
 -- A key's place in the window is fixed when it first enters it, atomically, so concurrent
 -- workers never both see the same place and let more than the threshold through.

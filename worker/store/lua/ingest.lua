@@ -1,12 +1,24 @@
 -- Apply one stored batch of events to the directory projection, atomically, and mark the
--- reconcile keys whose desired state may have changed. ARGV: now_ms, batch_id.
+-- reconcile keys whose desired state may have changed. ARGV: offset_ms, batch_id.
 -- Every register is last-writer-wins by the event's version "<17-digit µs> <event id>";
 -- deletion is terminal: later events about a deleted id are recorded as ignored.
 -- Returns {applied, stale, ignored, key...} where key... need a reconcile message.
+--
+-- The batch leaves `ingest:pending` (and the sweeper's `ingest:resend`, see sweep_batches.lua)
+-- in this step, after it is applied, never before: a run that fails leaves it pending, to be
+-- sent again, and applying it again is harmless (last-writer-wins). A batch that is not a v1
+-- batch is parked whole, before anything is applied (`ingest:parked`, with the reason).
 local batch_id = ARGV[2]
-local raw = redis.call('GET', P .. 'batch:' .. batch_id)
-if not raw then
+
+local function forget_batch()
+  redis.call('DEL', P .. 'batch:' .. batch_id)
   redis.call('ZREM', P .. 'ingest:pending', batch_id)
+  redis.call('ZREM', P .. 'ingest:resend', batch_id)
+end
+
+local raw = redis.call('GET', P .. 'batch:' .. batch_id)
+if not raw then  -- applied already: this was a duplicate wake-up
+  forget_batch()
   return {0, 0, 0}
 end
 
@@ -77,22 +89,59 @@ local function set_value(hash, name, v, value)
   return true, old ~= value
 end
 
-local events = cjson.decode(raw)
-local known = {}
-for _, t in ipairs({'user.created', 'user.updated', 'user.suspended', 'user.activated',
-    'user.deleted', 'group.created', 'group.renamed', 'group.deleted', 'group.member_added',
-    'group.member_removed', 'app.group_associated', 'app.group_disassociated',
-    'app.user_associated', 'app.user_disassociated'}) do known[t] = true end
--- A poison batch is refused whole, before anything is written.
+-- The text fields of `data` each type reads ({'user', 'id'}: data.user.id), so that no event
+-- can stop the script half way through the batch.
+local USER_RECORD = {{'user', 'id'}, {'user', 'state'}}
+local fields = {
+  ['user.created'] = USER_RECORD, ['user.updated'] = USER_RECORD,
+  ['user.suspended'] = {{'user_id'}}, ['user.activated'] = {{'user_id'}},
+  ['user.deleted'] = {{'user_id'}},
+  ['group.created'] = {{'group', 'id'}, {'group', 'name'}},
+  ['group.renamed'] = {{'group_id'}, {'name'}}, ['group.deleted'] = {{'group_id'}},
+  ['group.member_added'] = {{'group_id'}, {'user_id'}},
+  ['group.member_removed'] = {{'group_id'}, {'user_id'}},
+  ['app.group_associated'] = {{'app_id'}, {'group_id'}},
+  ['app.group_disassociated'] = {{'app_id'}, {'group_id'}},
+  ['app.user_associated'] = {{'app_id'}, {'user_id'}},
+  ['app.user_disassociated'] = {{'app_id'}, {'user_id'}},
+}
+
+local function has_text(data, path)
+  local value = data
+  for _, name in ipairs(path) do
+    if type(value) ~= 'table' then return false end
+    value = value[name]
+  end
+  return type(value) == 'string'
+end
+
+local function is_v1_event(ev)
+  if type(ev) ~= 'table' or type(ev.data) ~= 'table' or type(ev.v) ~= 'string' then
+    return false
+  end
+  for _, path in ipairs(fields[ev.type] or {}) do
+    if not has_text(ev.data, path) then return false end
+  end
+  return fields[ev.type] ~= nil
+end
+
+-- A poison batch is parked whole, before anything is applied.
+local ok, events = pcall(cjson.decode, raw)
+if not ok or type(events) ~= 'table' then events = {false} end
 for i, ev in ipairs(events) do
-  if type(ev) ~= 'table' or not known[ev.type] or type(ev.data) ~= 'table'
-      or type(ev.v) ~= 'string' then
-    return redis.error_reply('poison batch: event #' .. i .. ' is not a v1 event')
+  if not is_v1_event(ev) then
+    local reason = 'poison batch: event #' .. i .. ' is not a v1 event'
+    redis.call('HSET', P .. 'ingest:parked', batch_id, reason)
+    redis.call('ZREM', P .. 'ingest:pending', batch_id)
+    redis.call('ZREM', P .. 'ingest:resend', batch_id)
+    return redis.error_reply(reason)
   end
 end
 
-redis.call('DEL', P .. 'batch:' .. batch_id)
-redis.call('ZREM', P .. 'ingest:pending', batch_id)
+-- Out of memory (maxmemory, noeviction), Redis refuses a script's first write that may grow
+-- memory, and then no other write of it: this counter's is first, so the script either stops
+-- here having written nothing, or applies the whole batch.
+redis.call('HINCRBY', P .. 'counters', 'applied', 0)
 for _, ev in ipairs(events) do
   local t, d, v = ev.type, ev.data, ev.v
   local newer, changed = false, false
@@ -205,6 +254,7 @@ end
 redis.call('HINCRBY', P .. 'counters', 'applied', applied)
 if stale > 0 then redis.call('HINCRBY', P .. 'counters', 'stale', stale) end
 if ignored > 0 then redis.call('HINCRBY', P .. 'counters', 'ignored', ignored) end
+forget_batch()
 local result = {applied, stale, ignored}
 for _, key in ipairs(schedule) do result[#result + 1] = key end
 return result

@@ -3,7 +3,15 @@
 -- scheduled now: its holder reschedules it on release; a key waiting out a backoff stays dirty
 -- and the sweeper schedules it when due. `schedule` collects the keys that need a message.
 local P = 'prov:'
-local now = tonumber(ARGV[1])
+-- One clock for the pool: Redis's (TIME), never a worker's, for every lease, backoff, dirty
+-- time, heartbeat and age. ARGV[1] is an offset in ms added to it: 0, but in tests, which move
+-- the time on without sleeping (tests/support/clock.py). `redis_now` is TIME itself.
+local function redis_time_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local redis_now = redis_time_ms()
+local now = redis_now + tonumber(ARGV[1])
 local schedule = {}
 local marked = {}
 -- Causes: while ingest.lua applies an event it sets `cause` to the event's id, and every key

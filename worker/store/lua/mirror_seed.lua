@@ -1,4 +1,4 @@
--- ARGV: now_ms, entries_hash, absent_set, doubt_set, n, then n pairs (id, JSON entry), then
+-- ARGV: offset_ms, entries_hash, absent_set, doubt_set, n, then n pairs (id, JSON entry), then
 -- ids found absent. What a listing of the application found, recorded for objects the mirror
 -- knows nothing of (mirror.py, ``Mirror.seed``): an object that has an entry, or a write in
 -- doubt, is left as it is (a reconcile got there first); an entry replaces a lookup's "none".

@@ -1,4 +1,4 @@
--- ARGV: now_ms, key, token, lease_ms[, app]. Extend a lease still held; 0 when it was lost,
+-- ARGV: offset_ms, key, token, lease_ms[, app]. Extend a lease still held; 0 when it was lost,
 -- or (with `app`) when that app's integration is no longer active: its work stops at once.
 local key, token, lease_ms, app = ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('HGET', P .. 'wq:owner', key) ~= token then return 0 end

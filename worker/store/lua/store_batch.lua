@@ -1,7 +1,8 @@
--- ARGV: now_ms, batch_id, journal_maxlen, n, queue, wake-up message, then id_1..id_n,
+-- ARGV: offset_ms, batch_id, journal_maxlen, n, queue, wake-up message, then id_1..id_n,
 -- event_1..event_n (JSON).
 -- Make a batch durable: drop events whose id was accepted before (a duplicate changes
--- nothing), journal the others, store them as one batch, mark the batch pending and queue its
+-- nothing), journal the others, store them as one batch, mark the batch pending (with its
+-- publish time, and in `ingest:resend` for the sweeper: see sweep_batches.lua) and queue its
 -- wake-up (a Celery message, pushed to the list `queue`; none if empty): the workers learn of
 -- the batch in the same step. Returns the 0-based indexes of the duplicates.
 --
@@ -53,6 +54,7 @@ if #kept > 0 then
   if forget > 0 then redis.call('ZREMRANGEBYRANK', recent, 0, forget - 1) end
   redis.call('SET', P .. 'batch:' .. batch_id, '[' .. table.concat(kept, ',') .. ']')
   redis.call('ZADD', P .. 'ingest:pending', now, batch_id)
+  redis.call('ZADD', P .. 'ingest:resend', now, batch_id)  -- the sweeper's clock for it
   redis.call('HINCRBY', P .. 'counters', 'published', #kept)
   if wakeup ~= '' then redis.call('LPUSH', queue, wakeup) end
 end

@@ -1,4 +1,4 @@
--- The pace of an application for the whole pool. ARGV: now_ms, app, then one of
+-- The pace of an application for the whole pool. ARGV: offset_ms, app, then one of
 --   interval_ms (1000 / rate), burst, probe_token, key [, lease_ms, lease_token, doubt_set,
 --     doubt_member]: take one request slot, or reserve the next free one (below);
 --   'pause', ms: no request of the app for ms (Retry-After, an open breaker), on Redis's
@@ -62,10 +62,9 @@ if op ~= 'pause' and op ~= 'refused' and op ~= 'pace' then
   end
 end
 
--- The pacing clock is Redis's own: a worker's clock (another host's, or read before a delay
--- in the worker) would let slots bunch up.
-local time = redis.call('TIME')
-local clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- The pacing clock is Redis's own (TIME, read by the prelude), without the tests' offset: a
+-- worker's clock (another host's, or read before a delay in the worker) would let slots bunch up.
+local clock = redis_now
 
 if op == 'pause' then
   local ms = tonumber(ARGV[4])

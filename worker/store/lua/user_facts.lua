@@ -1,4 +1,4 @@
--- ARGV: now_ms, app, user_id. What the projection says of a user for an app, in one trip:
+-- ARGV: offset_ms, app, user_id. What the projection says of a user for an app, in one trip:
 -- {the user's hash (HGETALL's flat list), 1 when the app is associated with the user
 -- directly else 0, then the groups that cover the user for the app: associated with it and
 -- not deleted}.

@@ -1,0 +1,131 @@
+"""The network between the pool and an application: its proxy and its TLS settings.
+
+``http_transport`` builds the httpx transport of one app (a pool of keep-alive connections):
+
+- **proxy**: the app's own (``apps activate|update --proxy URL``), none (``--no-proxy``), or
+  by default the process's environment, read as httpx's ``trust_env`` reads it:
+  ``HTTPS_PROXY`` for https URLs, ``HTTP_PROXY`` for http ones, ``ALL_PROXY`` for both (lower
+  case names first), and none for a host ``NO_PROXY`` names (``*``; a name, which covers its
+  subdomains; ``.name``, only its subdomains; an IP address or a CIDR range). An https URL is
+  tunnelled (``CONNECT``), so the proxy never sees the token;
+- **TLS**: the app's CA bundle (``--ca-file``) instead of the system's, and a client
+  certificate for mTLS (``--client-cert``, ``--client-key``); httpx's defaults otherwise
+  (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
+
+A proxy's password is a secret: it is kept out of error messages (``proxy_secrets``) and Sentry
+reports (``observability.remember_secret``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import urllib.request
+from ipaddress import ip_address, ip_network
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from worker import observability
+from worker.store.apps import AppError, Network
+
+
+def http_transport(base_url: str, network: Network) -> httpx.HTTPTransport:
+    """The app's connection pool: through its proxy (``proxy_for``), with its TLS settings.
+    ``AppError`` when a CA file or client certificate does not load."""
+    proxy = proxy_for(base_url, network)
+    for secret in proxy_secrets(proxy):
+        observability.remember_secret(secret)
+    return httpx.HTTPTransport(verify=tls_context(network), proxy=proxy)
+
+
+def proxy_for(url: str, network: Network) -> str | None:
+    """The proxy requests to ``url`` go through, None for a direct connection."""
+    if network.proxy is None:
+        return environment_proxy(url)
+    return network.proxy or None
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the process's environment gives ``url`` (see the module's docstring)."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or bypassed(parts.hostname or "", proxies.get("no", "")):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
+def bypassed(host: str, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` (comma-separated) names ``host``."""
+    host = host.lower()
+    entries = (entry.strip().lower() for entry in no_proxy.split(","))
+    return any(entry == "*" or _names(entry, host) for entry in entries if entry)
+
+
+def _names(entry: str, host: str) -> bool:
+    """Whether one ``NO_PROXY`` entry covers ``host``."""
+    if "://" in entry:
+        entry = urlsplit(entry).hostname or ""
+    try:
+        network = ip_network(entry.strip("[]"), strict=False)
+    except ValueError:
+        domain = entry.removeprefix("*")
+        if domain.startswith("."):
+            return host.endswith(domain)
+        return host == domain or host.endswith("." + domain)
+    try:
+        return ip_address(host) in network
+    except ValueError:
+        return False
+
+
+def proxy_secrets(proxy: str | None) -> tuple[str, ...]:
+    """The password of a proxy URL, as written and decoded: text never to show."""
+    password = urlsplit(proxy).password if proxy else None
+    return tuple({password, unquote(password)}) if password else ()
+
+
+def tls_context(network: Network) -> ssl.SSLContext | bool:
+    """The app's TLS settings for httpx: ``True`` (httpx's default verification) unless the
+    app has a CA file or a client certificate. ``AppError`` naming the file that does not
+    load (a CA file holding no certificate, a key that is encrypted or is not the
+    certificate's)."""
+    if not (network.ca_file or network.client_cert):
+        return True
+    try:
+        context = (
+            ssl.create_default_context(cafile=network.ca_file)
+            if network.ca_file
+            else httpx.create_ssl_context()
+        )
+    except (OSError, ssl.SSLError) as error:
+        raise AppError(f"cannot load the CA file {network.ca_file}: {_why(error)}") from None
+    if network.client_cert:
+        try:
+            context.load_cert_chain(network.client_cert, network.client_key, password=_no_password)
+        except (OSError, ssl.SSLError) as error:
+            key = f" with the key {network.client_key}" if network.client_key else ""
+            raise AppError(
+                f"cannot load the client certificate {network.client_cert}{key}: {_why(error)} "
+                "(expected PEM files: the certificate, and its private key unencrypted)"
+            ) from None
+    return context
+
+
+def _no_password() -> bytes:
+    """An encrypted key fails to load rather than prompt on a terminal."""
+    return b""
+
+
+def _why(error: OSError) -> str:
+    return error.strerror or str(error)  # an SSLError's strerror is OpenSSL's reason
+
+
+__all__ = [
+    "bypassed",
+    "environment_proxy",
+    "http_transport",
+    "proxy_for",
+    "proxy_secrets",
+    "tls_context",
+]
