@@ -1,4 +1,4 @@
-"""The webhook receiver: ``POST /v1/events``, ``/healthz``, ``/readyz``.
+"""The webhook receiver: ``POST /v1/events``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 A request is checked in this order, and nothing of a refused request is published:
 content type (415), declared size (413), credentials (401), body read up to 1 MiB (413),
@@ -76,6 +76,7 @@ from worker.contract.events import (
     parse_event,
 )
 from worker.observability import init_sentry
+from worker.queue import metrics
 from worker.queue.publish import NotReplicated, PublishResult, publish_requests_async
 from worker.queue.publish import Request as PublishRequest
 from worker.queue.sweeper import alive_workers
@@ -106,8 +107,16 @@ class ConfigurationError(RuntimeError):
     """The receiver cannot start as configured (the message never holds a secret)."""
 
 
+# the ``reason`` label of ``provisioner_events_refused_total`` for each error code
+REFUSAL_REASONS = {"unauthorized": "auth", "unsupported_media_type": "content_type",
+                   "body_too_large": "too_large", "too_many_events": "too_large",
+                   "malformed_json": "bad_json", "invalid_events": "contract",
+                   "unavailable": "unavailable"}  # fmt: skip
+
+
 class Refused(Exception):
-    """A refused request: the status, a short code, a detail and the problems to answer."""
+    """A refused request: the status, a short code, a detail and the problems to answer, and
+    the reason it is counted under (one of ``metrics.REFUSAL_REASONS``)."""
 
     def __init__(
         self,
@@ -120,6 +129,7 @@ class Refused(Exception):
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
         self.problems, self.headers = problems, headers or {}
+        self.reason = REFUSAL_REASONS.get(error, error)
 
     def response(self) -> Response:
         body = {"error": self.error, "detail": self.detail, "problems": self.problems}
@@ -276,9 +286,12 @@ def unavailable(error: Exception) -> Refused:
         reason = "not yet confirmed by enough Redis replicas; send it again (a copy is harmless)"
     else:
         reason = f"Redis is unavailable ({error.__class__.__name__}); nothing was accepted, retry"
-    return Refused(
+    refused = Refused(
         503, "unavailable", reason, [{"pointer": "", "reason": reason}], {"Retry-After": "5"}
     )
+    if isinstance(error, NotReplicated):
+        refused.reason = "replicas"
+    return refused
 
 
 # --- HTTP -----------------------------------------------------------------------------------
@@ -295,10 +308,14 @@ class Response:
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # sent as it is (``content_type``) instead of ``body``
+    content_type: str = "application/json"
 
     async def send(self, send: Send, head_only: bool = False) -> None:
-        content = json.dumps(self.body, separators=(",", ":")).encode()
-        headers = [(b"content-type", b"application/json"),
+        content = self.raw
+        if content is None:
+            content = json.dumps(self.body, separators=(",", ":")).encode()
+        headers = [(b"content-type", self.content_type.encode("latin-1")),
                    (b"content-length", str(len(content)).encode())]  # fmt: skip
         headers += [(k.lower().encode("latin-1"), v.encode("latin-1"))
                     for k, v in self.headers.items()]  # fmt: skip
@@ -351,7 +368,10 @@ class Receiver:
             "/v1/events": ("POST", self.events),
             "/healthz": ("GET", self.healthz),
             "/readyz": ("GET", self.readyz),
+            "/metrics": ("GET", self.exposition),
         }
+        # the pool's state gauges but the apps' rates (the profiles are not the producers')
+        self.state = metrics.StateCollector(self.client)
 
     def target(self) -> config.RedisTarget:
         """The Redis of ``redis_url``, else of the settings (one server, or Sentinel's)."""
@@ -410,10 +430,12 @@ class Receiver:
             result = await self.store(events)
         except Refused as refused:
             exchange.error = refused.error
+            metrics.refused(refused.reason)
             return refused.response()
         except Disconnected:
             exchange.error = "client_disconnected"
             return Response(400, {"error": "client_disconnected", "detail": "", "problems": []})
+        metrics.received(len(result.accepted), len(result.duplicates))
         return Response(202, {"accepted": result.accepted, "duplicates": result.duplicates})
 
     async def receive(self, headers: Headers, receive: Receive) -> list[Event]:
@@ -455,6 +477,12 @@ class Receiver:
         body = {"status": "ok" if ready else "unavailable", "checks": checks}
         return Response(200 if ready else 503, body)
 
+    async def exposition(self, exchange: Exchange, receive: Receive) -> Response:
+        """The receiver's counters (of all its processes) and the pool's state, read from
+        Redis in a thread (left out when Redis does not answer in time)."""
+        content = await anyio.to_thread.run_sync(metrics.exposition, self.state)
+        return Response(200, {}, raw=content, content_type=metrics.CONTENT_TYPE)
+
     def readiness(self) -> dict[str, str]:
         try:
             client = self.client()
@@ -471,7 +499,7 @@ class Receiver:
 
 def access_log(exchange: Exchange, status: int, millis: float) -> None:
     """One line per request: method, path, status, events, duration (no body, no secret)."""
-    probe = exchange.path in ("/healthz", "/readyz")
+    probe = exchange.path in ("/healthz", "/readyz", "/metrics")
     level = logging.DEBUG if probe and status < 500 else logging.INFO
     if not log.isEnabledFor(level):
         return
@@ -570,6 +598,7 @@ def serve(
     if workers <= 1:
         uvicorn.Server(settings).run()
         return
+    metrics.enable_multiprocess()  # the workers count in files that any of them exposes
     from uvicorn.supervisors import Multiprocess
 
     # uvicorn binds the shared socket itself for several workers, and asyncio then leaves

@@ -1,6 +1,7 @@
 """The network between the pool and the applications (issue 13, item 6): a real forward proxy
 (tinyproxy) carries the SCIM calls of a real worker, from ``HTTPS_PROXY`` in the worker's
-environment or from the app's ``--proxy`` (with credentials), and ``NO_PROXY`` bypasses it; an
+environment or from the app's ``--proxy`` (its user's password in ``--proxy-password-file``, never
+in the URL nor anywhere else), and ``NO_PROXY`` bypasses it; an
 application behind a private CA (trustme) needs ``--ca-file``; one that asks for a client
 certificate needs ``--client-cert``/``--client-key``.
 
@@ -30,7 +31,7 @@ from tests.conftest import own_redis
 from tests.support.harness import Harness, WorkerPool, wait_until
 from tests.support.scimserver import ScimServer, _QuietHandler, _Server
 from worker.devstack.redis_server import RedisServer
-from worker.store import apps, audit
+from worker.store import apps, audit, keys
 
 trustme = pytest.importorskip("trustme", reason="trustme (the test extra) makes the test CAs")
 TINYPROXY = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
@@ -135,7 +136,7 @@ def _free_port() -> int:
 
 class Tinyproxy:
     """tinyproxy on a free port of 127.0.0.1, in the foreground, logging to a file of its own;
-    with ``password``, it asks for Basic credentials (``PROXY_USER``)."""
+    with ``password``, it asks for Basic credentials (``PROXY_USER``, named in ``url``)."""
 
     def __init__(self, folder: Path, password: str | None = None) -> None:
         self.port = _free_port()
@@ -147,8 +148,7 @@ class Tinyproxy:
         if password:
             lines.append(f"BasicAuth {PROXY_USER} {password}")
         self.config.write_text("\n".join(lines) + "\n")
-        credentials = f"{PROXY_USER}:{password}@" if password else ""
-        self.url = f"http://{credentials}127.0.0.1:{self.port}"
+        self.url = f"http://{PROXY_USER + '@' if password else ''}127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Tinyproxy:
@@ -226,6 +226,30 @@ def _provision_one_user(h: Harness) -> None:
     assert "eng" in h.groups()
 
 
+def _password_file(tmp_path: Path, password: str = PROXY_PASSWORD, name: str = "proxy-pw") -> Path:
+    """A mounted secret holding the proxy's password (a trailing newline, as editors write)."""
+    path = tmp_path / name
+    path.write_text(password + "\n")
+    return path
+
+
+def _redis_dump(r: redis.Redis) -> str:
+    """Every key of ours and its value, as text."""
+    read: dict[str, Any] = {
+        "string": r.get,
+        "hash": r.hgetall,
+        "list": lambda key: r.lrange(key, 0, -1),
+        "set": r.smembers,
+        "zset": lambda key: r.zrange(key, 0, -1, withscores=True),
+        "stream": r.xrange,
+    }
+    dump = []
+    for key in sorted(r.keys(f"{keys.PREFIX}*")):
+        kind = r.type(key).decode()
+        dump.append(f"{key!r} {kind} {read[kind](key)!r}")
+    return "\n".join(dump)
+
+
 def _activate(h: Harness, *options: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return h.cli("apps", "activate", "zs", "--base-url", h.scim.base_url, "--token-file",
                  str(h.token_file), "--rate", "10000", "--burst", "1000", *options,
@@ -248,7 +272,7 @@ def test_https_proxy_in_the_environment_carries_the_scim_calls(r, tmp_path, pki,
     assert ("POST", "/v2/Users") in h.writes()
     assert json.loads(h.cli("apps", "show", "zs", "--json").stdout)["network"] == {
         "proxy": "environment", "ca_file": str(pki.ca_file), "client_cert": None,
-        "client_key": None,
+        "client_key": None, "proxy_password_file": None,
     }  # fmt: skip
 
 
@@ -264,43 +288,136 @@ def test_no_proxy_bypasses_the_proxy_of_the_environment(r, tmp_path, pki, tls_ap
 
 
 @needs_tinyproxy
-def test_the_apps_proxy_overrides_the_environment_and_keeps_its_password(
+def test_the_apps_proxy_overrides_the_environment_with_the_password_of_its_file(
     r, tmp_path, pki, tls_app, auth_proxy, proxy, worker
 ):
     # the environment says "direct" (NO_PROXY) and names another proxy: the app's wins
     env = {"HTTPS_PROXY": proxy.url, "NO_PROXY": "127.0.0.1"}
-    log = worker.log
     worker.start(**env)
     h = _harness(r, tls_app, tmp_path, **env)
-    out = _activate(h, "--ca-file", str(pki.ca_file), "--proxy", auth_proxy.url).stdout
+    password_file = _password_file(tmp_path)
+    out = _activate(h, "--ca-file", str(pki.ca_file), "--proxy", auth_proxy.url,
+                    "--proxy-password-file", str(password_file)).stdout  # fmt: skip
     _provision_one_user(h)
     assert auth_proxy.tunnels(tls_app.port) >= 2  # the CLI's check, the worker's calls
     assert proxy.tunnels(tls_app.port) == 0
-    shown = f"http://{PROXY_USER}:***@127.0.0.1:{auth_proxy.port}"
-    assert f"proxy {shown}" in out
-    assert apps.load(r, "zs").network.proxy == auth_proxy.url  # kept as given, to be used
-    show = json.loads(h.cli("apps", "show", "zs", "--json").stdout)
-    status = json.loads(h.cli("status", "--json").stdout)
-    assert show["network"]["proxy"] == status["apps"]["zs"]["network"]["proxy"] == shown
-    # nowhere to be read: what the CLI prints, the audit log, the worker's log
-    texts = [out, h.cli("apps", "show", "zs").stdout, h.cli("apps", "list", "--json").stdout,
-             h.cli("status", "--json").stdout, h.cli("audit", "--json").stdout,
-             json.dumps(audit.read(r, app="zs")), log.read_text()]  # fmt: skip
-    assert not [text for text in texts if PROXY_PASSWORD in text]
+    assert f"proxy {auth_proxy.url}, proxy password file {password_file}" in out
+    assert apps.load(r, "zs").network == apps.Network(  # the user in the URL, the file's path
+        proxy=auth_proxy.url, ca_file=str(pki.ca_file), proxy_password_file=str(password_file)
+    )
+    show = json.loads(h.cli("apps", "show", "zs", "--json").stdout)["network"]
+    assert show == json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["network"]
+    assert (show["proxy"], show["proxy_password_file"]) == (auth_proxy.url, str(password_file))
+
+    # a renewed file is read by the worker's next call (a new client), as a renewed certificate
+    password_file.write_text("not-the-password-2\n")
+    h.send(h.user("u2"), h.member("g1", "u2"), wait=False)
+    wait_until(lambda: "zs user u2" in worker.log.read_text(), what="the worker's refused call")
+    assert "u2@example.com" not in h.users()
+    password_file.write_text(PROXY_PASSWORD + "\n")
+    h.wait()
+    assert "u2@example.com" in h.users()
 
     # a wrong password: the proxy refuses, the update is refused and changes nothing
-    wrong = auth_proxy.url.replace(PROXY_PASSWORD, "wrong-password-1")
-    refused = h.cli("apps", "update", "zs", "--proxy", wrong, check=False)
+    wrong = _password_file(tmp_path, "wrong-password-1", "wrong-pw")
+    refused = h.cli("apps", "update", "zs", "--proxy-password-file", str(wrong), check=False)
     assert refused.returncode == 1 and "the proxy refused" in refused.stderr, refused
     assert "wrong-password-1" not in refused.stderr + json.dumps(audit.read(r, app="zs"))
-    assert apps.load(r, "zs").network.proxy == auth_proxy.url
+    assert apps.load(r, "zs").network.proxy_password_file == str(password_file)
 
-    # --no-proxy: direct, whatever the environment says (no other call through either proxy)
+    # --no-proxy: direct, whatever the environment says (no other call through either proxy),
+    # and no password file any more
     tunnels = auth_proxy.tunnels(tls_app.port)
     assert "proxy direct" in h.cli("apps", "update", "zs", "--no-proxy").stdout
-    h.send(h.user("u2"), h.member("g1", "u2"))
-    assert "u2@example.com" in h.users()
+    assert apps.load(r, "zs").network.proxy_password_file is None
+    h.send(h.user("u3"), h.member("g1", "u3"))
+    assert "u3@example.com" in h.users()
     assert auth_proxy.tunnels(tls_app.port) == tunnels and proxy.tunnels(tls_app.port) == 0
+
+
+@needs_tinyproxy
+def test_a_password_in_the_proxy_url_is_refused_and_the_password_is_nowhere(
+    r, tmp_path, pki, tls_app, auth_proxy, worker
+):
+    worker.start()
+    h = _harness(r, tls_app, tmp_path)
+    in_url = auth_proxy.url.replace(f"{PROXY_USER}@", f"{PROXY_USER}:{PROXY_PASSWORD}@")
+    outputs: list[str] = []
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = h.cli(*args, check=check)
+        outputs.extend((result.stdout, result.stderr))
+        return result
+
+    # on the command line, a password is a usage error: nothing is saved nor audited
+    ca = ("--ca-file", str(pki.ca_file))
+    base = ("--base-url", tls_app.base_url, "--token-file", str(h.token_file))
+    refused = cli("apps", "activate", "zs", *base, *ca, "--proxy", in_url, check=False)
+    assert refused.returncode == 2, refused
+    assert "holds a password" in refused.stderr and "--proxy-password-file" in refused.stderr
+    assert apps.load(r, "zs") is None and audit.read(r, app="zs") == []
+
+    password_file = _password_file(tmp_path)
+    cli("apps", "activate", "zs", *base, *ca, "--proxy", auth_proxy.url, "--proxy-password-file",
+        str(password_file), "--rate", "10000", "--burst", "1000")  # fmt: skip
+    before, entries = r.hgetall(keys.app("zs")), len(audit.read(r, app="zs"))
+    refused = cli("apps", "update", "zs", "--proxy", in_url, check=False)
+    assert refused.returncode == 2 and "--proxy-password-file" in refused.stderr, refused
+    assert r.hgetall(keys.app("zs")) == before and len(audit.read(r, app="zs")) == entries
+    _provision_one_user(h)
+
+    # an app saved by an earlier version, the password in its proxy URL: it still works, and
+    # `apps show` says how to move the password to a file
+    config = json.loads(r.hget(keys.app("zs"), "config"))
+    config["network"] = {"proxy": in_url, "ca_file": str(pki.ca_file), "client_cert": None,
+                         "client_key": None}  # fmt: skip
+    r.hset(keys.app("zs"), "config", json.dumps(config))
+    assert apps.load(r, "zs").network.proxy == in_url
+    shown = cli("apps", "show", "zs")
+    assert "--proxy-password-file FILE" in shown.stderr, shown
+    assert f"{PROXY_USER}:***@127.0.0.1:{auth_proxy.port}" in shown.stdout
+    tunnels = auth_proxy.tunnels(tls_app.port)
+    h.send(h.user("u2"), h.member("g1", "u2"))
+    assert "u2@example.com" in h.users() and auth_proxy.tunnels(tls_app.port) > tunnels
+    # the password file replaces it
+    cli("apps", "update", "zs", "--proxy-password-file", str(password_file))
+    h.send(h.user("u3"), h.member("g1", "u3"))
+    assert "u3@example.com" in h.users()
+
+    # nowhere to be read: the CLI's output, Redis, the audit log, the worker's log
+    shown = cli("apps", "show", "zs")
+    for args in (("apps", "show", "zs", "--json"), ("apps", "list", "--json"),
+                 ("status", "--json"), ("audit", "--json")):  # fmt: skip
+        cli(*args)
+    texts = {"cli": "\n".join(outputs), "redis": _redis_dump(r), "log": worker.log.read_text(),
+             "audit": json.dumps(audit.read(r, app="zs"))}  # fmt: skip
+    assert [name for name, text in texts.items() if PROXY_PASSWORD in text] == []
+    assert "warning" not in shown.stderr  # `apps show` warns no more
+    assert apps.load(r, "zs").network.proxy == auth_proxy.url  # the URL keeps its user
+
+
+def test_the_password_of_the_file_is_scrubbed_from_errors(tmp_path):
+    """Whatever an error says, the password read from the file is not in it (the client's
+    error details, Sentry's reports)."""
+    from worker import observability
+    from worker.scim import ScimClient, Transient, make_http_client, profile_by_name
+    from worker.scim.network import http_transport
+
+    secret = "file-only-pa55word"
+    network = apps.Network(
+        proxy="http://prov@127.0.0.1:1", proxy_password_file=str(_password_file(tmp_path, secret))
+    )
+
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ProxyError(f"the proxy said: {secret} is wrong")
+
+    http_transport("https://app.test/v2", network).close()  # Sentry learns the password
+    assert secret not in observability.scrub_text(f"report: {secret}")
+    http = make_http_client("https://app.test/v2", "a-token-1", network=network,
+                            transport=httpx.MockTransport(fail))  # fmt: skip
+    with http, pytest.raises(Transient) as error:
+        ScimClient(http, profile_by_name("generic")).verify()
+    assert "the proxy said" in str(error.value) and secret not in str(error.value)
 
 
 # -- TLS: a private CA, mTLS -------------------------------------------------------------------
@@ -353,17 +470,25 @@ def test_an_app_that_asks_for_a_client_certificate(r, tmp_path, pki, mtls_app, w
 def test_network_files_are_checked_before_anything_changes(r, tmp_path, pki, tls_app):
     h = _harness(r, tls_app, tmp_path)
     missing = tmp_path / "missing.pem"
+    empty, secret = _password_file(tmp_path, "", "empty"), _password_file(tmp_path, "pa55word")
+    empty.write_text("\n")
     wrong_key = ("--client-cert", str(pki.client_cert), "--client-key", str(pki.other_key))
     for options, message in [
         (("--ca-file", str(missing)), f"cannot read the CA file {missing}"),
         (("--ca-file", str(pki.client_key)), "cannot load the CA file"),
         (("--ca-file", str(pki.ca_file), *wrong_key), "cannot load the client certificate"),
         (("--client-key", str(pki.client_key)), "--client-key goes with --client-cert"),
-        (("--proxy", "socks5://u:hidden-pw@127.0.0.1:1"), "invalid proxy URL"),
-    ]:
+        (("--proxy", "socks5://u@127.0.0.1:1"), "invalid proxy URL"),
+        (("--proxy", "http://u@127.0.0.1:1", "--proxy-password-file", str(missing)),
+         f"cannot read the proxy password file {missing}"),
+        (("--proxy", "http://u@127.0.0.1:1", "--proxy-password-file", str(empty)),
+         f"the proxy password file {empty} is empty"),
+        (("--proxy", "http://127.0.0.1:1", "--proxy-password-file", str(secret)),
+         "needs the proxy's user name"),
+        (("--proxy-password-file", str(secret)), "goes with the app's own proxy"),
+    ]:  # fmt: skip
         result = _activate(h, *options, check=False)
         assert result.returncode == 1 and message in result.stderr, (options, result.stderr)
-        assert "hidden-pw" not in result.stderr
         assert apps.load(r, "zs") is None
     usage = _activate(h, "--proxy", "http://127.0.0.1:1", "--no-proxy", check=False)
     assert usage.returncode == 2

@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     webhook_host: str = Field("127.0.0.1", description="address the webhook receiver binds")
     webhook_port: int = Field(8000, ge=1, le=65535, description="port of the webhook receiver")
     webhook_workers: int = Field(1, ge=1, description="processes of the webhook receiver")
+    metrics_host: str = Field("0.0.0.0", description="address a worker's metrics listener binds")
+    metrics_port: int = Field(
+        9808, ge=0, le=65535, description="port of a worker's /metrics and /healthz (0: off)"
+    )
     sentry_dsn: SecretStr | None = Field(
         None, validation_alias="SENTRY_DSN", description="report failures to Sentry"
     )

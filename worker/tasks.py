@@ -5,14 +5,18 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 
 import redis
 from celery import signals
 
-from worker.config import load_or_exit, new_redis, redis_client
+from worker.config import load_or_exit, new_redis, redis_client, settings
 from worker.observability import init_sentry
+from worker.queue import metrics, metrics_http
 from worker.queue.celery_app import celery, send_reconcile
+from worker.scim.profiles import PROFILES
 from worker.store import codec, scripts
+from worker.store.apps import AppConfig
 from worker.sync.runner import CLIENTS, process_key
 
 log = logging.getLogger("provisioner.ingest")
@@ -37,6 +41,7 @@ def ingest(batch_id: str) -> None:
             return
         log.warning("batch %s not applied, still pending: %s", batch_id, error)
         raise
+    metrics.applied(*(int(n) for n in result[:3]))
     send_reconcile(codec.texts(result[3:]))
 
 
@@ -85,6 +90,39 @@ def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+
+
+_listener: metrics_http.MetricsServer | None = None
+
+
+@signals.worker_ready.connect
+def _start_metrics(sender=None, **_: object) -> None:  # noqa: ANN001
+    """``/metrics`` and ``/healthz`` of this worker (main process), unless the port is 0."""
+    global _listener
+    conf = settings()
+    client = new_redis(socket_timeout=5, socket_connect_timeout=2)  # scrapes: a pool of their own
+    state = metrics.StateCollector(lambda: client, rate_of=app_rate)
+    healthy = metrics_http.health_check(lambda: client, str(sender.hostname))
+    _listener = metrics_http.start_listener(conf.metrics_host, conf.metrics_port, state, healthy)
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: object) -> None:
+    if _listener is not None:
+        _listener.stop()
+
+
+@signals.worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: object) -> None:
+    """A prefork child exits: prometheus_client's bookkeeping of a dead process."""
+    metrics.process_dead(pid or os.getpid())
+
+
+def app_rate(app: AppConfig) -> tuple[float, int] | None:
+    """An app's configured rate and burst: its own, else its profile's (as the runner paces)."""
+    profile = PROFILES.get(app.profile)
+    rate = app.rate or (profile.requests_per_second if profile else None)
+    return (rate, app.burst or (profile.burst if profile else 1)) if rate else None
 
 
 @signals.worker_ready.connect

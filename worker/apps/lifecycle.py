@@ -147,7 +147,8 @@ def activate(
     active), save as active, then a full sync of everything the app covers. A known app keeps
     the settings not given; a new one needs ``base_url`` and ``token_file``. ``listing=False``
     leaves every object to be looked up one by one. ``network``: ``proxy``, ``ca_file``,
-    ``client_cert``, ``client_key`` as ``apps.network_change`` reads them."""
+    ``client_cert``, ``client_key``, ``proxy_password_file`` as ``apps.network_change`` reads
+    them."""
     from worker.sync.runner import full_sync
 
     app_id = apps.check_app_id(app_id)
@@ -233,8 +234,8 @@ def update(
     ``verify_every`` (seconds, 0: none) schedules ``verify`` in the pool, ``verify_fix`` has
     it repair; a change of schedule alone is no change of the application (nothing learned
     of it is forgotten). ``network`` (``proxy``, ``ca_file``, ``client_cert``, ``client_key``,
-    as ``apps.network_change`` reads them) is verified like a new base URL; a change of it
-    alone forgets nothing either."""
+    ``proxy_password_file``, as ``apps.network_change`` reads them) is verified like a new base
+    URL; a change of it alone forgets nothing either."""
     app = _load(client, UPDATE, app_id)
     new: dict[str, object] = {}
     try:

@@ -93,8 +93,11 @@ def _network(command: Callable[..., int]) -> Callable[..., int]:
     update`` share; ``_network_settings`` turns them into ``lifecycle``'s arguments."""
     for option in reversed((
         click.option("--proxy", metavar="URL",
-                     help="the app's proxy, http://[user:password@]host:port ('': none); "
-                          "default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY of the worker"),
+                     help="the app's proxy, http://[user@]host:port, never a password ('': "
+                          "none); default: HTTPS_PROXY/HTTP_PROXY/NO_PROXY of the worker"),
+        click.option("--proxy-password-file", metavar="PATH",
+                     help="a file holding the password of --proxy's user, read by every worker "
+                          "host ('': none)"),
         click.option("--no-proxy", is_flag=True, help="connect directly, whatever the environment"),
         click.option("--proxy-from-env", is_flag=True,
                      help="back to HTTPS_PROXY/HTTP_PROXY/NO_PROXY of the environment"),
@@ -110,10 +113,13 @@ def _network(command: Callable[..., int]) -> Callable[..., int]:
 
 
 def _network_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` with ``--no-proxy`` and ``--proxy-from-env`` folded into ``proxy``."""
-    from worker.store.apps import PROXY_FROM_ENV
+    """``settings`` with ``--no-proxy`` and ``--proxy-from-env`` folded into ``proxy``; a
+    password in ``--proxy``'s URL is a usage error (it belongs in ``--proxy-password-file``)."""
+    from worker.store.apps import PROXY_FROM_ENV, password_in_url, url_password_refusal
 
     no_proxy, from_env = settings.pop("no_proxy"), settings.pop("proxy_from_env")
+    if password_in_url(settings["proxy"]):
+        raise click.UsageError(url_password_refusal(settings["proxy"]))
     if no_proxy + from_env + (settings["proxy"] is not None) > 1:
         raise click.UsageError("give one of --proxy URL, --no-proxy, --proxy-from-env")
     if no_proxy:
@@ -121,6 +127,13 @@ def _network_settings(settings: dict[str, Any]) -> dict[str, Any]:
     elif from_env:
         settings["proxy"] = PROXY_FROM_ENV
     return settings
+
+
+def _warn_network(app: AppConfig) -> None:
+    """The warning of a proxy password an earlier version kept in the URL (``Network.warning``)."""
+    warning = app.network.warning(app.id)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _on_off(value: str | None) -> bool | None:
@@ -158,6 +171,7 @@ def activate(app_id: str, base_url: str | None, token_file: str | None, no_listi
     )
     if app.network != Network():
         print(f"  network: {app.network.describe()}")
+    _warn_network(app)
     if result.listing is not None:
         print(f"  {result.listing.describe()}")
     return EXIT_OK
@@ -194,8 +208,9 @@ def update(app_id: str, base_url: str | None, dry_run: str | None, verify_every:
         return _refused("refused", error)
     if not result.changes:
         print(f"{app_id}: nothing to change")
-        return EXIT_OK
-    print(f"updated {app_id}: {'; '.join(result.changes)}; {result.marked} reconciles")
+    else:
+        print(f"updated {app_id}: {'; '.join(result.changes)}; {result.marked} reconciles")
+    _warn_network(result.app)
     return EXIT_OK
 
 

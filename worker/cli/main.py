@@ -81,8 +81,10 @@ def stack(once: bool, concurrency: int, sample: str | None) -> int:
 @click.option("--hostname", default="provisioner@%h", show_default=True)
 def worker(concurrency: int, pool: str, loglevel: str, hostname: str) -> int:
     """Run a Celery worker of the ingest and reconcile queues."""
+    from worker.queue import metrics
     from worker.queue.celery_app import INGEST_QUEUE, RECONCILE_QUEUE, celery
 
+    metrics.enable_multiprocess()  # every process of the worker (prefork children) counts
     celery().worker_main(
         ["worker", "--queues", f"{INGEST_QUEUE},{RECONCILE_QUEUE}", "--pool", pool,
          "--concurrency", str(concurrency), "--loglevel", loglevel, "--hostname", hostname,
@@ -261,6 +263,8 @@ def apps_show(app_id: str, as_json: bool) -> int:
     if app is None:
         print(f"error: no app {app_id!r}", file=sys.stderr)
         return EXIT_FAIL
+    if warning := app.network.warning(app.id):  # a proxy password kept by an earlier version
+        print(f"warning: {warning}", file=sys.stderr)
     knowledge = learned.load(client, app.id)
     row = _app_row(app, knowledge) | {
         "user_delete_policy": app.user_delete_policy,

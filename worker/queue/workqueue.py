@@ -60,7 +60,7 @@ class ClaimedRun:
     state: str
     token: str = ""
     config: bytes | None = None  # the app's stored config
-    causes: list[str] = field(default_factory=list)  # ids of the events, oldest first
+    causes: list[str] = field(default_factory=list)  # the events' cause texts, oldest first
     learned: dict[bytes, bytes] = field(default_factory=dict)  # see ``learned.parse``
 
 

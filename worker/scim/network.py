@@ -2,7 +2,8 @@
 
 ``http_transport`` builds the httpx transport of one app (a pool of keep-alive connections):
 
-- **proxy**: the app's own (``apps activate|update --proxy URL``), none (``--no-proxy``), or
+- **proxy**: the app's own (``apps activate|update --proxy URL``, its user's password read from
+  ``--proxy-password-file`` each time a client is built), none (``--no-proxy``), or
   by default the process's environment, read as httpx's ``trust_env`` reads it:
   ``HTTPS_PROXY`` for https URLs, ``HTTP_PROXY`` for http ones, ``ALL_PROXY`` for both (lower
   case names first), and none for a host ``NO_PROXY`` names (``*``; a name, which covers its
@@ -13,7 +14,8 @@
   (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR``).
 
 A proxy's password is a secret: it is kept out of error messages (``proxy_secrets``) and Sentry
-reports (``observability.remember_secret``).
+reports (``observability.remember_secret``). It is never in a URL of ours (an app saved by an
+earlier version may still hold one in its proxy URL: it works the same way).
 """
 
 from __future__ import annotations
@@ -21,20 +23,26 @@ from __future__ import annotations
 import ssl
 import urllib.request
 from ipaddress import ip_address, ip_network
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
 from worker import observability
-from worker.store.apps import AppError, Network
+from worker.store.apps import AppError, Network, read_proxy_password
 
 
 def http_transport(base_url: str, network: Network) -> httpx.HTTPTransport:
-    """The app's connection pool: through its proxy (``proxy_for``), with its TLS settings.
-    ``AppError`` when a CA file or client certificate does not load."""
-    proxy = proxy_for(base_url, network)
-    for secret in proxy_secrets(proxy):
+    """The app's connection pool: through its proxy (``proxy_for``, with the password of
+    ``proxy_password``), with its TLS settings. ``AppError`` when a CA file, client
+    certificate or proxy password file does not load."""
+    url, password = proxy_for(base_url, network), proxy_password(network)
+    for secret in _secrets(url, password):
         observability.remember_secret(secret)
+    proxy: httpx.Proxy | str | None = url
+    if url and password:  # httpx takes a user name in the URL for the whole of its credentials
+        parts = urlsplit(url)
+        bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        proxy = httpx.Proxy(bare, auth=(unquote(parts.username or ""), password))
     return httpx.HTTPTransport(verify=tls_context(network), proxy=proxy)
 
 
@@ -79,10 +87,25 @@ def _names(entry: str, host: str) -> bool:
         return False
 
 
-def proxy_secrets(proxy: str | None) -> tuple[str, ...]:
-    """The password of a proxy URL, as written and decoded: text never to show."""
-    password = urlsplit(proxy).password if proxy else None
-    return tuple({password, unquote(password)}) if password else ()
+def proxy_password(network: Network) -> str | None:
+    """The password of the app's own proxy, read from its file now (a renewed file is read by
+    the next client built); None without one. ``AppError`` when the file is unreadable or
+    empty."""
+    if not (network.proxy and network.proxy_password_file):
+        return None
+    return read_proxy_password(network.proxy_password_file)
+
+
+def proxy_secrets(base_url: str, network: Network) -> tuple[str, ...]:
+    """The password of the proxy calls to ``base_url`` go through: text never to show."""
+    return _secrets(proxy_for(base_url, network), proxy_password(network))
+
+
+def _secrets(url: str | None, password: str | None) -> tuple[str, ...]:
+    """The password of the file, and one in the URL as written and decoded."""
+    in_url = urlsplit(url).password if url else None
+    found = {in_url, unquote(in_url)} if in_url else set()
+    return tuple(found | {password} if password else found)
 
 
 def tls_context(network: Network) -> ssl.SSLContext | bool:
@@ -126,6 +149,7 @@ __all__ = [
     "environment_proxy",
     "http_transport",
     "proxy_for",
+    "proxy_password",
     "proxy_secrets",
     "tls_context",
 ]

@@ -2,8 +2,12 @@
 
 A token is read from a file (``--token-file``; on a multi-host pool, a mounted secret that
 every worker host has), so Redis, logs and process listings never hold it. So are the files of
-an app's ``Network`` (its CA bundle, a client certificate and key): only their paths are kept.
-A proxy's URL is kept as given; its password is shown nowhere (``redact_url``).
+an app's ``Network`` (its CA bundle, a client certificate and key, its proxy's password): only
+their paths are kept. A proxy's URL is kept with its user name only: ``--proxy`` refuses a URL
+holding a password (``check_proxy``), which ``--proxy-password-file`` gives instead. An app saved
+by an earlier version with the password in its URL still works, with a warning
+(``Network.warning``), until ``--proxy-password-file`` replaces it; that password is shown
+nowhere (``redact_url``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,30 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def password_in_url(url: str | None) -> bool:
+    """Whether a proxy URL holds a password (``user:password@``)."""
+    try:
+        return bool(url) and urlsplit(url).password is not None
+    except ValueError:  # not a URL: ``check_proxy`` says why
+        return False
+
+
+def url_password_refusal(url: str) -> str:
+    """Why ``--proxy`` refuses a URL holding a password (the message does not hold it)."""
+    return (
+        f"the proxy URL {redact_url(url)} holds a password, which would show in process "
+        "listings and be kept in Redis: give the user in the URL (http://user@host:port) and "
+        "the password in a file every worker host can read, --proxy-password-file PATH"
+    )
+
+
+def without_password(url: str) -> str:
+    """``url`` with its user name but not its password."""
+    parts = urlsplit(url)
+    user_part, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user_part.partition(':')[0]}@{host}"))
+
+
 def proxy_text(proxy: str | None) -> str:
     """A ``Network.proxy`` as shown: ``environment``, ``direct`` or the URL, redacted."""
     if proxy is None:
@@ -55,6 +83,7 @@ class Network:
     ca_file: str | None = None  # the CAs that sign the app's certificate (None: the system's)
     client_cert: str | None = None  # PEM certificate (chain) presented to the app
     client_key: str | None = None  # its private key (None: in ``client_cert``'s file)
+    proxy_password_file: str | None = None  # the password of ``proxy``'s user (None: none)
 
     def __repr__(self) -> str:  # never the proxy's password
         return f"Network({self.shown()!r})"
@@ -66,11 +95,14 @@ class Network:
             "ca_file": self.ca_file,
             "client_cert": self.client_cert,
             "client_key": self.client_key,
+            "proxy_password_file": self.proxy_password_file,
         }
 
     def describe(self) -> str:
         """One line for the audit log and the CLI: the proxy and what is not the default."""
         parts = [f"proxy {proxy_text(self.proxy)}"]
+        if self.proxy_password_file:
+            parts.append(f"proxy password file {self.proxy_password_file}")
         if self.ca_file:
             parts.append(f"CA file {self.ca_file}")
         if self.client_cert:
@@ -80,11 +112,23 @@ class Network:
         return ", ".join(parts)
 
     def files(self) -> tuple[str, ...]:
-        return tuple(f for f in (self.ca_file, self.client_cert, self.client_key) if f)
+        files = (self.ca_file, self.client_cert, self.client_key, self.proxy_password_file)
+        return tuple(f for f in files if f)
 
     def stamp(self) -> tuple[int | None, ...]:
         """The files' modification times: a client built before a file was renewed is stale."""
         return tuple(_mtime(path) for path in self.files())
+
+    def warning(self, app_id: str) -> str | None:
+        """What to do about a proxy password kept in the URL by an earlier version (it still
+        works), None when there is none."""
+        if not password_in_url(self.proxy):
+            return None
+        return (
+            f"the proxy URL of {app_id} holds its password, kept in Redis: put the password in "
+            f"a file every worker host can read and run `provisioner apps update {app_id} "
+            "--proxy-password-file FILE` (the URL keeps its user name, loses the password)"
+        )
 
 
 @dataclass(frozen=True)
@@ -148,14 +192,15 @@ def check_base_url(url: str) -> str:
 
 
 def check_proxy(url: str) -> str:
-    """An http(s) proxy URL (``""``: direct); the message never holds its password."""
+    """An http(s) proxy URL (``""``: direct), with no password (``--proxy-password-file``);
+    the message never holds the password."""
     if not url:
         return ""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise AppError(
-            f"invalid proxy URL {redact_url(url)!r}: expected http://[user:password@]host:port"
-        )
+        raise AppError(f"invalid proxy URL {redact_url(url)!r}: expected http://[user@]host:port")
+    if parts.password is not None:
+        raise AppError(url_password_refusal(url))
     try:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
@@ -181,13 +226,22 @@ def network_change(
     ca_file: str | None = None,
     client_cert: str | None = None,
     client_key: str | None = None,
+    proxy_password_file: str | None = None,
 ) -> Network:
     """``current`` with the changes given: None keeps a setting, ``""`` removes it (a proxy of
-    ``""`` goes direct, ``PROXY_FROM_ENV`` back to the environment's; no client certificate
-    means no key either). Files must be readable here; ``AppError`` otherwise."""
+    ``""`` goes direct, ``PROXY_FROM_ENV`` back to the environment's, and neither has a
+    password file; no client certificate means no key either). A proxy password file goes
+    with the app's own proxy, whose URL names the user; it replaces a password an earlier
+    version kept in the URL. Files must be readable here; ``AppError`` otherwise."""
     changes: dict[str, str | None] = {}
     if proxy is not None:
         changes["proxy"] = None if proxy == PROXY_FROM_ENV else check_proxy(proxy)
+        if not changes["proxy"]:
+            changes["proxy_password_file"] = None
+    if proxy_password_file is not None:
+        changes["proxy_password_file"] = (
+            proxy_password_path(proxy_password_file) if proxy_password_file else None
+        )
     for name, value, what in (
         ("ca_file", ca_file, "CA file"),
         ("client_cert", client_cert, "client certificate"),
@@ -200,7 +254,39 @@ def network_change(
     network = replace(current, **changes)
     if network.client_key and not network.client_cert:
         raise AppError("--client-key goes with --client-cert (the certificate it signs for)")
+    if network.proxy_password_file:
+        if not network.proxy:
+            raise AppError(
+                "--proxy-password-file goes with the app's own proxy: --proxy http://user@host:port"
+            )
+        if not urlsplit(network.proxy).username:
+            raise AppError(
+                f"--proxy-password-file needs the proxy's user name in its URL: --proxy "
+                f"http://user@host:port, not {redact_url(network.proxy)} (--proxy-password-file "
+                "'' for no password)"
+            )
+        if password_in_url(network.proxy):  # kept by an earlier version: the file replaces it
+            network = replace(network, proxy=without_password(network.proxy))
     return network
+
+
+def proxy_password_path(path: str) -> str:
+    """The absolute path of a readable proxy password file that is not empty."""
+    path = os.path.abspath(path)
+    read_proxy_password(path)
+    return path
+
+
+def read_proxy_password(path: str) -> str:
+    """The proxy's password: the file's text without its trailing newline."""
+    try:
+        password = Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as error:
+        why = getattr(error, "strerror", None) or "not UTF-8 text"
+        raise AppError(f"cannot read the proxy password file {path}: {why}") from None
+    if not password:
+        raise AppError(f"the proxy password file {path} is empty")
+    return password
 
 
 def read_token(path: str) -> str:

@@ -4,8 +4,9 @@ A Redis stream capped at ``PROVISIONER_AUDIT_MAXLEN`` entries (default 200000); 
 hold a token or a request body.
 
 Each entry carries the ids of the directory events that caused it: ``lua/ingest.lua`` remembers,
-for every key it marks, the id of the event being applied (``prov:wq:cause:<key>``), and the
-reconcile of the key takes them when it starts (``take_causes``).
+for every key it marks, the event being applied (``prov:wq:cause:<key>``: its id, when it
+occurred and when it was accepted), and the claim of the key's reconcile takes them
+(``lua/claim.lua``); the runner keeps the ids for the audit, the times for the lag metric.
 """
 
 from __future__ import annotations
@@ -108,16 +109,6 @@ def _matches(
 # -- causes ------------------------------------------------------------------------------------
 def cause_key(reconcile_key: str) -> str:
     return CAUSES_PREFIX + reconcile_key
-
-
-def take_causes(client: redis.Redis, reconcile_key: str) -> tuple[str, ...]:
-    """The ids of the events that dirtied a key since its last run, oldest first; forgotten
-    here, so each run reports the events it is the answer to."""
-    pipe = client.pipeline()
-    pipe.lrange(cause_key(reconcile_key), 0, -1)
-    pipe.delete(cause_key(reconcile_key))
-    ids, _ = pipe.execute()
-    return tuple(i.decode() for i in reversed(ids))
 
 
 def forget_causes(client: redis.Redis, app_id: str) -> int:

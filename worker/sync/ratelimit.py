@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from worker.config import settings
+from worker.queue import metrics
 from worker.store import codec, keys, scripts
 
 if TYPE_CHECKING:
@@ -89,8 +90,10 @@ def slow_down(client: redis.Redis, app_id: str, error: Transient) -> None:
     """What a throttled answer teaches the whole pool, from a reconcile or a listing alike: a
     429 lowers the app's learned pace, a ``Retry-After`` pauses the app."""
     if error.status == 429:
+        metrics.SCIM_THROTTLED.labels(app_id).inc()
         refused(client, app_id)
     if error.retry_after:
+        metrics.RETRY_AFTER_PAUSES.labels(app_id).inc()
         pause(client, app_id, error.retry_after)
 
 

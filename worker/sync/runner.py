@@ -23,8 +23,9 @@ from typing import Any
 import redis
 
 from worker.config import settings
+from worker.queue import metrics
 from worker.queue.celery_app import send_reconcile
-from worker.queue.workqueue import Workqueue
+from worker.queue.workqueue import ClaimedRun, Workqueue
 from worker.scim import Conflict, Invalid, ScimClient, ScimError, Transient, Unauthorized
 from worker.scim.client import make_http_client
 from worker.scim.profiles import Profile, profile_by_name
@@ -83,10 +84,11 @@ class Clients:
         token = apps.read_token(app.token_file)
         http = make_http_client(app.base_url, token, network=app.network)
         profile = profile_by_name(app.profile)
-        scim = ScimClient(http, profile)
+        record = metrics.scim_recorder(app.id)
+        scim = ScimClient(http, profile, on_request=record)
         if app.profile == "generic":
             profile = profile_by_name("generic", scim.service_provider_config())
-            scim = ScimClient(http, profile)
+            scim = ScimClient(http, profile, on_request=record)
         self._cache[app.id] = (fingerprint, scim, profile)
         return scim, profile
 
@@ -109,11 +111,23 @@ def process_key(
     run = queue.claim_run(key, key.app, audit.cause_key(str(key)))
     if run.state != "claimed":
         return RunResult(key_text, run.state)
-    token, causes = run.token, run.causes
-    result = RunResult(key_text, "done")
+    started = time.perf_counter()
+    lease = Lease(client, queue, key, run.token)
+    causes = metrics.parse_causes(run.causes)
+    result = _claimed(lease, run, clients, [c.id for c in causes])
+    metrics.reconciled(key.app, result.state, time.perf_counter() - started)
+    if result.state == "done" and lease.first_write is not None:
+        metrics.observe_lag(key.app, causes, lease.first_write)
+    return result
+
+
+def _claimed(lease: Lease, run: ClaimedRun, clients: Clients, cause_ids: list[str]) -> RunResult:
+    """Reconcile a claimed key and release it; send the messages that follow. ``run.causes``
+    (as stored, see ``metrics.Cause``) are handed on, their ids go into the audit entries."""
+    key, queue, token, causes = lease.key, lease.queue, lease.token, run.causes
+    result = RunResult(str(key), "done")
     try:
-        lease = Lease(client, queue, key, token)
-        delay = _run(lease, run.config, clients, causes, run.learned, result)
+        delay = _run(lease, run.config, clients, cause_ids, run.learned, result)
     except LeaseLost as lost:
         result.state = "lost"
         released, _ = queue.finish(key, token, causes=causes, keep_causes=True)
@@ -223,6 +237,7 @@ class Lease:
         self.probe = uuid.uuid4().hex  # who probes an app's breaker (tokens repeat across keys)
         self.app_id = key.app
         self.rate, self.burst = 0.0, 1
+        self.first_write: float | None = None  # when the run's first write was let through
 
     def backoff(self) -> float:
         """Count a failed attempt of the key: the seconds until the next (``LeaseLost``
@@ -248,6 +263,8 @@ class Lease:
             lease = None
         doubt = (keys.mirror_doubt(key.app, key.kind), key.id) if write else None
         self._take_slot(lease=lease, doubt=doubt, obj=key.object)
+        if write and self.first_write is None:
+            self.first_write = time.time()
 
     def dry_run(self, name: str, key: ReconcileKey) -> None:
         """A dry run's checks before a call: the lease still ours and the app active, a slot."""
@@ -284,9 +301,11 @@ class Lease:
                 raise LeaseLost(obj or text)
             if wait == 0:
                 return
+            metrics.ratelimit_wait(app_id, wait)
             if wait > ratelimit.SHORT_WAIT:
                 raise Throttled(app_id, wait)
             time.sleep(wait)
+        metrics.ratelimit_wait(app_id, ratelimit.SHORT_WAIT)
         raise Throttled(app_id, ratelimit.SHORT_WAIT)
 
 

@@ -6,7 +6,7 @@
 -- writes (fenced.lua) and release are accepted only with it.
 -- With `app_key` and `causes_key`, a claim also returns {state, token, app config or false,
 -- what the pool learned of the app (HGETALL of `app_key`:learned, see learned.py), cause
--- ids...}, the causes taken only when claimed (newest first, see audit.take_causes): what a
+-- ids...}, the causes taken only when claimed (newest first, as mark.lua remembers them): what a
 -- run needs to start, in the round trip that claims it.
 local key, lease_ms = ARGV[2], tonumber(ARGV[3])
 local app_key, causes_key = ARGV[4], ARGV[5]

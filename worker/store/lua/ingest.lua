@@ -142,10 +142,13 @@ end
 -- memory, and then no other write of it: this counter's is first, so the script either stops
 -- here having written nothing, or applies the whole batch.
 redis.call('HINCRBY', P .. 'counters', 'applied', 0)
+-- A cause is "<event id> <occurred_at, 17-digit µs> <accepted, ms>" (the batch's publish
+-- time): what the reconcile it leads to needs for the sync lag (worker/queue/metrics.py).
+local accepted = redis.call('ZSCORE', P .. 'ingest:pending', batch_id) or ''
 for _, ev in ipairs(events) do
   local t, d, v = ev.type, ev.data, ev.v
   local newer, changed = false, false
-  cause = ev.id
+  cause = ev.id and (ev.id .. ' ' .. string.sub(v, 1, 17) .. ' ' .. accepted)
   skipped = false
   if t == 'user.created' or t == 'user.updated' then
     -- The hottest event: one read and at most one write of the user's hash.

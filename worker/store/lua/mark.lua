@@ -14,9 +14,10 @@ local redis_now = redis_time_ms()
 local now = redis_now + tonumber(ARGV[1])
 local schedule = {}
 local marked = {}
--- Causes: while ingest.lua applies an event it sets `cause` to the event's id, and every key
--- it marks remembers that id (newest first, the last 20, for a day) until the key's next
--- reconcile takes them for its audit entries (audit.take_causes).
+-- Causes: while ingest.lua applies an event it sets `cause` to the event's id (with when it
+-- occurred and was accepted, for the sync lag), and every key it marks remembers it (newest
+-- first, the last 20, for a day) until the key's next reconcile takes them for its audit
+-- entries (claim.lua hands them over; the runner keeps the ids, metrics.Cause).
 local cause = nil
 local caused = {}
 local function remember_cause(key)
