@@ -31,3 +31,23 @@ def test_acks_share_one_client_until_the_pool_changes(r: redis.Redis) -> None:
 class _Message:
     delivery_info = {"exchange": "", "routing_key": "test.capture"}
     _raw = {"body": "", "headers": {}, "properties": {}}
+
+
+def test_closing_a_channel_after_its_transport_closed_does_not_stop_the_worker(
+    r: redis.Redis,
+) -> None:
+    """A broker lost in a failover: Celery closes the connection, the channel's close restores
+    the unacked messages, and the transport may be closed already. kombu then raised an
+    AttributeError (no connection info) that stopped the worker; it must be a connection
+    error, which kombu's ``ignore_errors`` around the close swallows."""
+    with celery().connection_for_read() as connection:
+        channel = connection.default_channel
+        channel.qos.append(_Message(), "tag-2")  # a message delivered, not acked
+        channel._pool = None  # the pools were closed
+        channel.connection.client = None  # and the transport with them
+        try:
+            with channel.conn_or_acquire():
+                raise AssertionError("a client of a closed transport")
+        except redis.ConnectionError:
+            pass
+        assert redis.ConnectionError in connection.connection_errors  # what ignore_errors takes

@@ -22,7 +22,15 @@ from kombu.transport import redis as kombu_redis
 
 
 def shared_client(channel: Any) -> redis.Redis:
-    """The channel's one client of its current pool."""
+    """The channel's one client of its current pool.
+
+    A broker connection lost under a running worker (a Redis failover) is closed by Celery,
+    and closing its channel restores the unacked messages through this client; when the
+    transport was already closed, kombu would fail on its missing connection info with an
+    ``AttributeError`` that stops the worker. A connection error is what kombu expects and
+    ignores there (the messages are restored later, by the visibility timeout)."""
+    if channel.connection.client is None:
+        raise redis.ConnectionError("the broker connection is closed")
     shared = channel._shared_client
     if shared is None or shared.connection_pool is not channel.pool:  # a new pool after close
         shared = channel._shared_client = channel._create_client()
