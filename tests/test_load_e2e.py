@@ -9,15 +9,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +22,11 @@ import redis
 
 from producers import signing
 from tests import reference_model
-from tests.support.harness import ROOT, TEST_ENV, Harness, WorkerPool, run_cli
+from tests.support.harness import TEST_ENV, Harness, WorkerPool, receiver, run_cli
 from tests.support.scimserver import ScimServer
 from worker.cli.status import snapshot
 from worker.contract.events import parse_events
-from worker.devstack.redis_server import RedisServer, free_port
+from worker.devstack.redis_server import RedisServer
 from worker.queue.publish import publish
 from worker.store import journal, keys
 
@@ -107,37 +103,6 @@ def requests_of(documents: list[dict[str, Any]], rng: random.Random) -> list[byt
     return bodies
 
 
-# -- the receiver process ------------------------------------------------------------------------
-@contextlib.contextmanager
-def receiver(redis_url: str, log: Path) -> Iterator[str]:
-    """``provisioner webhook`` on a free port, as an operator runs it."""
-    port = free_port()
-    env = {**os.environ, **TEST_ENV, "REDIS_URL": redis_url, signing.SECRET_ENV: SECRET}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli.main", "webhook", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 class Client(threading.Thread):
     """Posts its bodies signed, in order, on one keep-alive connection."""
 
@@ -192,7 +157,8 @@ def test_no_event_answered_202_is_lost_under_load_and_a_killed_worker(
     rng = random.Random(7)
     shares = [documents[i::CLIENTS] for i in range(CLIENTS)]
     Client.accepted_events = 0
-    with receiver(os.environ["REDIS_URL"], tmp_path / "webhook.log") as base:
+    redis_env = {"REDIS_URL": os.environ["REDIS_URL"]}
+    with receiver(redis_env, tmp_path / "webhook.log", secret=SECRET) as (_, base):
         clients = [Client(base, requests_of(share, rng)) for share in shares]
         for client in clients:
             client.start()

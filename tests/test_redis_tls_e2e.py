@@ -21,8 +21,8 @@ import pytest
 import redis
 import trustme
 
-from tests.support.failover import APP, post_users, receiver
-from tests.support.harness import TEST_ENV, WorkerPool, run_cli_process
+from tests.support.failover import APP, SECRET, post_users
+from tests.support.harness import TEST_ENV, WorkerPool, receiver, run_cli_process
 from tests.support.scimserver import ScimServer
 from worker.config import new_redis, parse_redis_url
 from worker.devstack.redis_server import free_port, redis_server_binary
@@ -99,7 +99,8 @@ def test_a_worker_and_the_receiver_work_through_tls_and_acl(
                       loglevel="INFO")  # fmt: skip
     try:
         pool.start()
-        with ScimServer() as scim, receiver(env, tmp_path / "receiver.log") as (web, base):
+        log = tmp_path / "receiver.log"
+        with ScimServer() as scim, receiver(env, log, secret=SECRET) as (web, base):
             deadline = time.monotonic() + 60
             while not pool.ready(client):
                 assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()

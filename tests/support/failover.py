@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,7 @@ import httpx
 import redis
 
 from producers import signing
-from tests.support.harness import ROOT, TEST_ENV, WorkerPool, run_cli_process
+from tests.support.harness import TEST_ENV, WorkerPool, receiver, run_cli_process
 from tests.support.scimserver import ScimServer
 from worker.config import new_redis, parse_redis_url
 from worker.devstack.redis_server import RedisServer, free_port, redis_server_binary
@@ -278,36 +277,6 @@ def send_until_acknowledged(webhook: str, uids: list[str], timeout: float = 120)
 
 
 # -- processes ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def receiver(env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """``provisioner webhook`` on a free port, as an operator runs it, with ``env``."""
-    port = free_port()
-    full_env = {**os.environ, **TEST_ENV, signing.SECRET_ENV: SECRET, **env}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli.main", "webhook", "--port", str(port)],
-            env=full_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.1)
-        yield process, base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 class WriteClock:
     """A ``ScimServer`` hook that only notes when each write request arrived."""
 
@@ -370,7 +339,7 @@ def run_failover(workdir: Path, *, min_replicas: int, stall_replica: bool = True
     try:
         pool.start()
         with ScimServer() as scim, receiver({"REDIS_URL": cluster.url, **env},
-                                            workdir / "receiver.log") as (web, base):  # fmt: skip
+                                            workdir / "receiver.log", secret=SECRET) as (web, base):  # fmt: skip
             writes = WriteClock()
             scim.inject(writes)
             cli_env = {**TEST_ENV, "REDIS_URL": cluster.url, **env}

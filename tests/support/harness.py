@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import redis
 
+from producers import signing
 from tests.support.scimserver import ScimServer
 from worker.cli.status import snapshot
 from worker.contract.events import parse_events
+from worker.devstack.redis_server import free_port
 from worker.queue.publish import publish
 from worker.store import keys
 
@@ -360,3 +362,36 @@ def shuffled(documents: Sequence[dict[str, Any]], seed: int) -> list[dict[str, A
     items = list(documents)
     random.Random(seed).shuffle(items)
     return items
+
+
+@contextlib.contextmanager
+def receiver(
+    env: dict[str, str], log: Path, *, secret: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``provisioner webhook`` on a free port, as an operator runs it, with ``env`` (its
+    ``REDIS_URL`` among them) and the webhook secret ``secret``; yields the process and its base URL."""
+    port = free_port()
+    full_env = {**os.environ, **TEST_ENV, signing.SECRET_ENV: secret, **env}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli.main", "webhook", "--port", str(port)],
+            env=full_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the receiver did not start"
+            time.sleep(0.1)
+        yield process, base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -42,7 +42,7 @@ from scim2_models import (
 from worker.store.apps import Network
 
 from .errors import Invalid, Transient, error_for_status, parse_retry_after, scrub
-from .network import http_transport, proxy_secrets
+from .network import connection, proxy_secrets
 from .profiles import Profile
 
 ScimUser = User[EnterpriseUser]
@@ -170,8 +170,10 @@ def make_http_client(
     ``network`` (proxy, CA file, client certificate: ``network.http_transport``) unless a
     ``transport`` is given. ``AppError`` when a file of the network does not load."""
     network = network or Network()
-    secrets = proxy_secrets(base_url, network)
-    transport = transport or http_transport(base_url, network)
+    if transport is None:
+        transport, secrets = connection(base_url, network)
+    else:
+        secrets = proxy_secrets(base_url, network)
     return AppHttp(base_url, token, timeout=timeout, transport=transport, secrets=secrets)
 
 

@@ -32,18 +32,25 @@ from worker.store.apps import AppError, Network, read_proxy_password
 
 
 def http_transport(base_url: str, network: Network) -> httpx.HTTPTransport:
+    """The app's connection pool (``connection``)."""
+    return connection(base_url, network)[0]
+
+
+def connection(base_url: str, network: Network) -> tuple[httpx.HTTPTransport, tuple[str, ...]]:
     """The app's connection pool: through its proxy (``proxy_for``, with the password of
-    ``proxy_password``), with its TLS settings. ``AppError`` when a CA file, client
-    certificate or proxy password file does not load."""
+    ``proxy_password``, its file read once), with its TLS settings; and the proxy's secrets
+    (``proxy_secrets``). ``AppError`` when a CA file, client certificate or proxy password
+    file does not load."""
     url, password = proxy_for(base_url, network), proxy_password(network)
-    for secret in _secrets(url, password):
+    secrets = _secrets(url, password)
+    for secret in secrets:
         observability.remember_secret(secret)
     proxy: httpx.Proxy | str | None = url
     if url and password:  # httpx takes a user name in the URL for the whole of its credentials
         parts = urlsplit(url)
         bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         proxy = httpx.Proxy(bare, auth=(unquote(parts.username or ""), password))
-    return httpx.HTTPTransport(verify=tls_context(network), proxy=proxy)
+    return httpx.HTTPTransport(verify=tls_context(network), proxy=proxy), secrets
 
 
 def proxy_for(url: str, network: Network) -> str | None:
@@ -146,6 +153,7 @@ def _why(error: OSError) -> str:
 
 __all__ = [
     "bypassed",
+    "connection",
     "environment_proxy",
     "http_transport",
     "proxy_for",

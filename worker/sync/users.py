@@ -147,11 +147,7 @@ class UserReconciler:
         )
         if answer is GONE:
             return None, True
-        entry = self._held(key, rid, changes, answer, entry, outcome)
-        self.mirror.save_user(key.id, entry)
-        outcome.trace.append(f"  updated {sorted(changes)}")
-        self._check_active(changes, entry)
-        return entry, False
+        return self._record(key, rid, changes, answer, entry, outcome, f"updated {sorted(changes)}")
 
     def _set_active(
         self, key: ReconcileKey, call: SetActive, entry: MirrorUser, outcome: Outcome
@@ -165,9 +161,23 @@ class UserReconciler:
             return None, True
         patch = self.session.profile.user_patch
         sent = {"active": active} if patch else {**full, "active": active}
+        return self._record(key, rid, sent, answer, entry, outcome, f"active={active}")
+
+    def _record(
+        self,
+        key: ReconcileKey,
+        rid: str,
+        sent: dict[str, Any],
+        answer: Any,
+        entry: MirrorUser,
+        outcome: Outcome,
+        trace: str,
+    ) -> Step:
+        """Record an update the app took: what it holds (``_held``) saved to the mirror, the
+        trace line, and the check that it kept ``active`` as sent."""
         entry = self._held(key, rid, sent, answer, entry, outcome)
         self.mirror.save_user(key.id, entry)
-        outcome.trace.append(f"  active={active}")
+        outcome.trace.append(f"  {trace}")
         self._check_active(sent, entry)
         return entry, False
 
