@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 import redis
 
 from tests.reference_model import check, predict
@@ -132,7 +133,10 @@ def wait_for(predicate, timeout: float) -> bool:  # noqa: ANN001
     return False
 
 
-def test_chaos(tmp_path):
+@pytest.mark.parametrize("bulk", [False, True], ids=["single-calls", "bulk"])
+def test_chaos(tmp_path, bulk):
+    """With ``bulk``, the app announces SCIM Bulk: the pool's writes travel in Bulk requests,
+    and each fault strikes all the operations of one."""
     server = RedisServer(tmp_path / "redis").start()
     client = redis.Redis.from_url(server.url)
     # Churn deactivates far more than the deletion guard lets through unattended: it is
@@ -141,7 +145,7 @@ def test_chaos(tmp_path):
     pool = WorkerPool(server.url, processes=4, concurrency=1, env=no_guard).start()
     faults = Faults(seed=7)
     try:
-        with ScimServer() as scim:
+        with ScimServer(bulk=bulk) as scim:
             h = Harness(client, scim, tmp_path, redis_url=server.url)
             h.activate("zs")
             events = random_history(h, random.Random(42))

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         json_schema_extra={"shown": "current directory"},
     )
     lease_seconds: float = Field(60.0, gt=0, description="lease of a reconcile key")
+    bulk_lanes: int = Field(
+        64, ge=1, le=1024, description="threads per worker process for keys of Bulk apps"
+    )
     stale_seconds: float = Field(
         30.0, gt=0, description="a dirty key or batch with no message is sent again after it"
     )
@@ -89,6 +92,7 @@ class Settings(BaseSettings):
     webhook_host: str = Field("127.0.0.1", description="address the webhook receiver binds")
     webhook_port: int = Field(8000, ge=1, le=65535, description="port of the webhook receiver")
     webhook_workers: int = Field(1, ge=1, description="processes of the webhook receiver")
+    metrics: bool = Field(True, description="count Prometheus metrics (off: nothing counted)")
     metrics_host: str = Field("0.0.0.0", description="address a worker's metrics listener binds")
     metrics_port: int = Field(
         9808, ge=0, le=65535, description="port of a worker's /metrics and /healthz (0: off)"

@@ -17,6 +17,7 @@ from worker.queue.celery_app import celery, send_reconcile
 from worker.scim.profiles import PROFILES
 from worker.store import codec, scripts
 from worker.store.apps import AppConfig
+from worker.sync.bulk import Lanes
 from worker.sync.runner import CLIENTS, process_key
 
 log = logging.getLogger("provisioner.ingest")
@@ -45,12 +46,20 @@ def ingest(batch_id: str) -> None:
     send_reconcile(codec.texts(result[3:]))
 
 
+LANES = Lanes(lambda key: process_key(redis_client(), key))
+
+
 @app.task(name="prov.reconcile")
 def reconcile(*reconcile_keys: str) -> None:
-    """Run each key of the message in turn (``send_reconcile`` groups a backlog's keys)."""
+    """Run each key of the message in turn (``send_reconcile`` groups a backlog's keys); a key
+    of an application whose writes go in Bulk requests is handed to this process's lanes, to
+    run beside the others (``worker.sync.bulk``)."""
     client = redis_client()
     for i, key in enumerate(reconcile_keys):
         try:
+            if CLIENTS.bulk(key.split(" ", 1)[0]):
+                LANES.submit(key)
+                continue
             process_key(client, key)
         except Exception:
             # Redis failing under us: the keys not run yet keep a wake-up if it can be sent,
@@ -90,6 +99,13 @@ def _start_sweeper(sender=None, **_: object) -> None:  # noqa: ANN001
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+
+
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _drain_lanes(**_: object) -> None:
+    """A warm shutdown lets the keys in the Bulk lanes finish."""
+    LANES.shutdown()
 
 
 _listener: metrics_http.MetricsServer | None = None
@@ -143,6 +159,7 @@ def _init_sentry(**_: object) -> None:
 
 @signals.worker_process_init.connect
 def _init_process(**_: object) -> None:
-    """A forked child builds its own Redis pool and HTTP clients on first use."""
+    """A forked child builds its own Redis pool, HTTP clients and lanes on first use."""
     CLIENTS.reset()
+    LANES.reset()
     _quiet_garbage_collector()  # prefork: each child, after the fork

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, make_server
 
 import httpx
 import pytest
-from scim2_models import ScimProvider
+from scim2_models import Bulk, ScimProvider
 from scim2_server.memory import InMemoryStorage
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME, BearerTokenApplication
 from scim2_server.testserver.cli import ThreadingWSGIServer
@@ -35,11 +36,19 @@ from scim2_server.utils import (
 Fault = Callable[[dict[str, Any]], "tuple[int, dict[str, str], bytes] | None"]
 
 
+BULK_BY_DEFAULT = os.environ.get("SCIM_TEST_BULK", "off") == "on"
+"""Whether a ``ScimServer`` announces Bulk unless told: ``SCIM_TEST_BULK=on`` runs every test
+with the pool's writes in Bulk requests (``make test-bulk``)."""
+
+
 @functools.cache
-def _provider() -> ScimProvider:
-    """The default provider, announcing the bearer token scheme (so 401s carry a challenge)."""
+def _provider(bulk: bool) -> ScimProvider:
+    """The default provider, announcing the bearer token scheme (so 401s carry a challenge),
+    and Bulk (scim2-server's 1,000 operations and 1 MiB) or not."""
     config = load_default_service_provider_config()
     config.authentication_schemes = [*(config.authentication_schemes or []), BEARER_TOKEN_SCHEME]
+    if not bulk:
+        config.bulk = Bulk(supported=False, max_operations=0, max_payload_size=0)
     return ScimProvider.from_discovery(
         load_default_schemas().values(), load_default_resource_types().values(), config=config
     )
@@ -203,12 +212,20 @@ class ScimServer:
     gateway does; its refusals are counted in ``bucket`` and never reach the request log."""
 
     def __init__(
-        self, token: str = "test-token-s3cr3t", rate_limit: tuple[float, int] | None = None
+        self,
+        token: str = "test-token-s3cr3t",
+        rate_limit: tuple[float, int] | None = None,
+        *,
+        bulk: bool | None = None,
     ) -> None:
+        """``bulk``: announce Bulk in ``/ServiceProviderConfig`` (default: ``BULK_BY_DEFAULT``);
+        scim2-server serves ``/Bulk`` either way, as an app that lists it but says no would."""
         self.token = token
         self.bucket = TokenBucket(*rate_limit) if rate_limit else None
         self.storage = InMemoryStorage()
-        self.app = BearerTokenApplication(self.storage, _provider(), bearer_tokens=[token])
+        self.bulk = BULK_BY_DEFAULT if bulk is None else bulk
+        provider = _provider(self.bulk)
+        self.app = BearerTokenApplication(self.storage, provider, bearer_tokens=[token])
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         # scim2-server's handler runs one request at a time: the connections' threads would

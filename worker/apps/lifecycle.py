@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import redis
 
 from worker.contract.model import UserDeletePolicy
+from worker.queue import metrics
 from worker.queue.workqueue import Workqueue
 from worker.scim import (
     Invalid,
@@ -77,14 +78,15 @@ def mark(client: redis.Redis, reconcile_keys: Iterable[ReconcileKey]) -> int:
 
 
 # -- verification ------------------------------------------------------------------------------
-def verify(base_url: str, token_file: str, profile: str, network: Network | None = None) -> Profile:
+def verify(base_url: str, token_file: str, profile: str, network: Network | None = None,
+           app_id: str = "") -> Profile:  # fmt: skip
     """``ServiceProviderConfig`` then an authenticated read, over the app's ``network``;
     ``AppError`` with a clear reason. Returns the profile (``generic``: as the
-    ``ServiceProviderConfig`` adjusts it)."""
+    ``ServiceProviderConfig`` adjusts it). The requests count as ``app_id``'s."""
     token = apps.read_token(token_file)
     try:
         with make_http_client(base_url, token, network=network) as http:
-            scim = ScimClient(http, profile_by_name(profile))
+            scim = ScimClient(http, profile_by_name(profile), metrics.scim_recorder(app_id))
             config = scim.service_provider_config()
             scim.verify()
     except ScimError as error:
@@ -139,6 +141,8 @@ def activate(
     user_delete_policy: UserDeletePolicy | None = None,
     rate: float | None = None,
     burst: int | None = None,
+    bulk: bool | None = None,
+    bulk_wait_ms: int | None = None,
     listing: bool = True,
     **network: str | None,
 ) -> Activation:
@@ -166,7 +170,7 @@ def activate(
             )
         profile_name = profile or (existing.profile if existing else "zscaler")
         reach = apps.network_change(existing.network if existing else Network(), **network)
-        checked = verify(url, path, profile_name, reach)
+        checked = verify(url, path, profile_name, reach, app_id)
     except AppError as error:
         raise _refuse(client, ACTIVATE, app_id, f"not activated: {error}") from None
     settings = {
@@ -182,6 +186,8 @@ def activate(
         "user_delete_policy": user_delete_policy,
         "rate": rate,
         "burst": burst,
+        "bulk": bulk,
+        "bulk_wait_ms": bulk_wait_ms,
     }
     settings |= {k: v for k, v in optional.items() if v is not None}
     if existing is None:
@@ -223,6 +229,8 @@ def update(
     dry_run: bool | None = None,
     rate: float | None = None,
     burst: int | None = None,
+    bulk: bool | None = None,
+    bulk_wait_ms: int | None = None,
     verify_every: float | None = None,
     verify_fix: bool | None = None,
     **network: str | None,
@@ -247,7 +255,7 @@ def update(
         reach = apps.network_change(app.network, **network)
         if new or reach != app.network:
             url, profile_name = new.get("base_url", app.base_url), new.get("profile", app.profile)
-            verify(str(url), app.token_file, str(profile_name), reach)
+            verify(str(url), app.token_file, str(profile_name), reach, app_id)
     except (AppError, ValueError) as error:
         raise _refuse(client, UPDATE, app_id, f"not updated: {error}") from None
     for field, value in (
@@ -255,6 +263,8 @@ def update(
         ("user_delete_policy", user_delete_policy),
         ("rate", rate),
         ("burst", burst),
+        ("bulk", bulk),
+        ("bulk_wait_ms", bulk_wait_ms),
     ):
         if value is not None and getattr(app, field) != value:
             new[field] = value
@@ -285,7 +295,7 @@ def _forget_learned(client: redis.Redis, app_id: str) -> learned.Learned | None:
     """Forget the forms and unsupported attributes learned of the app (a fixed or upgraded
     application is tried afresh); what was forgotten, or None if nothing was known."""
     knowledge = learned.load(client, app_id)
-    if not (knowledge.forms or knowledge.unsupported_attributes):
+    if not knowledge:
         return None
     learned.reset(client, app_id)
     return knowledge
@@ -294,6 +304,8 @@ def _forget_learned(client: redis.Redis, app_id: str) -> learned.Learned | None:
 def _learned_text(knowledge: learned.Learned) -> str:
     parts = [f"{op}={form}" for op, form in sorted(knowledge.forms.items())]
     parts += [f"{attribute} unsupported" for attribute in sorted(knowledge.unsupported_attributes)]
+    if knowledge.bulk_refused:
+        parts.append("Bulk refused")
     return ", ".join(parts)
 
 
@@ -325,6 +337,10 @@ def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
         return f"base URL {new.base_url}"
     if field == "network":
         return f"network: {new.network.describe()}"
+    if field == "bulk":
+        return f"bulk {'on' if new.bulk else 'off'}"
+    if field == "bulk_wait_ms":
+        return f"bulk wait {old.bulk_wait_ms} -> {new.bulk_wait_ms} ms"
     return f"{field.replace('_', ' ')} {getattr(old, field)} -> {getattr(new, field)}"
 
 
@@ -381,7 +397,7 @@ def reauth(client: redis.Redis, app_id: str, token_file: str) -> AppConfig:
         )
     path = apps.token_file_path(token_file)
     try:
-        verify(app.base_url, path, app.profile, app.network)
+        verify(app.base_url, path, app.profile, app.network, app_id)
     except AppError as error:
         raise _refuse(client, REAUTH, app_id, f"token not changed: {error}") from None
     app = apps.update(client, app_id, token_file=path, paused=None)

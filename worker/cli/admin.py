@@ -76,13 +76,18 @@ def _every(_ctx: click.Context, _param: click.Parameter, value: str | None) -> f
 def _settings(command: Callable[..., int]) -> Callable[..., int]:
     """The options ``apps activate`` and ``apps update`` share, passed on to ``lifecycle`` as
     they are named: ``profile``, ``group_management``, ``user_delete_policy``, ``rate``,
-    ``burst``."""
+    ``burst``, ``bulk``, ``bulk_wait_ms``."""
     for option in reversed((
         click.option("--profile", type=Profile()),
         click.option("--group-management/--no-group-management", default=None),
         click.option("--user-delete-policy", type=click.Choice(["deactivate", "delete"])),
         click.option("--rate", type=float, help="requests/s for the whole pool (default: profile)"),
         click.option("--burst", type=int, help="requests allowed at once (default: profile)"),
+        click.option("--bulk/--no-bulk", default=None,
+                     help="combine writes into SCIM Bulk requests where the app announces Bulk "
+                          "(default: on)"),
+        click.option("--bulk-wait", "bulk_wait_ms", type=click.IntRange(0, 1000), metavar="MS",
+                     help="milliseconds a Bulk request waits for more writes (default: 20)"),
     )):  # fmt: skip
         command = option(command)
     return command

@@ -13,7 +13,7 @@ from worker.queue.sweeper import alive_workers
 from worker.scim.profiles import PROFILES
 from worker.store import apps, keys, learned
 from worker.store.mirror import Mirror
-from worker.sync import guard, ratelimit
+from worker.sync import bulk, guard, ratelimit
 from worker.sync.dryrun import is_dry_run
 
 
@@ -45,6 +45,7 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
     for app in apps.list_apps(client):
         mine = queue_state.of_app(app.id)
         users, groups = Mirror(client, app.id).counts()
+        knowledge = learned.load(client, app.id)
         per_app[app.id] = {
             "state": "paused" if app.paused else ("active" if app.active else "inactive"),
             "paused": app.paused,
@@ -58,7 +59,8 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
             "pace": _pace(client, app),
             "dry_run": is_dry_run(app),
             "network": app.network.shown(),  # the proxy without its password
-            "learned": learned.load(client, app.id).as_json(),
+            "learned": knowledge.as_json(),
+            "bulk": _bulk(client, app, knowledge),
         }
     queue = {
         "pending_batches": pending,
@@ -77,6 +79,20 @@ def snapshot(client: redis.Redis) -> dict[str, Any]:
         "apps": per_app,
         "imports": recent_imports(client),
     }
+
+
+def _bulk(client: redis.Redis, app: apps.AppConfig, knowledge: learned.Learned) -> dict[str, Any]:
+    """Whether the app's writes go in SCIM Bulk requests, and how many so far: ``on`` (where
+    its ServiceProviderConfig announces Bulk), ``off`` (``--no-bulk``), ``unsupported`` (its
+    profile), ``refused`` (the app refused one)."""
+    profile = PROFILES.get(app.profile)
+    if not app.bulk:
+        state = "off"
+    elif profile is None or not profile.bulk:
+        state = "unsupported"
+    else:
+        state = "refused" if knowledge.bulk_refused else "on"
+    return {"state": state, "refused": knowledge.bulk_refused, **bulk.stats(client, app.id)}
 
 
 def _pace(client: redis.Redis, app: apps.AppConfig) -> dict[str, Any] | None:
@@ -115,6 +131,13 @@ def render(state: dict[str, Any]) -> str:
             lines.append(f"  learned: {operation} is sent as {form} (`apps show {app_id}`)")
         for key, reason in app["parked"].items():
             lines.append(f"  parked {key}: {reason}")
+        sent = app.get("bulk") or {}
+        if sent.get("requests") or sent.get("refused"):
+            lines.append(
+                f"  bulk: {sent['state']}, {sent['requests']} Bulk requests carried "
+                f"{sent['operations']} operations ({sent['failed']} failed)"
+                + (f"; refused: {sent['refused']}" if sent["refused"] else "")
+            )
         pace = app.get("pace")
         if pace and pace["refused"]:
             lines.append(

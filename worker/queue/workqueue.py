@@ -153,10 +153,18 @@ class Workqueue:
         learned = dict(zip(flat[::2], flat[1::2], strict=True))
         return ClaimedRun(state, token, config, codec.texts(answer[:3:-1]), learned)
 
-    def renew(self, key: Key, token: str, *, while_active: str | None = None) -> bool:
+    def renew(
+        self,
+        key: Key,
+        token: str,
+        *,
+        while_active: str | None = None,
+        doubt: tuple[str, str] | None = None,
+    ) -> bool:
         """Extend the lease; False when it was lost, or when app ``while_active`` is not
-        active any more (one round trip for both)."""
-        extra = [while_active] if while_active else []
+        active any more (one round trip for both). With ``doubt`` (set key, member), the write
+        about to be sent is marked in doubt once the lease is found ours."""
+        extra = [while_active or "", *doubt] if doubt else [while_active] if while_active else []
         return bool(scripts.run(self.redis, "renew", str(key), token, self.lease_ms, *extra))
 
     def release(self, key: Key, token: str, delay_seconds: float = 0.0) -> str:

@@ -15,6 +15,7 @@ what the application holds rather than what was sent.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 from scim2_models import (
+    BulkOperation,
     Context,
     Email,
     EnterpriseUser,
@@ -41,6 +43,7 @@ from scim2_models import (
 
 from worker.store.apps import Network
 
+from .bulk import BulkChannel, created_id, resolve_references
 from .errors import Invalid, Transient, error_for_status, parse_retry_after, scrub
 from .network import connection, proxy_secrets
 from .profiles import Profile
@@ -224,10 +227,14 @@ class ScimClient:
         http: AppHttp,
         profile: Profile,
         on_request: Callable[[RequestRecord], None] | None = None,
+        bulk: BulkChannel | None = None,
     ) -> None:
+        """``bulk``: the app's channel when its writes travel in Bulk requests (``bulk.py``)."""
         self.http = http
         self.profile = profile
         self.on_request = on_request
+        self.bulk = bulk
+        self.last_bulk = threading.local()
 
     def __repr__(self) -> str:
         return f"ScimClient({self.http.base_url!r}, profile={self.profile.name!r})"
@@ -236,7 +243,9 @@ class ScimClient:
         """The same application's client, sending the forms of ``profile`` (learned ones)."""
         if profile == self.profile:
             return self
-        return ScimClient(self.http, profile, self.on_request)
+        twin = ScimClient(self.http, profile, self.on_request, self.bulk)
+        twin.last_bulk = self.last_bulk
+        return twin
 
     # -- discovery ---------------------------------------------------------
     def service_provider_config(self) -> ServiceProviderConfig:
@@ -262,8 +271,8 @@ class ScimClient:
 
     def create_user(self, attrs: Mapping[str, Any]) -> RemoteUser:
         """POST /Users; a 409 raises ``Conflict`` (look the user up and adopt it)."""
-        body = self._user(attrs).model_dump(scim_ctx=Context.RESOURCE_CREATION_REQUEST)
-        data = self._request("POST", "/Users", body=body)
+        user = self._user(attrs)
+        data = self._write("POST", "/Users", ScimUser, user, Context.RESOURCE_CREATION_REQUEST)
         return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_CREATION_RESPONSE))
 
     def update_user(
@@ -293,7 +302,7 @@ class ScimClient:
 
     def delete_user(self, remote_id: str) -> None:
         """DELETE; 409 raises ``Conflict`` (deactivate instead), 404 raises ``NotFound``."""
-        self._request("DELETE", f"/Users/{_seg(remote_id)}")
+        self._write("DELETE", f"/Users/{_seg(remote_id)}", ScimUser)
 
     def list_users(self, page_size: int = 100) -> Iterator[RemoteUser]:
         """Every user of the application, paging with startIndex/count (a request per page)."""
@@ -330,10 +339,8 @@ class ScimClient:
 
     def create_group(self, display_name: str, member_ids: Iterable[str]) -> RemoteGroup:
         """POST /Groups with its first members (at most ``members_per_patch`` from the caller)."""
-        body = self._group(display_name, member_ids).model_dump(
-            scim_ctx=Context.RESOURCE_CREATION_REQUEST
-        )
-        data = self._request("POST", "/Groups", body=body)
+        group = self._group(display_name, member_ids)
+        data = self._write("POST", "/Groups", Group, group, Context.RESOURCE_CREATION_REQUEST)
         return self._remote_group(self._parse(Group, data, Context.RESOURCE_CREATION_RESPONSE))
 
     def rename_group(
@@ -381,16 +388,14 @@ class ScimClient:
         self, remote_id: str, display_name: str, member_ids: Iterable[str]
     ) -> RemoteGroup | None:
         """PUT the whole group: name and every member."""
-        body = self._group(display_name, member_ids).model_dump(
-            scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST
-        )
-        data = self._request("PUT", f"/Groups/{_seg(remote_id)}", body=body)
+        group = self._group(display_name, member_ids)
         path = f"/Groups/{_seg(remote_id)}"
+        data = self._write("PUT", path, Group, group, Context.RESOURCE_REPLACEMENT_REQUEST)
         answer = self._answer(Group, data, Context.RESOURCE_REPLACEMENT_RESPONSE, path)
         return None if answer is None else self._remote_group(answer)
 
     def delete_group(self, remote_id: str) -> None:
-        self._request("DELETE", f"/Groups/{_seg(remote_id)}")
+        self._write("DELETE", f"/Groups/{_seg(remote_id)}", Group)
 
     # -- models <-> flat dicts ---------------------------------------------
     def _user(self, attrs: Mapping[str, Any]) -> ScimUser:
@@ -432,9 +437,9 @@ class ScimClient:
         return _build(op, op="replace", path=path, value=value)
 
     def _put_user(self, remote_id: str, full: Mapping[str, Any]) -> RemoteUser | None:
-        body = self._user(full).model_dump(scim_ctx=Context.RESOURCE_REPLACEMENT_REQUEST)
-        data = self._request("PUT", f"/Users/{_seg(remote_id)}", body=body)
         path = f"/Users/{_seg(remote_id)}"
+        user = self._user(full)
+        data = self._write("PUT", path, ScimUser, user, Context.RESOURCE_REPLACEMENT_REQUEST)
         answer = self._answer(ScimUser, data, Context.RESOURCE_REPLACEMENT_RESPONSE, path)
         return None if answer is None else self._remote_user(answer)
 
@@ -494,8 +499,7 @@ class ScimClient:
     def _patch(self, model: type[Resource[Any]], path: str, ops: list[Any]) -> Any:
         """Send a PATCH; the resource the app answered with (200), or None (204)."""
         patch = _build(_PATCH_OF[model], operations=ops)
-        body = patch.model_dump(scim_ctx=Context.RESOURCE_PATCH_REQUEST)
-        data = self._request("PATCH", path, body=body)
+        data = self._write("PATCH", path, model, patch, Context.RESOURCE_PATCH_REQUEST)
         return self._answer(model, data, Context.RESOURCE_PATCH_RESPONSE, path)
 
     def _parse(self, model: type[M], data: Any, ctx: Context) -> M:
@@ -544,6 +548,14 @@ class ScimClient:
     ) -> Any:
         """Send one request; return the parsed JSON body of a 2xx (None when empty)."""
         content = None if body is None else json.dumps(body).encode()
+        status, raw, retry_after = self._exchange(method, path, params, content)
+        return self._read(method, path, status, raw, retry_after)
+
+    def _exchange(
+        self, method: str, path: str, params: Mapping[str, Any] | None, content: bytes | None
+    ) -> tuple[int, bytes, str | None]:
+        """One HTTP exchange: the status, the body and ``Retry-After``; ``Transient`` when no
+        answer came."""
         status: int | None = None
         started = time.monotonic()
         try:
@@ -551,7 +563,7 @@ class ScimClient:
             try:
                 status = response.status_code
                 raw = _read_limited(response)
-                headers_in = response.headers
+                retry_after = response.headers.get("Retry-After")
             finally:
                 response.close()
         except httpx.TimeoutException as exc:
@@ -563,6 +575,18 @@ class ScimClient:
             if self.on_request is not None:
                 self.on_request(RequestRecord(method, path, status, time.monotonic() - started))
         assert status is not None
+        return status, raw, retry_after
+
+    def bulk_exchange(
+        self, method: str, path: str, content: bytes
+    ) -> tuple[int, bytes, str | None]:
+        """The exchange a ``BulkChannel`` sends its requests with (``bulk.Exchange``)."""
+        return self._exchange(method, path, None, content)
+
+    def _read(
+        self, method: str, path: str, status: int, raw: bytes, retry_after: str | None
+    ) -> Any:
+        """The JSON body of a 2xx answer (None when empty), or the error of another."""
         if 300 <= status < 400:
             raise Invalid(status, f"redirect not followed ({method} {path})")
         if 200 <= status < 300:
@@ -573,8 +597,66 @@ class ScimClient:
             except ValueError:
                 raise Invalid(status, f"response is not SCIM JSON ({method} {path})") from None
         detail, scim_type = _error_detail(raw, status)
-        retry_after = parse_retry_after(headers_in.get("Retry-After"))
-        raise error_for_status(status, self._scrub(detail), scim_type, retry_after)
+        raise error_for_status(
+            status, self._scrub(detail), scim_type, parse_retry_after(retry_after)
+        )
+
+    def _write(
+        self,
+        method: str,
+        path: str,
+        model: type[Any],
+        payload: Any | None = None,
+        ctx: Context | None = None,
+    ) -> Any:
+        """Send a write (``payload``, a resource or a PatchOp of ``model``, dumped in ``ctx``):
+        in the app's next Bulk request when it takes them, else alone. Returns the answer's
+        JSON body, as ``_request`` does; a created resource answered without its body is what
+        was sent, with the id the app gave it."""
+        body = None if payload is None else payload.model_dump(scim_ctx=ctx)
+        if self.bulk is not None:
+            answer = self._bulk_write(method, path, model, payload, body)
+            if answer is not _ALONE:
+                return answer
+        return self._request(method, path, body=body)
+
+    def _bulk_write(
+        self, method: str, path: str, model: type[Any], payload: Any, body: dict[str, Any] | None
+    ) -> Any:
+        assert self.bulk is not None
+        bulk_id = self.bulk.new_bulk_id() if method == "POST" else None
+        operation = _build(
+            BulkOperation[model],  # type: ignore[valid-type]
+            method=method,
+            path=path,
+            bulk_id=bulk_id,
+            data=payload,
+        ).model_dump(scim_ctx=Context.BULK_REQUEST)
+        answer = self.bulk.submit(operation)
+        if answer is None:
+            return _ALONE
+        self.last_bulk.request = (answer.request, answer.size)
+        if not 200 <= answer.status < 300:
+            raw = json.dumps(answer.body).encode() if answer.body is not None else b""
+            return self._read(method, path, answer.status, raw, None)
+        if answer.body is not None:
+            return answer.body
+        if method == "POST" and body is not None:
+            sent = resolve_references(body, answer.created)
+            return {**sent, "id": created_id(answer)}
+        return None
+
+    def bulk_note(self) -> str:
+        """What the last write of this thread travelled in, for its audit entry ('' when alone),
+        forgotten once read."""
+        request = getattr(self.last_bulk, "request", None)
+        self.last_bulk.request = None
+        if request is None:
+            return ""
+        return f"in Bulk request {request[0]} of {request[1]} operations"
+
+
+_ALONE = object()  # what ``_bulk_write`` returns for a write to send as a single call
 
 
 def _seg(remote_id: str) -> str:

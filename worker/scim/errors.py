@@ -4,7 +4,9 @@ Every failure of a SCIM call is a ``ScimError``; callers branch on the subclass:
 
     ScimError                 status: int | None, detail: str, scim_type: str | None
     ├── Transient             429, 5xx, 408, timeouts, connection errors (retry later;
-    │                         ``retry_after`` seconds from ``Retry-After`` when given)
+    │   │                     ``retry_after`` seconds from ``Retry-After`` when given)
+    │   └── NotSent           the request never left (a Bulk request found no slot, or a
+    │                         resource it named failed in the same request): nothing changed
     ├── Unauthorized          401, 403 (pause the integration, do not retry)
     ├── NotFound              404
     ├── Conflict              409 (adopt on create; deactivate instead of delete)
@@ -54,12 +56,28 @@ class Transient(ScimError):
         detail: str,
         scim_type: str | None = None,
         retry_after: float | None = None,
+        *,
+        counted: bool = False,
     ) -> None:
         self.retry_after = retry_after
+        self.counted = counted
+        """The pool's pace and circuit breaker already know of this failure: a Bulk request's,
+        counted once for all of its operations."""
         super().__init__(status, detail, scim_type)
 
-    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
-        return type(self), (self.status, self.detail, self.scim_type, self.retry_after)
+    def __reduce__(self) -> tuple[type, tuple[object, ...], dict[str, object]]:  # type: ignore[override]
+        state: dict[str, object] = {"counted": self.counted}  # copies and pickles keep it
+        return type(self), (self.status, self.detail, self.scim_type, self.retry_after), state
+
+
+class NotSent(Transient):
+    """A write that never reached the application: it changed nothing (not in doubt)."""
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(None, detail, None, retry_after, counted=True)
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...], dict[str, object]]:  # type: ignore[override]
+        return type(self), (self.detail, self.retry_after), {}
 
 
 class Unauthorized(ScimError):

@@ -50,6 +50,12 @@ class Profile:
     renames_groups: bool = True
     """The app can rename a group (Atlassian Cloud cannot: the old name stays). When False the
     planner sends no rename; the members still sync (``worker.sync.plan._sync_existing``)."""
+    bulk: bool = False
+    """Combine the writes of many keys into Bulk requests (RFC 7644 §3.7) when the app's
+    ``/ServiceProviderConfig`` announces Bulk; its ``maxOperations`` and ``maxPayloadSize``
+    bound each request (``worker.scim.bulk``)."""
+    bulk_counts_operations: bool = False
+    """The app's rate limit counts each operation of a Bulk request, not the request."""
     sources: tuple[str, ...] = ()
     """Where the facts above come from (provenance for people; nothing reads it at run time)."""
 
@@ -81,6 +87,11 @@ ZSCALER = Profile(
     # ZIA serves up to 1,000 per page (https://help.zscaler.com/zia/understanding-scim); 100
     # keeps a page of groups, which come with their members, under the client's 1 MiB cap
     page_size=100,
+    # POST /Bulk is listed (https://help.zscaler.com/zia/understanding-scim); its limits are not
+    # published: they are read from the tenant's /ServiceProviderConfig. Whether the 5/s counts
+    # a Bulk request or its operations is not published either: one request, as RFC 7644
+    # counts it; if ZIA counts operations, its 429s bring the pool's pace down (ratelimit.py)
+    bulk=True,
     sources=(
         "https://help.zscaler.com/zia/understanding-scim",
         "https://help.zscaler.com/zia/scim-api-examples",
@@ -299,6 +310,8 @@ GENERIC = Profile(
     burst=10,
     user_delete="deactivate",
     enterprise_department=True,
+    # Bulk where its ServiceProviderConfig announces it: https://www.rfc-editor.org/rfc/rfc7644#section-3.7
+    bulk=True,
     sources=(
         "https://www.rfc-editor.org/rfc/rfc7643#section-5",
         "https://www.rfc-editor.org/rfc/rfc7644#section-3.5.2.2",

@@ -147,6 +147,8 @@ class AppConfig:
     extra: dict[str, str] = field(default_factory=dict)
     verify_every: float | None = None  # seconds between scheduled verifies; None: none
     verify_fix: bool = False  # a scheduled verify repairs what it finds
+    bulk: bool = True  # writes travel in Bulk requests where the app takes them
+    bulk_wait_ms: int = 20  # how long a Bulk request waits for more writes
     network: Network = Network()
 
     def settings(self) -> AppSettings:
@@ -343,6 +345,7 @@ def remove(client: redis.Redis, app_id: str) -> None:
     pipe.delete(
         keys.app(app_id),
         keys.app_learned(app_id),
+        keys.app_bulk(app_id),
         f"{keys.PREFIX}rl:{app_id}:pace",  # the pace learned from its 429s (lua/throttle.lua)
         *(keys.mirror(app_id, kind) for kind in kinds),
         *(keys.mirror_absent(app_id, kind) for kind in kinds),

@@ -57,6 +57,11 @@ def app_learned(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}:learned"
 
 
+def app_bulk(app_id: str) -> str:
+    """HASH of the app's Bulk requests: ``requests``, ``operations``, ``failed`` (operations)."""
+    return f"{PREFIX}app:{app_id}:bulk"
+
+
 def app_token(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}:token"
 

@@ -6,7 +6,9 @@ Two kinds of knowledge, kept per app in the Redis hash ``keys.app_learned(app)``
   ``worker.scim.compat``), learned when the profile's form was answered 501 Not Implemented
   or 400 ``invalidPath``/``noTarget``/``invalidSyntax``;
 - ``unsupported:<attribute>`` -> why: a user attribute the app accepts but never stores
-  (a create or update answered without it). It is not sent again and is never drift.
+  (a create or update answered without it). It is not sent again and is never drift;
+- ``bulk`` -> why: the app announced Bulk but refused a Bulk request (501, 400, 413...): its
+  writes are sent one by one (``worker.scim.bulk``).
 
 ``apps update`` (and re-activation) forget all of it, so a fixed application is tried again.
 Each field is written with one ``HSET``: workers that learn at once never lose each other's
@@ -25,6 +27,7 @@ from worker.store import keys
 
 FORM = "form:"
 UNSUPPORTED = "unsupported:"
+BULK = "bulk"
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,25 @@ class Learned:
     """operation -> the form that worked (only where it differs from the profile's first)"""
     unsupported_attributes: Mapping[str, str] = field(default_factory=dict)
     """user attribute -> why it is deemed unsupported"""
+    bulk_refused: str | None = None
+    """why the app's writes are not sent in Bulk requests (it refused one), or None"""
 
     def as_json(self) -> dict[str, object]:
         return {
             "forms": dict(sorted(self.forms.items())),
             "unsupported_attributes": sorted(self.unsupported_attributes),
+            "bulk_refused": self.bulk_refused,
         }
+
+    def __bool__(self) -> bool:
+        return bool(self.forms or self.unsupported_attributes or self.bulk_refused)
 
 
 def parse(raw: Mapping[Any, bytes | str]) -> Learned:
     """A ``Learned`` from the hash as ``HGETALL`` returns it."""
     forms: dict[str, str] = {}
     unsupported: dict[str, str] = {}
+    bulk_refused = None
     for name, value in raw.items():
         name = name.decode() if isinstance(name, bytes) else name
         value = value.decode() if isinstance(value, bytes) else value
@@ -52,7 +62,9 @@ def parse(raw: Mapping[Any, bytes | str]) -> Learned:
             forms[name[len(FORM) :]] = value
         elif name.startswith(UNSUPPORTED):
             unsupported[name[len(UNSUPPORTED) :]] = value
-    return Learned(forms, unsupported)
+        elif name == BULK:
+            bulk_refused = value
+    return Learned(forms, unsupported, bulk_refused)
 
 
 def load(client: redis.Redis, app_id: str) -> Learned:
@@ -66,6 +78,11 @@ def learn_form(client: redis.Redis, app_id: str, operation: str, form: str) -> N
 def learn_unsupported(client: redis.Redis, app_id: str, attribute: str, why: str) -> bool:
     """Record an attribute the app does not store; True when this is news."""
     return bool(client.hsetnx(keys.app_learned(app_id), UNSUPPORTED + attribute, why))
+
+
+def learn_bulk_refused(client: redis.Redis, app_id: str, why: str) -> bool:
+    """Record that the app refuses Bulk requests; True when this is news."""
+    return bool(client.hsetnx(keys.app_learned(app_id), BULK, why))
 
 
 def reset(client: redis.Redis | redis.client.Pipeline, app_id: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.scim import NotFound, ScimError
+from worker.scim import NotFound, NotSent, ScimError
 from worker.store import audit
 from worker.store.audit import AuditEntry
 from worker.store.fence import LeaseLost
@@ -66,9 +66,11 @@ class Executor:
         causes: tuple[str, ...] = (),
         ride: bool = False,
         token: str = "",
+        via: Callable[[], str] | None = None,
     ):
         """``causes`` are the ids of the directory events that dirtied the key, carried into
-        every audit entry, as is ``token``, the fencing token of the run's lease."""
+        every audit entry, as is ``token``, the fencing token of the run's lease; ``via`` says
+        what the last call travelled in (a Bulk request), for its entry's detail."""
         self.app_id = app_id
         self.mirror = mirror
         self.record = record
@@ -76,6 +78,7 @@ class Executor:
         self.causes = causes
         self.ride = ride
         self.token = token
+        self.via = via
 
     def send(
         self,
@@ -96,16 +99,17 @@ class Executor:
         try:
             result = send()
         except ScimError as error:
-            failed = self._entry(name, key, "failure", error.status, error.detail)
+            failed = self._entry(name, key, "failure", error.status, self._via(error.detail))
             if self.ride:  # with the end of the doubt, if any: one round trip
                 self.mirror.then(audit.command(failed))
-            if write and error.status is not None and _refused(error.status):
+            if write and (isinstance(error, NotSent) or _refused(error.status)):
                 self.mirror.end_write(key.kind, key.id)
             if self.ride:
                 self.mirror.flush()
             else:
                 self.record(failed)
             raise
+        detail = self._via(detail)
         entry = self._entry(name, key, "success", status, detail, getattr(result, "id", None))
         if self.ride:  # written with the mirror's record of this outcome, which comes next
             self.mirror.then(audit.command(entry))
@@ -134,6 +138,11 @@ class Executor:
         """An audit entry for something learned about the application."""
         self.mirror.flush()
         self._audit(self._entry("idm_integration_update", key, "learned", status, detail))
+
+    def _via(self, detail: str) -> str:
+        """``detail``, with what the call travelled in when that was a Bulk request."""
+        via = self.via() if self.via is not None else ""
+        return f"{detail}; {via}" if detail and via else detail or via
 
     def _audit(self, entry: AuditEntry) -> None:
         """Record an entry now: through the mirror with ``ride`` (fenced), else ``record``."""
@@ -164,6 +173,6 @@ def forget(mirror: Mirror, key: ReconcileKey) -> None:
         mirror.forget_group(key.id)
 
 
-def _refused(status: int) -> bool:
+def _refused(status: int | None) -> bool:
     """An answer that says the request changed nothing: a 4xx (429 included) or a 501."""
-    return 400 <= status < 500 or status == 501
+    return status is not None and (400 <= status < 500 or status == 501)

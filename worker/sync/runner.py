@@ -27,6 +27,7 @@ from worker.queue import metrics
 from worker.queue.celery_app import send_reconcile
 from worker.queue.workqueue import ClaimedRun, Workqueue
 from worker.scim import Conflict, Invalid, ScimClient, ScimError, Transient, Unauthorized
+from worker.scim.bulk import BulkChannel
 from worker.scim.client import make_http_client
 from worker.scim.profiles import Profile, profile_by_name
 from worker.store import apps, audit, keys, learned
@@ -34,7 +35,7 @@ from worker.store.apps import AppConfig, AppError
 from worker.store.audit import AuditEntry
 from worker.store.fence import Fence
 from worker.store.keys import ReconcileKey
-from worker.sync import dryrun, guard, ratelimit
+from worker.sync import bulk, dryrun, guard, ratelimit
 from worker.sync.ratelimit import Throttled
 from worker.sync.reconcile import Deferred, LeaseLost, Outcome, Reconciler
 
@@ -70,7 +71,8 @@ class Clients:
         except OSError:
             mtime = None
         network = (app.network, app.network.stamp())  # a renewed certificate: a new client
-        fingerprint = (app.base_url, app.token_file, mtime, app.profile, network)
+        pace = (app.rate, app.burst, app.bulk, app.bulk_wait_ms)  # the Bulk channel's
+        fingerprint = (app.base_url, app.token_file, mtime, app.profile, network, pace)
         cached = self._cache.get(app.id)
         if cached and cached[0] == fingerprint:
             return cached[1], cached[2]
@@ -86,11 +88,22 @@ class Clients:
         profile = profile_by_name(app.profile)
         record = metrics.scim_recorder(app.id)
         scim = ScimClient(http, profile, on_request=record)
+        spc = None
         if app.profile == "generic":
-            profile = profile_by_name("generic", scim.service_provider_config())
+            spc = scim.service_provider_config()
+            profile = profile_by_name("generic", spc)
             scim = ScimClient(http, profile, on_request=record)
+        channel = bulk.channel(app, scim, profile, spc)
+        if channel is not None:
+            scim = ScimClient(http, profile, on_request=record, bulk=channel)
         self._cache[app.id] = (fingerprint, scim, profile)
         return scim, profile
+
+    def bulk(self, app_id: str) -> bool:
+        """Whether this process sends the writes of ``app_id`` in Bulk requests (as far as it
+        knows: False until it built the app's client)."""
+        cached = self._cache.get(app_id)
+        return bool(cached and cached[1].bulk is not None and cached[1].bulk.enabled)
 
 
 CLIENTS = Clients()
@@ -175,10 +188,14 @@ def _run(
             return 0.0
         scim, profile = clients.get(app)
         lease.pace(app.rate or profile.requests_per_second, app.burst or profile.burst)
-        options: dict[str, Any] = {"causes": tuple(causes), "knowledge": learned.parse(knowledge)}
+        known = learned.parse(knowledge)
+        options: dict[str, Any] = {"causes": tuple(causes), "knowledge": known}
+        if scim.bulk is not None and scim.bulk.refused != known.bulk_refused:
+            scim.bulk.learned(known.bulk_refused)  # by another worker, or forgotten
         if dryrun.is_dry_run(app):  # a dry run keeps the mirror's doubts in memory
             reconciler = dryrun.reconciler(client, app, scim, profile, lease.dry_run, **options)
         else:
+            lease.bulk = scim.bulk
             reconciler = Reconciler(
                 client, app, scim, profile, gate=lease.gate, fence=lease.fence, **options
             )
@@ -198,11 +215,13 @@ def _run(
         result.state = "throttled"
         return throttled.wait
     except Transient as error:
-        ratelimit.slow_down(client, key.app, error)  # the whole pool slows down
+        if not error.counted:  # a Bulk request's failure is counted once, by its sender
+            ratelimit.slow_down(client, key.app, error)  # the whole pool slows down
         if error.retry_after:
             delay = error.retry_after + random.uniform(0, 1)
         else:
-            ratelimit.transient_failure(client, key.app)
+            if not error.counted:
+                ratelimit.transient_failure(client, key.app)
             delay = lease.backoff()
         result.state = "retry"
         log.warning("%s: %s; again in %.1fs", key, error, delay)
@@ -238,6 +257,7 @@ class Lease:
         self.app_id = key.app
         self.rate, self.burst = 0.0, 1
         self.first_write: float | None = None  # when the run's first write was let through
+        self.bulk: BulkChannel | None = None  # the app's, when its writes go in Bulk requests
 
     def backoff(self) -> float:
         """Count a failed attempt of the key: the seconds until the next (``LeaseLost``
@@ -255,14 +275,19 @@ class Lease:
         """Before a call: the lease still ours and the app active (else ``LeaseLost``), the
         deletion guard for a destructive call (``Held``), a request slot (``Throttled``), and
         a write marked in doubt. One round trip (lua/throttle.lua), two more for a destructive
-        call, whose lease is checked before the guard counts it."""
+        call, whose lease is checked before the guard counts it. A write that travels in a
+        Bulk request takes no slot (its request's sender does): lua/renew.lua checks the lease
+        and marks the doubt."""
         lease: tuple[str, int] | None = (self.token, self.queue.lease_ms)
         if name in guard.DESTRUCTIVE:
             self._renew(key)
             self._guard(name, key)
             lease = None
         doubt = (keys.mirror_doubt(key.app, key.kind), key.id) if write else None
-        self._take_slot(lease=lease, doubt=doubt, obj=key.object)
+        if doubt is not None and self.bulk is not None and self.bulk.admit():
+            self._renew(key, doubt)
+        else:
+            self._take_slot(lease=lease, doubt=doubt, obj=key.object)
         if write and self.first_write is None:
             self.first_write = time.time()
 
@@ -271,9 +296,9 @@ class Lease:
         self._renew(key)
         self._take_slot()
 
-    def _renew(self, key: ReconcileKey) -> None:
+    def _renew(self, key: ReconcileKey, doubt: tuple[str, str] | None = None) -> None:
         # deactivating the app stops its reconciles in flight before their next call
-        if not self.queue.renew(self.key, self.token, while_active=self.app_id):
+        if not self.queue.renew(self.key, self.token, while_active=self.app_id, doubt=doubt):
             raise LeaseLost(key.object)
 
     def _guard(self, name: str, key: ReconcileKey) -> None:

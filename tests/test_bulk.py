@@ -1,0 +1,213 @@
+"""The Bulk channel on its own: batching within the app's limits, each operation's own result,
+and what a whole request's failure means for each. The application is scim2-server (Bulk
+announced), reached through the same client the workers use; a fault hook stands in for the
+answers it cannot give."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.scimserver import DROP_AFTER, ScimServer
+from worker.scim import Conflict, NotSent, Transient, Unauthorized
+from worker.scim.bulk import BulkChannel, BulkLimits
+from worker.scim.client import ScimClient, make_http_client
+from worker.scim.profiles import profile_by_name
+
+
+@pytest.fixture
+def server() -> Iterator[ScimServer]:
+    with ScimServer(bulk=True) as scim:
+        yield scim
+
+
+class Recorder:
+    """The channel's hooks: slots taken, Bulk requests sent, failures and refusals heard."""
+
+    def __init__(self, slot_error: Exception | None = None):
+        self.slots: list[int] = []
+        self.sent: list[tuple[int, int]] = []
+        self.transient: list[Transient] = []
+        self.refused: list[str] = []
+        self.slot_error = slot_error
+
+    def take(self, count: int) -> None:
+        self.slots.append(count)
+        if self.slot_error is not None:
+            raise self.slot_error
+
+
+def client(server: ScimServer, limits: BulkLimits, hooks: Recorder) -> ScimClient:
+    http = make_http_client(server.base_url, server.token)
+    profile = profile_by_name("generic")
+    plain = ScimClient(http, profile)
+    channel = BulkChannel(
+        plain.bulk_exchange,
+        limits,
+        slots=hooks.take,
+        on_transient=hooks.transient.append,
+        on_refused=hooks.refused.append,
+        on_sent=lambda operations, failed: hooks.sent.append((operations, failed)),
+    )
+    return ScimClient(http, profile, bulk=channel)
+
+
+def at_once(count: int, write: Any) -> list[Any]:
+    """``write(i)`` from ``count`` threads at once; each one's result or exception."""
+    results: list[Any] = [None] * count
+    start = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = write(i)
+        except Exception as error:  # noqa: BLE001
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def user(i: int) -> dict[str, Any]:
+    return {"userName": f"u{i}@example.com", "active": True, "displayName": f"User {i}"}
+
+
+def bulk_posts(server: ScimServer) -> int:
+    return sum(1 for method, path in server.requests if (method, path[-5:]) == ("POST", "/Bulk"))
+
+
+def test_writes_of_many_threads_share_requests_within_max_operations(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(max_operations=7, max_payload=1 << 20, linger=0.2), hooks)
+    created = at_once(20, lambda i: scim.create_user(user(i)))
+    assert sorted(u.attributes["userName"] for u in created) == sorted(
+        f"u{i}@example.com" for i in range(20)
+    )
+    assert len({u.id for u in created}) == 20  # each thread got its own user's id
+    assert {u["id"] for u in server.users()} == {u.id for u in created}
+    assert bulk_posts(server) == len(hooks.sent) == 3  # 7 + 7 + 6
+    assert sorted(n for n, _ in hooks.sent) == [6, 7, 7]
+    assert hooks.slots == [1, 1, 1]  # one slot per request, not per operation
+
+
+def test_a_request_never_exceeds_max_payload(server):
+    hooks = Recorder()
+    limits = BulkLimits(max_operations=1000, max_payload=1200, linger=0.2)
+    scim = client(server, limits, hooks)
+    at_once(12, lambda i: scim.create_user(user(i)))
+    assert len(server.users()) == 12
+    assert len(hooks.sent) >= 3 and sum(n for n, _ in hooks.sent) == 12
+
+
+def test_an_app_counting_operations_takes_a_slot_per_operation(server):
+    hooks = Recorder()
+    limits = BulkLimits(max_operations=10, max_payload=1 << 20, linger=0.2, counts_operations=True)
+    scim = client(server, limits, hooks)
+    at_once(4, lambda i: scim.create_user(user(i)))
+    assert sum(hooks.slots) == 4 and len(hooks.sent) == 1
+
+
+def test_each_operation_gets_its_own_answer(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.2), hooks)
+    taken = scim.create_user(user(0))
+    results = at_once(3, lambda i: scim.create_user(user(i)))  # u0 exists: 409 for it alone
+    assert isinstance(results[0], Conflict)
+    assert [r.attributes["userName"] for r in results[1:]] == ["u1@example.com", "u2@example.com"]
+    assert hooks.sent[-1] == (3, 1)
+    group = scim.create_group("eng", [taken.id, results[1].id])
+    assert group.member_ids == {taken.id, results[1].id}
+    patched = at_once(2, lambda i: scim.patch_members(group.id, [results[2].id], [])
+                      if i == 0 else scim.delete_user(results[1].id))  # fmt: skip
+    assert patched == [None, None]  # answered 200 without a body: the caller keeps what it sent
+    held = {g["displayName"]: g for g in server.groups()}["eng"]
+    assert results[2].id in {m["value"] for m in held["members"]}
+    assert results[1].id not in {u["id"] for u in server.users()}
+
+
+def test_a_bulk_request_cut_short_raises_a_transient_error_for_each(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.2), hooks)
+    server.inject(lambda environ: DROP_AFTER if environ["PATH_INFO"].endswith("/Bulk") else None)
+    results = at_once(3, lambda i: scim.create_user(user(i)))
+    assert all(isinstance(r, Transient) and r.status is None and r.counted for r in results)
+    assert all("cut short" in r.detail for r in results)
+    assert len(hooks.transient) == 1  # the pace and breaker hear of it once
+    assert len({id(r) for r in results}) == 3  # an exception of its own for each thread
+    assert len(server.users()) == 3  # applied all the same: in doubt, not refused
+
+
+def test_a_throttled_bulk_request_is_counted_once_and_refused_for_each(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.2), hooks)
+    server.inject(lambda e: (429, {"Retry-After": "3"}, b"") if e["PATH_INFO"].endswith("/Bulk")
+                  else None)  # fmt: skip
+    results = at_once(4, lambda i: scim.create_user(user(i)))
+    assert all(isinstance(r, Transient) and r.status == 429 and r.retry_after == 3 for r in results)
+    assert all(r.counted for r in results) and len(hooks.transient) == 1
+    assert server.users() == []
+
+
+def test_unauthorized_bulk_request(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.05), hooks)
+    server.inject(lambda e: (401, {}, b"") if e["PATH_INFO"].endswith("/Bulk") else None)
+    results = at_once(2, lambda i: scim.create_user(user(i)))
+    assert all(isinstance(r, Unauthorized) for r in results)
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 413, 501])
+def test_a_refused_bulk_request_falls_back_to_single_calls(server, status):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.2), hooks)
+    refusal = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "detail": "no Bulk"}
+    body = json.dumps(refusal).encode()
+    server.inject(lambda e: (status, {}, body) if e["PATH_INFO"].endswith("/Bulk") else None)
+    created = at_once(3, lambda i: scim.create_user(user(i)))
+    assert sorted(u.attributes["userName"] for u in created) == [
+        f"u{i}@example.com" for i in range(3)
+    ]
+    assert hooks.refused == [f"HTTP {status} to a Bulk request of 3 operations: no Bulk"]
+    assert not scim.bulk.enabled  # type: ignore[union-attr]
+    assert bulk_posts(server) == 1
+    assert [m for m, _ in server.requests].count("POST") == 1 + 3
+    assert hooks.slots == [1, 1, 1, 1]  # the Bulk request's, then one per single call
+    scim.create_user(user(9))  # from now on alone, with no Bulk request tried
+    assert bulk_posts(server) == 1
+
+
+def test_no_slot_in_time_means_not_sent(server):
+    hooks = Recorder(slot_error=NotSent("no request slot for 30.0s", 30.0))
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.05), hooks)
+    results = at_once(2, lambda i: scim.create_user(user(i)))
+    assert all(isinstance(r, NotSent) and r.retry_after == 30.0 for r in results)
+    assert server.requests == [] and hooks.sent == []
+
+
+def test_an_answer_without_an_operation_s_result_leaves_it_in_doubt(server):
+    """An app that answers 200 but forgets an operation: that one is in doubt."""
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.2), hooks)
+
+    def forget_last(environ: dict[str, Any]) -> Any:
+        if not environ["PATH_INFO"].endswith("/Bulk"):
+            return None
+        answer: list[bytes] = []
+        body = b"".join(server.app(environ, lambda *a: answer.append(b"")))  # type: ignore[arg-type]
+        data = json.loads(body)
+        data["Operations"] = data["Operations"][:-1]
+        return 200, {"Content-Type": "application/scim+json"}, json.dumps(data).encode()
+
+    server.inject(forget_last)
+    results = at_once(3, lambda i: scim.create_user(user(i)))
+    doubts = [r for r in results if isinstance(r, Transient)]
+    assert len(doubts) == 1 and "no result for this operation" in doubts[0].detail
+    assert hooks.sent == [(3, 1)]

@@ -1,0 +1,230 @@
+"""SCIM Bulk end to end: real worker processes and scim2-server announcing Bulk; each test
+checks what the application holds, what the pool recorded, and how many requests it took."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.support.harness import Harness
+from tests.support.scimserver import DROP_AFTER, ScimServer
+from worker.store import audit, learned
+from worker.store.mirror import Mirror
+from worker.sync import bulk
+
+USERS = 120
+
+
+@pytest.fixture
+def bulk_harness(r, worker_pool, tmp_path):  # noqa: ANN001, ANN201
+    with ScimServer(bulk=True) as server:
+        yield Harness(r, server, tmp_path)
+
+
+def directory(h: Harness, users: int = USERS, groups: int = 4) -> list[dict[str, Any]]:
+    """``users`` users spread over ``groups`` groups, every group associated with ``zs``."""
+    return [
+        *(h.user(f"u{i}") for i in range(users)),
+        *(h.group(f"g{n}", f"team{n}") for n in range(groups)),
+        *(h.member(f"g{i % groups}", f"u{i}") for i in range(users)),
+        *(h.associate("zs", f"g{n}") for n in range(groups)),
+    ]
+
+
+def provision(h: Harness, *options: str) -> None:
+    """The directory first, then the app activated on it (listing, then a full sync)."""
+    h.send(*directory(h))
+    h.activate("zs", *options)
+    h.wait()
+
+
+def bulk_requests(h: Harness) -> int:
+    return sum(1 for method, path in h.scim.requests if (method, path[-5:]) == ("POST", "/Bulk"))
+
+
+def assert_converged(h: Harness, users: int = USERS, groups: int = 4) -> None:
+    held = h.users()
+    assert len(held) == users and all(u["active"] for u in held.values())
+    for n in range(groups):
+        assert h.members(f"team{n}") == {
+            f"u{i}@example.com" for i in range(users) if i % groups == n
+        }
+    mirror = Mirror(h.redis, "zs")
+    assert len(mirror.known_keys()) == users + groups
+    assert not h.parked()
+
+
+def test_initial_provisioning_under_a_rate_limit_takes_few_requests(bulk_harness):
+    h = bulk_harness
+    provision(h, "--rate", "5", "--burst", "5")
+    assert_converged(h)
+    writes = h.writes()
+    assert {path[-5:] for _, path in writes} == {"/Bulk"}, writes  # no write went alone
+    counted = bulk.stats(h.redis, "zs")
+    assert counted["operations"] == USERS + 4 and counted["failed"] == 0
+    # a slot per request at 5/s (a burst of 5 at once): the writes wait together for the next
+    # slot, so a few requests carry them all (124 single calls without Bulk)
+    assert counted["requests"] == len(writes) <= 16, counted
+    entries = audit.read(h.redis, app="zs", name="user_create_provision")
+    assert len(entries) == USERS
+    assert all("in Bulk request" in e["detail"] for e in entries)
+
+
+def test_bulk_off_sends_single_calls(bulk_harness):
+    h = bulk_harness
+    provision(h, "--no-bulk")
+    assert_converged(h)
+    assert bulk_requests(h) == 0
+    assert Counter(m for m, _ in h.writes())["POST"] == USERS + 4
+
+
+def test_an_app_that_refuses_bulk_falls_back_to_single_calls_and_learns_it(bulk_harness):
+    h = bulk_harness
+    refused = Counter()
+
+    def no_bulk(environ: dict[str, Any]) -> Any:
+        if environ.get("PATH_INFO", "").endswith("/Bulk"):
+            refused["bulk"] += 1
+            error = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"], "status": "501",
+                     "detail": "Bulk is not implemented"}  # fmt: skip
+            return 501, {"Content-Type": "application/scim+json"}, json.dumps(error).encode()
+        return None
+
+    h.scim.inject(no_bulk)
+    provision(h)
+    assert_converged(h)
+    # the first refusal teaches the whole pool; only the Bulk requests already on their way
+    # then are refused too (a few), and every write went alone in the end
+    assert 1 <= refused["bulk"] < 10
+    assert Counter(m for m, _ in h.writes())["POST"] == refused["bulk"] + USERS + 4
+    assert "HTTP 501" in (learned.load(h.redis, "zs").bulk_refused or "")
+    assert h.app_row()["learned"]["bulk_refused"]
+    notes = audit.read(h.redis, app="zs", name="idm_integration_update")
+    assert any("one by one" in e["detail"] for e in notes)
+    # `apps update --bulk` forgets it: the next writes go in Bulk requests again
+    h.scim.inject(None)
+    h.cli("apps", "update", "zs", "--bulk")
+    assert learned.load(h.redis, "zs").bulk_refused is None
+    before = bulk_requests(h)
+    h.send(*(h.user(f"u{i}", department="Ops") for i in range(USERS)))
+    assert bulk_requests(h) > before
+
+
+def test_one_refused_operation_fails_only_its_own_key(bulk_harness):
+    """The app refuses one operation of a Bulk request (here: its userName taken away in
+    flight, a 400): that user's key is parked with the app's reason, every other operation of
+    the same request is recorded as done."""
+    h = bulk_harness
+
+    def spoil_u7(environ: dict[str, Any]) -> None:
+        if not environ.get("PATH_INFO", "").endswith("/Bulk"):
+            return None
+        body = json.loads(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+        for operation in body["Operations"]:
+            if (operation.get("data") or {}).get("userName") == "u7@example.com":
+                del operation["data"]["userName"]
+        raw = json.dumps(body).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
+        return None
+
+    h.scim.inject(spoil_u7)
+    h.send(*directory(h))
+    h.activate("zs")
+    h.wait()
+    parked = h.parked()
+    assert list(parked) == ["zs user u7"], parked
+    assert "HTTP 400" in parked["zs user u7"]
+    held = h.users()
+    assert "u7@example.com" not in held and len(held) == USERS - 1
+    failures = audit.read(h.redis, app="zs", failed=True)
+    assert [e["object"] for e in failures] == ["user:u7"]
+    # the fix arrives (the operation is no longer spoilt): `retry` provisions it
+    h.scim.inject(None)
+    h.cli("retry", "zs")
+    h.wait()
+    assert_converged(h)
+
+
+def test_a_create_answered_409_inside_a_bulk_request_adopts_the_account(bulk_harness):
+    h = bulk_harness
+    h.activate("zs")  # listed while empty: the mirror expects no account
+    h.seed("Users", {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                     "userName": "u3@example.com", "active": False})  # fmt: skip
+    blind = Counter()
+
+    def lookups_miss(environ: dict[str, Any]) -> Any:
+        """The app's search lags behind its writes: the first lookup of u3 finds nobody."""
+        query = environ.get("QUERY_STRING", "")
+        if environ["REQUEST_METHOD"] == "GET" and "u3%40example.com" in query:
+            blind["lookups"] += 1
+            page = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+                    "totalResults": 0, "Resources": []}  # fmt: skip
+            if blind["lookups"] == 1:
+                return 200, {"Content-Type": "application/scim+json"}, json.dumps(page).encode()
+        return None
+
+    h.scim.inject(lookups_miss)
+    h.send(*directory(h, users=8, groups=1))
+    held = h.users()
+    assert len(held) == 8 and held["u3@example.com"]["active"] is True  # adopted, not doubled
+    conflicts = [e for e in audit.read(h.redis, app="zs", failed=True) if e["status"] == 409]
+    assert [e["object"] for e in conflicts] == ["user:u3"]
+    assert "in Bulk request" in conflicts[0]["detail"]
+    assert blind["lookups"] == 2  # the blind one, and the one after the 409
+
+
+def test_a_bulk_request_cut_short_leaves_its_operations_in_doubt_and_converges(bulk_harness):
+    """The app applies a Bulk request but the connection dies before its answer: every
+    operation is in doubt, is re-read, and nothing is created twice."""
+    h = bulk_harness
+    cut = Counter()
+
+    def cut_first(environ: dict[str, Any]) -> Any:
+        if environ.get("PATH_INFO", "").endswith("/Bulk") and not cut["bulk"]:
+            cut["bulk"] += 1
+            return DROP_AFTER
+        return None
+
+    h.scim.inject(cut_first)
+    provision(h)
+    assert cut["bulk"] == 1
+    assert_converged(h)
+    dropped = [e for e in audit.read(h.redis, app="zs", failed=True) if e["status"] is None]
+    assert dropped and all("cut short" in e["detail"] for e in dropped), dropped
+    # what the cut request had created was found by the re-read, not created again (a 409)
+    assert not [e for e in audit.read(h.redis, app="zs", failed=True) if e["status"] == 409]
+
+
+def test_a_throttled_bulk_request_is_counted_once(bulk_harness):
+    """A 429 to a Bulk request of many operations lowers the pool's pace once, not once per
+    operation, and every operation is sent again."""
+    h = bulk_harness
+    throttled = Counter()
+
+    def throttle_first(environ: dict[str, Any]) -> Any:
+        if environ.get("PATH_INFO", "").endswith("/Bulk") and not throttled["bulk"]:
+            throttled["bulk"] += 1
+            return 429, {"Retry-After": "1"}, b""
+        return None
+
+    h.scim.inject(throttle_first)
+    provision(h)
+    assert_converged(h)
+    status = json.loads(h.cli("status", "--json").stdout)
+    assert status["apps"]["zs"]["pace"]["refused"] == 1
+    refusals = [e for e in audit.read(h.redis, app="zs", failed=True) if e["status"] == 429]
+    assert len(refusals) >= 2  # one 429, as many operations
+
+
+def test_status_shows_bulk_requests(bulk_harness):
+    h = bulk_harness
+    provision(h)
+    row = json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["bulk"]
+    assert row["state"] == "on" and row["operations"] == USERS + 4
+    assert row["requests"] == bulk_requests(h)
+    text = h.cli("status").stdout
+    assert "bulk: on" in text
