@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -211,3 +212,51 @@ def test_an_answer_without_an_operation_s_result_leaves_it_in_doubt(server):
     doubts = [r for r in results if isinstance(r, Transient)]
     assert len(doubts) == 1 and "no result for this operation" in doubts[0].detail
     assert hooks.sent == [(3, 1)]
+
+
+def test_a_group_names_users_created_in_the_same_request_by_bulk_id(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=1.0), hooks)
+    threads = [threading.Thread(target=scim.create_user, args=(user(i), f"d{i}")) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    wanted = ["d0", "d1", "d2"]
+    deadline = time.monotonic() + 5
+    while len(named := scim.bulk_ids(wanted)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(named) == 3 and all(v.startswith("bulkId:") for v in named.values())
+    group = scim.create_group("eng", [named[d] for d in wanted])
+    for thread in threads:
+        thread.join()
+    users = {u["userName"]: u["id"] for u in server.users()}
+    assert group.member_ids == set(users.values())  # the ids the app gave, not the bulkIds
+    assert {scim.resolved(named[d]) for d in wanted} == set(users.values())
+    held = {g["displayName"]: g for g in server.groups()}["eng"]
+    assert {m["value"] for m in held["members"]} == set(users.values())
+    assert bulk_posts(server) == 1 and hooks.sent == [(4, 0)]
+
+
+def test_a_group_naming_creates_of_a_request_gone_is_not_sent(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.05), hooks)
+    scim.create_user(user(0), "d0")
+    with pytest.raises(NotSent, match="no longer on their way"):
+        scim.create_group("eng", ["bulkId:op1"])
+    assert server.groups() == []
+
+
+def test_a_group_naming_a_create_that_failed_is_not_sent(server):
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=1.0), hooks)
+    scim.create_user(user(0))  # taken: its create in the batch below fails (409)
+    failed = threading.Thread(
+        target=lambda: pytest.raises(Conflict, scim.create_user, user(0), "d0")
+    )
+    failed.start()
+    deadline = time.monotonic() + 5
+    while not (named := scim.bulk_ids(["d0"])) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(NotSent, match="were not created"):
+        scim.create_group("eng", [named["d0"]])
+    failed.join()
+    assert server.groups() == []

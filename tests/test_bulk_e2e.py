@@ -9,9 +9,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+import redis
 
-from tests.support.harness import Harness
+from tests.support.harness import Harness, WorkerPool, wait_until
 from tests.support.scimserver import DROP_AFTER, ScimServer
+from worker.devstack.redis_server import RedisServer
 from worker.store import audit, learned
 from worker.store.mirror import Mirror
 from worker.sync import bulk
@@ -228,3 +230,30 @@ def test_status_shows_bulk_requests(bulk_harness):
     assert row["requests"] == bulk_requests(h)
     text = h.cli("status").stdout
     assert "bulk: on" in text
+
+
+def test_a_group_and_its_new_members_go_in_one_bulk_request(tmp_path):
+    """The group's create names its members by bulkId, in the request that creates them. One
+    worker process on a Redis of its own: the keys of the group and its members meet in its
+    lanes."""
+    server = RedisServer(tmp_path / "redis").start()
+    client = redis.Redis.from_url(server.url)
+    pool = WorkerPool(server.url, processes=1, concurrency=2).start()
+    try:
+        with ScimServer(bulk=True) as scim:
+            h = Harness(client, scim, tmp_path, redis_url=server.url)
+            wait_until(lambda: pool.ready(client), what="the worker")
+            h.send(*directory(h, users=10, groups=1))
+            h.activate("zs", "--bulk-wait", "1000")  # a second for the group to join them
+            h.wait()
+            assert_converged(h, users=10, groups=1)
+            created = audit.read(client, app="zs", name="group_create_provision")
+            assert [e["outcome"] for e in created] == ["success"]
+            request = created[0]["detail"].split("in Bulk request ")[1].split()[0]
+            members = audit.read(client, app="zs", name="user_create_provision")
+            assert all(request in e["detail"] for e in members)  # the same request
+            assert bulk_requests(h) == 1
+            assert len(h.writes()) == 1
+    finally:
+        pool.stop()
+        server.stop()

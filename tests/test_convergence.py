@@ -33,6 +33,8 @@ from tests.reference_model import (
     check,
     predict,
 )
+from tests.support.harness import Harness
+from tests.support.scimserver import ScimServer
 from worker.cli.status import snapshot
 from worker.contract.events import parse_events
 from worker.contract.model import (
@@ -283,10 +285,11 @@ def run(h: Any, r: Any, scenario: Scenario) -> None:
                                      repr(scenario)])  # fmt: skip
 
 
-def _delivery_property(shard: int) -> Any:
+def _delivery_property(shard: int, bulk: bool = False) -> Any:
     """The end-to-end property over its ``shard``-th share of the ``E2E_EXAMPLES`` random
     scenarios (its own seed), so that the shares run side by side (pytest-xdist); the first
-    share also runs the hand-made scenarios."""
+    share also runs the hand-made scenarios. With ``bulk``, a share of scenarios of its own
+    against an app that announces SCIM Bulk: the pool's writes travel in Bulk requests."""
     share = E2E_EXAMPLES // SHARDS + (1 if shard < E2E_EXAMPLES % SHARDS else 0)
 
     @settings(
@@ -303,11 +306,17 @@ def _delivery_property(shard: int) -> Any:
             HealthCheck.data_too_large,
         ],  # fmt: skip
     )
-    @seed(20261128 + shard)  # the same scenarios on every run
+    @seed(20261128 + shard + (100 if bulk else 0))  # the same scenarios on every run
     @given(scenario=scenarios())
     def test(harness: Any, r: Any, scenario: Scenario) -> None:
+        assert harness.scim.bulk == bulk or not bulk  # the Bulk share's app announces Bulk
         run(harness, r, scenario)
+        if bulk and harness.writes():
+            assert any(path.endswith("/Bulk") for _, path in harness.writes())
 
+    if bulk:
+        test.__name__ = "test_any_delivery_converges_to_the_reference_model_with_bulk"
+        return test
     if shard == 0:
         for scenario in (Scenario(TWO_REMOVALS, rev(TWO_REMOVALS)),
                          Scenario(DELETIONS, rev(DELETIONS)), staged(STAGED, 9, 4, 2)):  # fmt: skip
@@ -320,6 +329,17 @@ SHARDS = 3
 test_any_delivery_converges_to_the_reference_model_0 = _delivery_property(0)
 test_any_delivery_converges_to_the_reference_model_1 = _delivery_property(1)
 test_any_delivery_converges_to_the_reference_model_2 = _delivery_property(2)
+
+
+@pytest.fixture(name="harness")
+def _harness_by_test(request: Any, r: Any, worker_pool: Any, tmp_path: Any) -> Any:
+    """The conftest's harness; for the Bulk share, on an app that announces Bulk."""
+    bulk = request.node.name.endswith("_with_bulk")
+    with ScimServer(bulk=True if bulk else None) as server:
+        yield Harness(r, server, tmp_path)
+
+
+test_any_delivery_converges_to_the_reference_model_with_bulk = _delivery_property(0, bulk=True)
 
 
 # -- the reference model against worker.sync.rules (pure, no Redis) --------------------------------

@@ -74,6 +74,8 @@ class OpAnswer:
 class _Pending:
     operation: dict[str, Any]
     size: int
+    ref: str | None = None  # what a create makes, for later writes of the batch to name
+    requires: frozenset[str] = frozenset()  # the bulkIds of the batch it names
     answer: OpAnswer | None = None
     error: ScimError | None = None
     single: bool = False  # send it as a single call (the app refused Bulk)
@@ -97,6 +99,7 @@ class _Batch:
     ops: list[_Pending] = field(default_factory=list)
     size: int = ENVELOPE_BYTES
     closed: bool = False
+    creates: dict[str, str] = field(default_factory=dict)  # ref -> bulkId of its create
     full: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -110,6 +113,8 @@ class _Batch:
     def add(self, pending: _Pending, limits: BulkLimits) -> None:
         self.ops.append(pending)
         self.size += pending.size + 1
+        if pending.ref is not None and pending.bulk_id is not None:
+            self.creates[pending.ref] = pending.bulk_id
         if len(self.ops) >= limits.max_operations or self.size >= limits.max_payload:
             self.full.set()
 
@@ -162,24 +167,51 @@ class BulkChannel:
     def new_bulk_id(self) -> str:
         return f"op{next(self._ids)}"
 
-    def submit(self, operation: dict[str, Any]) -> OpAnswer | None:
+    def pending(self, refs: Iterable[str]) -> dict[str, str]:
+        """The bulkIds of the creates of ``refs`` (as ``submit`` was given them) waiting in the
+        batch now filling: a write submitted next may name them (``bulkId:<id>``)."""
+        with self._lock:
+            batch = self._open
+            if batch is None or batch.closed:
+                return {}
+            return {ref: batch.creates[ref] for ref in refs if ref in batch.creates}
+
+    def submit(
+        self,
+        operation: dict[str, Any],
+        *,
+        ref: str | None = None,
+        requires: Iterable[str] = (),
+    ) -> OpAnswer | None:
         """Send one operation (a ``BulkOperation`` as dumped in ``Context.BULK_REQUEST``) in the
         next Bulk request, and wait for its result; None: send it as a single call (a request
-        slot was taken for it if ``admit`` promised none). Raises a whole request's error."""
+        slot was taken for it if ``admit`` promised none). Raises a whole request's error.
+
+        ``ref`` names what a create makes (``pending``); an operation that ``requires`` the
+        bulkIds of creates goes in their batch, or is not sent (``NotSent``) when that batch
+        has left or has no room."""
         admitted = getattr(self._local, "admitted", False)
         self._local.admitted = False
-        pending = _Pending(operation, len(json.dumps(operation)))
+        pending = _Pending(operation, len(json.dumps(operation)), ref, frozenset(requires))
         lead = False
         with self._lock:
             batch = self._open
             single = not self.enabled or pending.size + ENVELOPE_BYTES > self.limits.max_payload
-            if not single:
+            stale = bool(pending.requires) and (
+                single
+                or batch is None
+                or not pending.requires <= set(batch.creates.values())
+                or not batch.fits(pending, self.limits)
+            )
+            if not (single or stale):
                 if batch is None or not batch.fits(pending, self.limits):
                     if batch is not None:
                         batch.full.set()  # its sender stops waiting for company
                     batch = self._open = _Batch()
                     lead = True
                 batch.add(pending, self.limits)
+        if stale:
+            raise NotSent("the resources it names by bulkId are no longer on their way")
         if single:
             if admitted:
                 self.slots(1)
@@ -296,6 +328,11 @@ class BulkChannel:
             response = entry.get("response")
             status = int(result.status or 0)
             failed += not 200 <= status < 300
+            lost = pending.requires - set(created)
+            if lost and not 200 <= status < 300:  # refused for a create that failed
+                pending.error = NotSent(f"{what}: the resources it names by bulkId ("
+                                        f"{', '.join(sorted(lost))}) were not created")  # fmt: skip
+                continue
             pending.answer = OpAnswer(
                 status,
                 response if isinstance(response, dict) else None,

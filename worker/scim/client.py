@@ -43,8 +43,8 @@ from scim2_models import (
 
 from worker.store.apps import Network
 
-from .bulk import BulkChannel, created_id, resolve_references
-from .errors import Invalid, Transient, error_for_status, parse_retry_after, scrub
+from .bulk import BULK_ID_PREFIX, BulkChannel, created_id, resolve_references
+from .errors import Invalid, NotSent, Transient, error_for_status, parse_retry_after, scrub
 from .network import connection, proxy_secrets
 from .profiles import Profile
 
@@ -269,10 +269,13 @@ class ScimClient:
         data = self._request("GET", f"/Users/{_seg(remote_id)}")
         return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_QUERY_RESPONSE))
 
-    def create_user(self, attrs: Mapping[str, Any]) -> RemoteUser:
-        """POST /Users; a 409 raises ``Conflict`` (look the user up and adopt it)."""
+    def create_user(self, attrs: Mapping[str, Any], ref: str | None = None) -> RemoteUser:
+        """POST /Users; a 409 raises ``Conflict`` (look the user up and adopt it). ``ref`` (the
+        directory's id) lets a group created in the same Bulk request name the user
+        (``bulk_ids``)."""
         user = self._user(attrs)
-        data = self._write("POST", "/Users", ScimUser, user, Context.RESOURCE_CREATION_REQUEST)
+        ctx, ref = Context.RESOURCE_CREATION_REQUEST, f"user:{ref}" if ref else None
+        data = self._write("POST", "/Users", ScimUser, user, ctx, ref=ref)
         return self._remote_user(self._parse(ScimUser, data, Context.RESOURCE_CREATION_RESPONSE))
 
     def update_user(
@@ -338,9 +341,13 @@ class ScimClient:
         return self._remote_group(self._parse(Group, data, Context.RESOURCE_QUERY_RESPONSE))
 
     def create_group(self, display_name: str, member_ids: Iterable[str]) -> RemoteGroup:
-        """POST /Groups with its first members (at most ``members_per_patch`` from the caller)."""
+        """POST /Groups with its first members (at most ``members_per_patch`` from the caller);
+        a member named ``bulkId:<id>`` is a user created in the same Bulk request."""
+        member_ids = list(member_ids)
         group = self._group(display_name, member_ids)
-        data = self._write("POST", "/Groups", Group, group, Context.RESOURCE_CREATION_REQUEST)
+        named = [m[len(BULK_ID_PREFIX) :] for m in member_ids if m.startswith(BULK_ID_PREFIX)]
+        ctx = Context.RESOURCE_CREATION_REQUEST
+        data = self._write("POST", "/Groups", Group, group, ctx, requires=named)
         return self._remote_group(self._parse(Group, data, Context.RESOURCE_CREATION_RESPONSE))
 
     def rename_group(
@@ -608,6 +615,9 @@ class ScimClient:
         model: type[Any],
         payload: Any | None = None,
         ctx: Context | None = None,
+        *,
+        ref: str | None = None,
+        requires: Iterable[str] = (),
     ) -> Any:
         """Send a write (``payload``, a resource or a PatchOp of ``model``, dumped in ``ctx``):
         in the app's next Bulk request when it takes them, else alone. Returns the answer's
@@ -615,13 +625,22 @@ class ScimClient:
         was sent, with the id the app gave it."""
         body = None if payload is None else payload.model_dump(scim_ctx=ctx)
         if self.bulk is not None:
-            answer = self._bulk_write(method, path, model, payload, body)
+            answer = self._bulk_write(method, path, model, payload, body, ref, requires)
             if answer is not _ALONE:
                 return answer
+        elif requires:
+            raise NotSent("it names resources by bulkId, and this client sends no Bulk request")
         return self._request(method, path, body=body)
 
     def _bulk_write(
-        self, method: str, path: str, model: type[Any], payload: Any, body: dict[str, Any] | None
+        self,
+        method: str,
+        path: str,
+        model: type[Any],
+        payload: Any,
+        body: dict[str, Any] | None,
+        ref: str | None,
+        requires: Iterable[str],
     ) -> Any:
         assert self.bulk is not None
         bulk_id = self.bulk.new_bulk_id() if method == "POST" else None
@@ -632,10 +651,11 @@ class ScimClient:
             bulk_id=bulk_id,
             data=payload,
         ).model_dump(scim_ctx=Context.BULK_REQUEST)
-        answer = self.bulk.submit(operation)
+        answer = self.bulk.submit(operation, ref=ref, requires=requires)
         if answer is None:
             return _ALONE
         self.last_bulk.request = (answer.request, answer.size)
+        self.last_bulk.created = answer.created
         if not 200 <= answer.status < 300:
             raw = json.dumps(answer.body).encode() if answer.body is not None else b""
             return self._read(method, path, answer.status, raw, None)
@@ -645,6 +665,19 @@ class ScimClient:
             sent = resolve_references(body, answer.created)
             return {**sent, "id": created_id(answer)}
         return None
+
+    def bulk_ids(self, refs: Iterable[str]) -> dict[str, str]:
+        """``bulkId:<id>`` of each of these users (directory ids) whose create waits in this
+        process's next Bulk request: a group created in it next may name them so."""
+        if self.bulk is None:
+            return {}
+        pending = self.bulk.pending(f"user:{ref}" for ref in refs)
+        return {ref[len("user:") :]: BULK_ID_PREFIX + bulk_id for ref, bulk_id in pending.items()}
+
+    def resolved(self, remote_id: str) -> str:
+        """The id the app gave a resource this thread's last Bulk request named by bulkId."""
+        created = getattr(self.last_bulk, "created", None) or {}
+        return str(resolve_references(remote_id, created))
 
     def bulk_note(self) -> str:
         """What the last write of this thread travelled in, for its audit entry ('' when alone),

@@ -44,7 +44,10 @@ class PlannedCall:
 
 class DryRunScim:
     """The ``ScimClient`` methods the reconciler calls: reads go to the application (or, with
-    no client, find nothing), writes are only recorded in ``calls``."""
+    no client, find nothing), writes are only recorded in ``calls``, one by one: a plan shows
+    the calls of each object, whether or not they would travel in Bulk requests."""
+
+    bulk = None  # no Bulk channel: nothing is sent
 
     def __init__(self, scim: ScimClient | None, profile: Profile):
         self.scim = scim
@@ -57,6 +60,12 @@ class DryRunScim:
         if self.scim is not None:
             self.scim = self.scim.reshaped(profile)
         return self
+
+    def bulk_ids(self, refs: Iterable[str]) -> dict[str, str]:
+        return {}
+
+    def resolved(self, remote_id: str) -> str:
+        return remote_id
 
     @property
     def last(self) -> PlannedCall | None:
@@ -106,7 +115,7 @@ class DryRunScim:
         return found
 
     # writes
-    def create_user(self, attrs: Mapping[str, Any]) -> RemoteUser:
+    def create_user(self, attrs: Mapping[str, Any], ref: str | None = None) -> RemoteUser:
         self._write("POST", "/Users", _attrs(attrs))
         return RemoteUser(f"(new {attrs.get('userName')})", dict(attrs))
 

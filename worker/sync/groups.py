@@ -14,7 +14,8 @@ import redis
 
 from worker.contract.model import GroupFacts, MirrorGroup
 from worker.queue.workqueue import Workqueue
-from worker.scim import Conflict, Invalid, NotFound, Unsupported
+from worker.scim import Conflict, Invalid, NotFound, NotSent, Unsupported
+from worker.scim.bulk import BULK_ID_PREFIX
 from worker.store import projection
 from worker.store.keys import ReconcileKey
 from worker.store.mirror import Mirror
@@ -80,6 +81,13 @@ class GroupReconciler:
             entry, looked_up = self.doubt.reread(key, entry, facts.name or None, outcome)
         remote_ids = self.mirror.remote_user_ids(facts.members)
         missing = [u for u, rid in remote_ids.items() if rid is None]
+        on_their_way = self.session.scim.bulk_ids(missing) if missing else {}
+        if missing and len(on_their_way) == len(missing):
+            # every member missing is being created in the Bulk request now filling: the
+            # group goes in it too, naming them by bulkId (RFC 7644 §3.7.2)
+            remote_ids |= on_their_way
+            missing = []
+            outcome.trace.append(f"group {key.id}: members created in the same Bulk request")
         if (
             self.wait_for_members
             and facts.associated
@@ -116,6 +124,12 @@ class GroupReconciler:
             for call in calls:
                 try:
                     entry, replan = self.call(key, call, entry, outcome)
+                    if any(rid and rid.startswith(BULK_ID_PREFIX) for rid in remote_ids.values()):
+                        # named by bulkId in the call: now known by the ids the app gave them
+                        remote_ids = {u: rid and self.session.scim.resolved(rid)
+                                      for u, rid in remote_ids.items()}  # fmt: skip
+                        intent = rules.group_intent(facts, entry, remote_ids, self.session.settings)
+                        replan = True
                 except Unsupported as error:
                     self.session.fall_back(call, error, key, outcome)
                     replan = True
@@ -178,6 +192,13 @@ class GroupReconciler:
             if adopted is None:
                 raise
             return adopted, True  # type: ignore[return-value]
+        except NotSent:
+            if not any(rid.startswith(BULK_ID_PREFIX) for rid in members.values()):
+                raise
+            # the members' Bulk request left without it, or their creates failed: wait for
+            # them as for any member on its way
+            raise Deferred(MEMBER_RECHECK) from None
+        members = {user: self.session.scim.resolved(rid) for user, rid in members.items()}
         entry = self._held(remote.id, name, members, remote, None)
         self.mirror.save_group(key.id, entry)
         outcome.trace.append(f"  created {remote.id} with {len(members)} members")

@@ -122,7 +122,7 @@ class UserReconciler:
                 outcome,
                 "user_create_provision",
                 key,
-                lambda: self.session.scim.create_user(attributes),
+                lambda: self.session.scim.create_user(attributes, key.id),
                 status=201,
             )
         except Conflict:
