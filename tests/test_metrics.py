@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from producers.webhook import MAX_BODY, create_app
 from tests.conftest import own_redis
 from tests.support.clock import FakeClock
+from tests.support.scimserver import ScimServer
 from tests.test_webhook import NEW, encode, event, post, running, signed
 from worker import config
+from worker.apps import lifecycle
 from worker.contract.events import parse_event
 from worker.devstack.redis_server import RedisServer, free_port
 from worker.queue import metrics, metrics_http
@@ -273,3 +276,95 @@ def test_a_taken_port_leaves_the_worker_running(caplog: pytest.LogCaptureFixture
     finally:
         server.stop()
     assert "metrics listener not started" in caplog.text
+
+
+# -- PROVISIONER_METRICS=off ---------------------------------------------------------------------
+COUNT_ALL = """
+import os, sys
+from worker.queue import metrics
+made = metrics.enable_multiprocess()
+sys.stderr.write(f"{made} {os.environ.get('PROMETHEUS_MULTIPROC_DIR')}")
+request = type("R", (), {"method": "GET", "status": 200, "elapsed": 0.01})()
+metrics.received(3, 1)
+metrics.refused("auth")
+metrics.applied(5, 1, 1)
+metrics.reconciled("zs", "done", 0.1)
+metrics.ratelimit_wait("zs", 0.5)
+metrics.scim_recorder("zs")(request)
+metrics.throttled("zs")
+metrics.retry_after_pause("zs")
+causes = metrics.parse_causes(["e1 01767323046000000 1767323050000"])
+metrics.observe_lag("zs", causes, 1767323056.0)
+sys.stdout.write(metrics.exposition().decode())
+"""
+
+
+@pytest.mark.parametrize("setting", ["off", "on"])
+def test_with_metrics_off_nothing_is_counted(setting: str) -> None:
+    """Every counting function, in a process of its own with ``PROVISIONER_METRICS`` off (and,
+    to show the script counts at all, on)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PROVISIONER_METRICS": setting}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(COUNT_ALL)], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    counted = {name for (name, _), v in samples(done.stdout).items()
+               if v and name.startswith("provisioner_")}  # fmt: skip
+    if setting == "off":
+        assert counted == set()
+        assert done.stderr == "None None"  # no multiprocess directory
+    else:
+        assert {f"provisioner_{name}_total" for name in ("events_received", "events_refused",
+                "events_applied", "reconciles", "ratelimit_waits", "scim_requests",
+                "scim_throttled", "scim_retry_after_pauses")} <= counted  # fmt: skip
+        assert "provisioner_sync_lag_seconds_count" in counted
+        assert "provisioner-metrics-" in done.stderr
+
+
+def test_with_metrics_off_the_listener_serves_healthz_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(metrics, "_enabled", False)
+    server = metrics_http.start_listener("127.0.0.1", free_port(), None, lambda: True)
+    assert server is not None
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+# -- the activation's SCIM requests ---------------------------------------------------------------
+def test_an_activations_checks_and_listing_are_counted(
+    r: redis.Redis, scim_server: ScimServer, tmp_path: Path
+) -> None:
+    """``apps activate`` verifies the app and lists it (users in scope): each of its requests
+    is counted under the app, as the runner's are."""
+    token = tmp_path / "token"
+    token.write_text(scim_server.token)
+    documents = []
+    for i in range(3):
+        user = {"id": f"u{i}", "username": f"u{i}@example.com", "email": f"u{i}@example.com",
+                "firstname": "U", "lastname": str(i), "state": "active"}  # fmt: skip
+        documents += [(f"e-u{i}", "user.created", {"user": user}),
+                      (f"e-a{i}", "app.user_associated", {"app_id": "mlist", "user_id": f"u{i}"})]  # fmt: skip
+    publish(r, [parse_event({"id": i, "type": t, "data": d, "occurred_at": "2026-01-02T03:04:05Z"})
+                for i, t, d in documents])  # fmt: skip
+    (batch,) = r.zrange(keys.PENDING_BATCHES, 0, -1)
+    scripts.run(r, "ingest", batch.decode())
+    before = samples(metrics.exposition().decode())
+    scim_server.clear_requests()
+
+    activation = lifecycle.activate(r, "mlist", base_url=scim_server.base_url,
+                                    token_file=str(token), rate=10000, burst=100)  # fmt: skip
+
+    assert activation.listing is not None and activation.listing.users.requests >= 1
+    after = samples(metrics.exposition().decode())
+    counted = Counter()
+    for (name, labels), v in after.items():
+        if name == "provisioner_scim_requests_total" and dict(labels)["app"] == "mlist":
+            counted[dict(labels)["method"]] += int(v - before.get((name, labels), 0))
+    sent = Counter(method for method, _ in scim_server.requests)
+    assert counted == sent  # the checks (ServiceProviderConfig, a read) and the listing pages
+    assert sent["GET"] >= 3

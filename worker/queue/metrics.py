@@ -9,6 +9,9 @@ the first value is created): each process, the main one and every ``--pool prefo
 writes its own files in a directory made fresh for this worker, and the listener of the main
 process adds them up. The receiver does the same when it runs several processes.
 
+``PROVISIONER_METRICS=off`` (``enabled()``) turns every counting function below into a no-op,
+and ``enable_multiprocess`` makes no directory.
+
 The module sits in the queue layer so that the producers may count too; what only a higher
 layer knows (the profiles' default rates) is handed to the collector as a function.
 """
@@ -40,6 +43,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from worker.config import settings
 from worker.queue.sweeper import alive_workers
 from worker.store import apps, codec, keys, scripts
 from worker.store.apps import AppConfig
@@ -85,6 +89,10 @@ SCIM_DURATION = Histogram(
     buckets=DURATION_BUCKETS,
 )  # fmt: skip
 SCIM_THROTTLED = Counter("provisioner_scim_throttled", "429 answers of the application", ["app"])
+SCIM_BULK_OPERATIONS = Counter(
+    "provisioner_scim_bulk_operations", "Operations carried by SCIM Bulk requests, by whether "
+    "the application did them", ["app", "outcome"],
+)  # fmt: skip
 RETRY_AFTER_PAUSES = Counter(
     "provisioner_scim_retry_after_pauses", "Pauses of the app taken from a Retry-After", ["app"]
 )
@@ -101,7 +109,20 @@ SYNC_LAG = Histogram(
 
 
 # -- counting ----------------------------------------------------------------------------------
+_enabled: bool | None = None  # None: not read yet
+
+
+def enabled() -> bool:
+    """Whether this process counts: ``PROVISIONER_METRICS``, read at the first count."""
+    global _enabled
+    if _enabled is None:
+        _enabled = settings().metrics
+    return _enabled
+
+
 def received(accepted: int, duplicates: int) -> None:
+    if not enabled():
+        return
     if accepted:
         EVENTS_RECEIVED.labels("accepted").inc(accepted)
     if duplicates:
@@ -110,29 +131,38 @@ def received(accepted: int, duplicates: int) -> None:
 
 def refused(reason: str) -> None:
     """A refused webhook request; ``reason`` is one of ``REFUSAL_REASONS``."""
-    EVENTS_REFUSED.labels(reason).inc()
+    if enabled():
+        EVENTS_REFUSED.labels(reason).inc()
 
 
 def applied(applied: int, stale: int, ignored: int) -> None:
     """What ``lua/ingest.lua`` made of a batch."""
+    if not enabled():
+        return
     for outcome, count in (("applied", applied), ("stale", stale), ("ignored", ignored)):
         if count:
             EVENTS_APPLIED.labels(outcome).inc(count)
 
 
 def reconciled(app: str, outcome: str, seconds: float) -> None:
+    if not enabled():
+        return
     RECONCILES.labels(app, outcome).inc()
     RECONCILE_DURATION.labels(app).observe(seconds)
 
 
 def ratelimit_wait(app: str, seconds: float) -> None:
+    if not enabled():
+        return
     RATELIMIT_WAITS.labels(app).inc()
     RATELIMIT_WAIT_SECONDS.labels(app).inc(seconds)
 
 
 def scim_recorder(app: str) -> Callable[[object], None]:
     """The ``on_request`` hook of an app's SCIM client (a ``RequestRecord``: method, status,
-    elapsed; the path, which may hold an id, is never a label)."""
+    elapsed; the path, which may hold an id, is never a label); one that ignores it when off."""
+    if not enabled():
+        return _ignore
 
     def record(request: object) -> None:
         method = str(getattr(request, "method", ""))
@@ -141,6 +171,31 @@ def scim_recorder(app: str) -> Callable[[object], None]:
         SCIM_DURATION.labels(app, method).observe(float(getattr(request, "elapsed", 0.0)))
 
     return record
+
+
+def _ignore(request: object) -> None:
+    pass
+
+
+def throttled(app: str) -> None:
+    """A 429 answer of the app."""
+    if enabled():
+        SCIM_THROTTLED.labels(app).inc()
+
+
+def bulk_sent(app: str, operations: int, failed: int) -> None:
+    """A SCIM Bulk request of ``operations``, ``failed`` of them refused or unanswered."""
+    if enabled():
+        if operations > failed:
+            SCIM_BULK_OPERATIONS.labels(app, "done").inc(operations - failed)
+        if failed:
+            SCIM_BULK_OPERATIONS.labels(app, "failed").inc(failed)
+
+
+def retry_after_pause(app: str) -> None:
+    """A pause of the app taken from a ``Retry-After``."""
+    if enabled():
+        RETRY_AFTER_PAUSES.labels(app).inc()
 
 
 # -- the lag of a write after the events that caused it -----------------------------------------
@@ -174,6 +229,8 @@ def parse_causes(texts: Sequence[str]) -> list[Cause]:
 
 def observe_lag(app: str, causes: Iterable[Cause], written_at: float) -> None:
     """The lag of a run's first write (``time.time()``) after each event that caused it."""
+    if not enabled():
+        return
     for cause in {c.id: c for c in reversed(list(causes))}.values():
         if cause.occurred is not None:
             SYNC_LAG.labels(app, "occurred").observe(max(0.0, written_at - cause.occurred))
@@ -298,10 +355,13 @@ def _labelled(
 
 
 # -- exposition --------------------------------------------------------------------------------
-def enable_multiprocess() -> Path:
+def enable_multiprocess() -> Path | None:
     """Count in multiprocess mode from now on, in a directory made fresh for this process and
     its children (inherited through ``PROMETHEUS_MULTIPROC_DIR``), removed at its exit. To be
-    called before any labelled value is created (metrics are created without values)."""
+    called before any labelled value is created (metrics are created without values). Nothing
+    (None) when metrics are off."""
+    if not enabled():
+        return None
     directory = Path(tempfile.mkdtemp(prefix="provisioner-metrics-"))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # read by prometheus_client
     values.ValueClass = values.get_value_class()  # chosen at its import, perhaps before

@@ -1,6 +1,7 @@
 """A worker's HTTP listener (``PROVISIONER_METRICS_HOST``:``PROVISIONER_METRICS_PORT``):
 
-- ``GET /metrics``: the worker's metrics (all its processes) and the pool's state gauges;
+- ``GET /metrics``: the worker's metrics (all its processes) and the pool's state gauges (404
+  with ``PROVISIONER_METRICS=off``: the listener then serves the liveness probe alone);
 - ``GET /healthz``: 200 while this worker's own heartbeat in Redis is fresh (its sweeper
   thread beats every 0.25 s, for 15 s, on Redis's clock), 503 when it is stale or Redis does
   not answer: a liveness probe that notices a dead sweeper thread or a lost Redis.
@@ -38,7 +39,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        if self.path == "/metrics":
+        if self.path == "/metrics" and metrics.enabled():
             self._answer(200, metrics.exposition(self.server.state), metrics.CONTENT_TYPE)
         elif self.path == "/healthz":
             ok = self.server.healthy()

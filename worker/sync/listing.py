@@ -31,6 +31,7 @@ import httpx
 import redis
 
 from worker.contract.model import GroupFacts, MirrorGroup, MirrorUser, UserFacts
+from worker.queue import metrics
 from worker.queue.workqueue import Workqueue
 from worker.scim import (
     Invalid,
@@ -185,10 +186,11 @@ def paced_client(
     transport = PacedTransport(pacer, http_transport(app.base_url, app.network))
     token = apps.read_token(app.token_file)
     http = make_http_client(app.base_url, token, network=app.network, transport=transport)
-    scim = ScimClient(http, base)
+    record = metrics.scim_recorder(app.id)  # its requests count like the runner's
+    scim = ScimClient(http, base, on_request=record)
     if profile is None and app.profile == "generic":
         base = profile_by_name("generic", scim.service_provider_config())
-        scim = ScimClient(http, base)
+        scim = ScimClient(http, base, on_request=record)
     return scim, transport, base
 
 

@@ -90,10 +90,10 @@ def slow_down(client: redis.Redis, app_id: str, error: Transient) -> None:
     """What a throttled answer teaches the whole pool, from a reconcile or a listing alike: a
     429 lowers the app's learned pace, a ``Retry-After`` pauses the app."""
     if error.status == 429:
-        metrics.SCIM_THROTTLED.labels(app_id).inc()
+        metrics.throttled(app_id)
         refused(client, app_id)
     if error.retry_after:
-        metrics.RETRY_AFTER_PAUSES.labels(app_id).inc()
+        metrics.retry_after_pause(app_id)
         pause(client, app_id, error.retry_after)
 
 
