@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-run run test lint typecheck schema bench clean
+.PHONY: install install-run run test test-bulk lint typecheck schema bench clean
 
 # `make run` needs the product and the local stack (the `devstack` extra); `make test` and the
 # tools need the test extra too. Each stamp is redone when pyproject.toml changes.
@@ -28,6 +28,9 @@ run: install-run  ## the local stack: Redis, a SCIM app, workers, the sample dir
 
 test: install  ## the whole suite (starts its own Redis, SCIM servers and workers)
 	$(BIN)/python -m pytest
+
+test-bulk: install  ## the whole suite with every test's SCIM application announcing Bulk
+	SCIM_TEST_BULK=on $(BIN)/python -m pytest
 
 lint: install  ## ruff, the formatter, and the type checker over worker/ and producers/
 	$(BIN)/ruff check worker producers tests benchmarks

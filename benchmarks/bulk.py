@@ -67,6 +67,34 @@ def run(workdir: Path, shape: PoolShape, users: list[int], latency_samples: int 
     return BulkResult(activations, churns, latencies, str(shape))
 
 
+def summary_rows(r: BulkResult) -> list[list[str]]:
+    """The rows of the full run's summary table."""
+    rows = []
+    for bulk, res in r.activations:
+        if not bulk or res.users != 1000:
+            continue
+        calls, seconds = len(res.calls), res.seconds
+        rows += [
+            ["Bulk: 1,000 users / 20 groups at 5/s, requests", f"**{calls:,}**",
+             f"≤ {TARGET_REQUESTS}", f"{calls / TARGET_REQUESTS:.3f}",
+             _met(calls <= TARGET_REQUESTS and not res.problems)],
+            ["Bulk: 1,000 users / 20 groups at 5/s, activate → idle", f"**{seconds:.1f} s**",
+             f"≤ {TARGET_SECONDS:g} s", f"{seconds / TARGET_SECONDS:.3f}",
+             _met(seconds <= TARGET_SECONDS and not res.problems)],
+        ]  # fmt: skip
+    for bulk, lat in r.latencies:
+        if bulk:
+            p99 = lat.p(0.99)
+            rows.append(["Bulk: 202 → write at idle, p99", f"**{p99:.1f} ms**",
+                         f"< {TARGET_P99_MS:g} ms", f"{p99 / TARGET_P99_MS:.3f}",
+                         _met(p99 < TARGET_P99_MS and not lat.missed)])  # fmt: skip
+    return rows
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def _bulk_requests(r: provisioning.ActivationResult) -> int:
     return sum(1 for _, m, p, _ in r.calls if m == "POST" and p.endswith("/Bulk"))
 

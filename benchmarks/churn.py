@@ -310,7 +310,7 @@ def churn_workload(users: int = 200, groups: int = 10, seed: int = 7) -> Workloa
 
 
 # -- running it --------------------------------------------------------------------------------
-def _timed_scim_server():  # noqa: ANN202
+def _timed_scim_server(bulk: bool = False):  # noqa: ANN202
     """The tests' ScimServer, with a log of (time, method, path, member ops) for the analysis."""
     import io
 
@@ -318,7 +318,7 @@ def _timed_scim_server():  # noqa: ANN202
 
     class TimedScimServer(ScimServer):
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__(bulk=bulk)
             self.timed: list[tuple[float, str, str, str]] = []
 
         def _wsgi(self, environ, start_response):  # noqa: ANN001, ANN202
@@ -413,14 +413,24 @@ def check_app(scim: Any, directory: Directory, expected: View,
 
 
 def run(
-    workdir: Path, shape: PoolShape, users: int = 200, groups: int = 10, rate: float | None = None
+    workdir: Path,
+    shape: PoolShape,
+    users: int = 200,
+    groups: int = 10,
+    rate: float | None = None,
+    bulk: bool = False,
 ) -> ChurnResult:
-    """``rate``: requests/s of the app during the churn (None: the profile's default)."""
+    """``rate``: requests/s of the app during the churn (None: the profile's default); with
+    ``bulk``, the SCIM server announces Bulk (issue 15)."""
     from worker.cli.status import snapshot
 
     w = churn_workload(users, groups)
     initial_view, final_view = view(w.before), view(w.after)
-    with common.redis_server(workdir, "churn") as (server, client), _timed_scim_server() as scim:
+    name = "churn-bulk" if bulk else "churn"
+    with (
+        common.redis_server(workdir, name) as (server, client),
+        _timed_scim_server(bulk) as scim,
+    ):
         # The deletion guard would hold the churn's deactivations (suspensions count) for an
         # administrator's approval: this measures the calls, so its threshold is lifted.
         pool = common.start_pool(server.url, shape, {"PROVISIONER_GUARD_MINIMUM": "1000000"})

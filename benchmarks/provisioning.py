@@ -416,10 +416,11 @@ class ActivationResult:
 
 
 def run_activation(workdir: Path, users: int, rate: float, shape: PoolShape, listing: bool,
-                   log: Any = print) -> ActivationResult:  # fmt: skip
+                   log: Any = print, bulk: bool = False) -> ActivationResult:  # fmt: skip
     """The directory is published while the app is not active (its reconciles are skipped),
     then ``apps activate`` (with or without ``--no-listing``) provisions it: every request
-    from the activation's start to idle is counted, the activation's checks included."""
+    from the activation's start to idle is counted, the activation's checks included. With
+    ``bulk``, the SCIM server announces Bulk (issue 15)."""
     from tests.support.scimserver import ScimServer
     from worker.cli.status import snapshot
     from worker.store import audit
@@ -429,8 +430,8 @@ def run_activation(workdir: Path, users: int, rate: float, shape: PoolShape, lis
     path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in d.events))
     reads, writes = minimal_calls(d)
     timeout = 600 + 5 * (reads + writes) / rate
-    name = f"activation-{users}-{'listing' if listing else 'lookups'}"
-    with common.redis_server(workdir, name) as (server, client), ScimServer() as scim:
+    name = f"activation-{users}-{'listing' if listing else 'lookups'}{'-bulk' if bulk else ''}"
+    with common.redis_server(workdir, name) as (server, client), ScimServer(bulk=bulk) as scim:
         pool = common.start_pool(server.url, shape)
         try:
             common.wait_for(lambda: common.workers_ready(client, shape.processes), 60,

@@ -15,6 +15,7 @@ A real receiver process (``provisioner webhook --workers 2``, uvicorn) on an emb
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -216,7 +217,11 @@ def _user(uid: str, department: str) -> dict[str, Any]:
             "department": department, "state": "active"}  # fmt: skip
 
 
-def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> LatencyResult:
+def latency(
+    workdir: Path, samples: int, shape: PoolShape, interval: float, bulk: bool = False
+) -> LatencyResult:
+    """From a ``user.updated``'s 202 to its write at the app, one at a time; with ``bulk``,
+    the app announces Bulk and the write arrives in a Bulk request (issue 15)."""
     from tests.support.scimserver import ScimServer
 
     clock = Clock(int(time.time()) - 600)
@@ -229,7 +234,7 @@ def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> L
     result = LatencyResult(str(shape), len(uids), interval * 1000)
     with (
         common.redis_server(workdir, "webhook-latency") as (server, client),
-        ScimServer() as scim,
+        ScimServer(bulk=bulk) as scim,
         receiver(server.url, workdir / "webhook-latency.log") as (_, url),
         httpx.Client(base_url=url, timeout=30) as http,
     ):
@@ -254,6 +259,14 @@ def latency(workdir: Path, samples: int, shape: PoolShape, interval: float) -> L
                 method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
                 if method in ("PUT", "PATCH") and path.startswith("/v2/Users/"):
                     writes.put((time.monotonic(), method, path.rsplit("/", 1)[-1]))
+                elif method == "POST" and path.endswith("/Bulk"):
+                    at = time.monotonic()
+                    raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                    environ["wsgi.input"] = io.BytesIO(raw)
+                    for op in json.loads(raw).get("Operations", []):
+                        if op.get("method") in ("PUT", "PATCH"):
+                            target = str(op.get("path", "")).rsplit("/", 1)[-1]
+                            writes.put((at, f"{op['method']} in Bulk", target))
 
             scim.inject(record)
             for i in range(samples):

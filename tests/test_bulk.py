@@ -260,3 +260,82 @@ def test_a_group_naming_a_create_that_failed_is_not_sent(server):
         scim.create_group("eng", [named["d0"]])
     failed.join()
     assert server.groups() == []
+
+
+def test_an_app_config_keeps_its_bulk_settings_and_ignores_settings_it_does_not_know() -> None:
+    """What a newer version saved is read by this one (a rollback): unknown settings are left
+    out, the known ones kept."""
+    import dataclasses
+
+    from worker.store.apps import AppConfig, parse
+
+    config = AppConfig("zs", "https://scim.example.com", "/run/token", bulk=False, bulk_wait_ms=5)
+    stored = json.dumps({**dataclasses.asdict(config), "a_later_setting": {"x": 1}})
+    assert parse(stored) == config
+    assert parse(json.dumps({"id": "zs", "base_url": "https://a", "token_file": "/t"})).bulk
+
+
+@pytest.mark.parametrize(
+    ("announced", "expected"),
+    [
+        ({"supported": True, "maxOperations": 1000, "maxPayloadSize": 1048576}, (1000, 1048576)),
+        ({"supported": True, "maxOperations": 50, "maxPayloadSize": 0}, (50, 1 << 20)),
+        ({"supported": True, "maxOperations": 1, "maxPayloadSize": 1048576}, None),
+        ({"supported": False, "maxOperations": 1000, "maxPayloadSize": 1048576}, None),
+    ],
+)
+def test_what_a_service_provider_config_allows(announced: dict[str, Any], expected: Any) -> None:
+    from scim2_models import ServiceProviderConfig
+
+    from worker.store.apps import AppConfig
+    from worker.sync.bulk import limits_of
+
+    spc = ServiceProviderConfig.model_validate(
+        {"bulk": announced, "patch": {"supported": True}, "filter": {"supported": True}}
+    )
+    app = AppConfig("zs", "https://scim.example.com", "/t", bulk_wait_ms=7)
+    limits = limits_of(spc, app, profile_by_name("zscaler"))
+    got = None if limits is None else (limits.max_operations, limits.max_payload)
+    assert got == expected
+    if limits is not None:
+        assert limits.linger == 0.007 and not limits.counts_operations
+
+
+def test_a_failing_hook_changes_nothing_of_what_the_operations_got(server):
+    """The counters' Redis being away when a Bulk request is answered: every operation still
+    gets its own result, and no thread is left waiting."""
+    http = make_http_client(server.base_url, server.token)
+    plain = ScimClient(http, profile_by_name("generic"))
+
+    def broken(*_: object) -> None:
+        raise ConnectionError("Redis is away")
+
+    channel = BulkChannel(plain.bulk_exchange, BulkLimits(10, 1 << 20, linger=0.2),
+                          slots=lambda n: None, on_sent=broken, on_transient=broken)  # fmt: skip
+    scim = ScimClient(http, profile_by_name("generic"), bulk=channel)
+    created = at_once(3, lambda i: scim.create_user(user(i)))
+    assert sorted(u.attributes["userName"] for u in created) == [
+        f"u{i}@example.com" for i in range(3)
+    ]
+
+
+def test_a_bulk_refusal_echoing_the_token_is_scrubbed(server):
+    """An app that echoes the credentials in its refusal of a Bulk request: the reason learned
+    (audited, shown by status) never holds the token."""
+    http = make_http_client(server.base_url, server.token)
+    plain = ScimClient(http, profile_by_name("generic"))
+    hooks = Recorder()
+    channel = BulkChannel(plain.bulk_exchange, BulkLimits(10, 1 << 20, linger=0.05),
+                          slots=hooks.take, on_refused=hooks.refused.append,
+                          scrub=plain.scrub)  # fmt: skip
+
+    def echo(environ: dict[str, Any]) -> Any:
+        if environ["PATH_INFO"].endswith("/Bulk"):
+            body = {"detail": f"bad header {environ.get('HTTP_AUTHORIZATION')}"}
+            return 400, {}, json.dumps(body).encode()
+        return None
+
+    server.inject(echo)
+    ScimClient(http, profile_by_name("generic"), bulk=channel).create_user(user(0))
+    assert hooks.refused and "bad header Bearer ***" in hooks.refused[0]
+    assert server.token not in hooks.refused[0]

@@ -147,7 +147,9 @@ def test_chaos(tmp_path, bulk):
     try:
         with ScimServer(bulk=bulk) as scim:
             h = Harness(client, scim, tmp_path, redis_url=server.url)
-            h.activate("zs")
+            # Bulk requests drain the backlog in far fewer, longer-waiting requests: a longer
+            # wait for company keeps keys under lease long enough to be killed mid-reconcile
+            h.activate("zs", *(["--bulk-wait", "200"] if bulk else []))
             events = random_history(h, random.Random(42))
             # Delivered in waves, each shuffled, with duplicates of earlier events mixed in.
             rng = random.Random(1)
@@ -166,7 +168,8 @@ def test_chaos(tmp_path, bulk):
                     server.restart(kill=True)  # Redis crashes; AOF brings everything back
             for _ in range(3):  # and a few more while the backlog drains
                 kills += kill_mid_reconcile(pool, client)
-            assert kills >= 5, f"{kills} workers killed mid-reconcile"
+            # with Bulk the backlog drains in a few dozen requests: fewer chances to kill
+            assert kills >= (3 if bulk else 5), f"{kills} workers killed mid-reconcile"
             h.wait(timeout=400)
             scim.inject(None)
             problems = check(predict(events), scim.users(), scim.groups())

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,8 @@ from pydantic import ValidationError
 from scim2_models import BulkResponse, Context, EnterpriseUser, Group, User
 
 from .errors import NotSent, ScimError, Transient, error_for_status, parse_retry_after
+
+log = logging.getLogger("provisioner.bulk")
 
 BULK_REQUEST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 REFUSALS = frozenset({400, 404, 405, 413, 501})  # the app does not take this Bulk request
@@ -99,6 +102,7 @@ class _Batch:
     ops: list[_Pending] = field(default_factory=list)
     size: int = ENVELOPE_BYTES
     closed: bool = False
+    sent: bool = False  # the request left: its operations' outcome is the app's
     creates: dict[str, str] = field(default_factory=dict)  # ref -> bulkId of its create
     full: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -131,17 +135,20 @@ class BulkChannel:
         on_transient: Callable[[Transient], None] = lambda error: None,
         on_refused: Callable[[str], None] = lambda why: None,
         on_sent: Callable[[int, int], None] = lambda operations, failed: None,
+        scrub: Callable[[str], str] = lambda text: text,
     ):
         """``slots(n)`` takes n request slots of the app, waiting for them (``NotSent`` when
         it would wait too long); ``on_transient`` hears a Bulk request's throttling or server
         error once, ``on_refused`` why the app refuses Bulk, ``on_sent`` each request's
-        operation count and how many of them failed."""
+        operation count and how many of them failed; ``scrub`` removes the app's secrets from
+        what the app answered (an app may echo the token in an error)."""
         self.exchange = exchange
         self.limits = limits
         self.slots = slots
         self.on_transient = on_transient
         self.on_refused = on_refused
         self.on_sent = on_sent
+        self.scrub = scrub
         self.refused: str | None = None  # why the app refuses Bulk (then every write is single)
         self._lock = threading.Lock()
         self._open: _Batch | None = None
@@ -230,6 +237,8 @@ class BulkChannel:
 
     # -- the batch's sender ------------------------------------------------------------------
     def _lead(self, batch: _Batch) -> None:
+        """Wait for company and a slot, send the batch, hand out the results; whatever
+        happens, every operation of the batch leaves with a result or an error."""
         try:
             batch.full.wait(self.limits.linger)
             if not self.limits.counts_operations:
@@ -237,17 +246,22 @@ class BulkChannel:
             self._close(batch)
             if self.limits.counts_operations:
                 self.slots(len(batch.ops))
+            self._send(batch)
         except ScimError as error:  # no slot soon enough: nothing sent
             self._close(batch)
             self._fail(batch.ops, error)
-        except BaseException as error:  # never leave the others waiting
+        except BaseException as error:  # a bug, or the thread stopped: never leave others waiting
             self._close(batch)
-            self._fail(batch.ops, NotSent(f"the Bulk request was not sent: {error}"))
-            batch.done.set()
+            if batch.sent:  # what it did at the app is unknown: in doubt
+                lost = Transient(
+                    None, f"the Bulk request's answer was lost: {error!r}", counted=True
+                )
+            else:
+                lost = NotSent(f"the Bulk request was not sent: {error!r}")
+            self._fail((p for p in batch.ops if p.answer is None and not p.single), lost)
             raise
-        else:
-            self._send(batch)
-        batch.done.set()
+        finally:
+            batch.done.set()
 
     def _close(self, batch: _Batch) -> None:
         with self._lock:
@@ -259,38 +273,40 @@ class BulkChannel:
         ops = batch.ops
         body = {"schemas": [BULK_REQUEST_SCHEMA], "Operations": [p.operation for p in ops]}
         what = f"Bulk request of {len(ops)} operations"
+        content = json.dumps(body).encode()
+        batch.sent = True
         try:
-            status, raw, retry_after = self.exchange("POST", "/Bulk", json.dumps(body).encode())
+            status, raw, retry_after = self.exchange("POST", "/Bulk", content)
         except Transient as error:
-            self.on_transient(error)
             self._fail(ops, Transient(None, f"{what} cut short: {error.detail}", counted=True))
-            self.on_sent(len(ops), len(ops))
+            _hear(self.on_transient, error)
+            _hear(self.on_sent, len(ops), len(ops))
             return
         if 200 <= status < 300:
             failed = self._distribute(batch, raw, what)
-            self.on_sent(len(ops), failed)
+            _hear(self.on_sent, len(ops), failed)
             return
-        detail = _error_text(raw) or f"HTTP {status}"
+        detail = self.scrub(_error_text(raw)) or f"HTTP {status}"
         if status in REFUSALS:
-            self._refuse(f"HTTP {status} to a {what}: {detail}")
             for pending in ops:
                 pending.single = True
+            self._refuse(f"HTTP {status} to a {what}: {detail}")
             return
         failure = error_for_status(
             status, f"{what}: {detail}", None, parse_retry_after(retry_after)
         )
         if isinstance(failure, Transient):
-            self.on_transient(failure)
             failure.counted = True
+            _hear(self.on_transient, failure)
         self._fail(ops, failure)
-        self.on_sent(len(ops), len(ops))
+        _hear(self.on_sent, len(ops), len(ops))
 
     def _refuse(self, why: str) -> None:
         with self._lock:
             first = self.refused is None
             self.refused = self.refused or why
         if first:
-            self.on_refused(why)
+            _hear(self.on_refused, why)
 
     def learned(self, why: str | None) -> None:
         """What the pool knows: the app refuses Bulk (``why``), or that was forgotten (None,
@@ -352,6 +368,15 @@ class BulkChannel:
 # the operations' status, location and bulkId are read from it; their bodies, as the client reads
 # a single call's answer
 _BULK_RESPONSE = BulkResponse[User[EnterpriseUser] | Group]
+
+
+def _hear(hook: Callable[..., None], *args: Any) -> None:
+    """Tell a hook (the pool's pace, the counters): its failure (Redis away) changes nothing
+    of what the operations got."""
+    try:
+        hook(*args)
+    except Exception:
+        log.warning("a Bulk hook failed", exc_info=True)
 
 
 def _match(ops: list[_Pending], results: list[Any]) -> list[int | None]:

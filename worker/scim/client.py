@@ -540,6 +540,10 @@ class ScimClient:
         remote_id = getattr(resource, "id", None)
         return resource if remote_id and path.endswith("/" + _seg(remote_id)) else None
 
+    def scrub(self, text: str) -> str:
+        """``text`` without the app's secrets (its token, its proxy's password)."""
+        return self._scrub(text)
+
     def _scrub(self, text: str) -> str:
         for secret in self.http.secrets:
             text = scrub(text, secret)

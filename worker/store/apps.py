@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from ipaddress import ip_address
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -307,11 +307,16 @@ def load(client: redis.Redis, app_id: str) -> AppConfig | None:
 
 
 def parse(raw: bytes | str) -> AppConfig:
-    """An app's config as stored (``save``); the worker reads it in the claim's round trip."""
-    data = json.loads(raw)
+    """An app's config as stored (``save``); the worker reads it in the claim's round trip.
+    A setting this version does not know (saved by a newer one) is left out, so that a
+    rollback reads the configs its successor wrote."""
+    data = {k: v for k, v in json.loads(raw).items() if k in _CONFIG_FIELDS}
     data["excluded_attributes"] = tuple(data.get("excluded_attributes", ()))
     data["network"] = Network(**(data.get("network") or {}))
     return AppConfig(**data)
+
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(AppConfig))
 
 
 def save(client: redis.Redis, config: AppConfig) -> None:

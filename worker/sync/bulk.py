@@ -72,6 +72,7 @@ def channel(
         on_transient=lambda error: _transient(app.id, error),
         on_refused=lambda why: _refused(app.id, why),
         on_sent=lambda operations, failed: _sent(app.id, operations, failed),
+        scrub=scim.scrub,
     )
 
 
@@ -135,6 +136,7 @@ def _refused(app_id: str, why: str) -> None:
 
 
 def _sent(app_id: str, operations: int, failed: int) -> None:
+    metrics.bulk_sent(app_id, operations, failed)
     pipe = redis_client().pipeline(transaction=False)
     pipe.hincrby(keys.app_bulk(app_id), "requests", 1)
     pipe.hincrby(keys.app_bulk(app_id), "operations", operations)
