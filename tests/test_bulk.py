@@ -269,7 +269,8 @@ def test_an_app_config_keeps_its_bulk_settings_and_ignores_settings_it_does_not_
 
     from worker.store.apps import AppConfig, parse
 
-    config = AppConfig("zs", "https://scim.example.com", "/run/token", bulk=False, bulk_wait_ms=5)
+    config = AppConfig("zs", "https://scim.example.com", "/run/token", bulk=False, bulk_wait_ms=5,
+                       bulk_limits=(1000, 1 << 20))  # fmt: skip
     stored = json.dumps({**dataclasses.asdict(config), "a_later_setting": {"x": 1}})
     assert parse(stored) == config
     assert parse(json.dumps({"id": "zs", "base_url": "https://a", "token_file": "/t"})).bulk
@@ -288,13 +289,13 @@ def test_what_a_service_provider_config_allows(announced: dict[str, Any], expect
     from scim2_models import ServiceProviderConfig
 
     from worker.store.apps import AppConfig
-    from worker.sync.bulk import limits_of
+    from worker.sync import bulk
 
     spc = ServiceProviderConfig.model_validate(
         {"bulk": announced, "patch": {"supported": True}, "filter": {"supported": True}}
     )
     app = AppConfig("zs", "https://scim.example.com", "/t", bulk_wait_ms=7)
-    limits = limits_of(spc, app, profile_by_name("zscaler"))
+    limits = bulk.limits_of(bulk.announced(spc), app, profile_by_name("zscaler"))
     got = None if limits is None else (limits.max_operations, limits.max_payload)
     assert got == expected
     if limits is not None:

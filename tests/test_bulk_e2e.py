@@ -73,6 +73,13 @@ def test_initial_provisioning_under_a_rate_limit_takes_few_requests(bulk_harness
     # a slot per request at 5/s (a burst of 5 at once): the writes wait together for the next
     # slot, so a few requests carry them all (124 single calls without Bulk)
     assert counted["requests"] == len(writes) <= 16, counted
+    # what the app announces was read once, by the activation's check, not by each worker
+    assert [p for _, p in h.scim.requests if p.endswith("/ServiceProviderConfig")] == [
+        "/v2/ServiceProviderConfig"
+    ]
+    shown = json.loads(h.cli("apps", "show", "zs", "--json").stdout)["bulk"]
+    assert shown == {"on": True, "wait_ms": 20,
+                     "announced": "up to 1,000 operations and 1,048,576 bytes a request"}  # fmt: skip
     entries = audit.read(h.redis, app="zs", name="user_create_provision")
     assert len(entries) == USERS
     assert all("in Bulk request" in e["detail"] for e in entries)
@@ -107,6 +114,7 @@ def test_an_app_that_refuses_bulk_falls_back_to_single_calls_and_learns_it(bulk_
     assert Counter(m for m, _ in h.writes())["POST"] == refused["bulk"] + USERS + 4
     assert "HTTP 501" in (learned.load(h.redis, "zs").bulk_refused or "")
     assert h.app_row()["learned"]["bulk_refused"]
+    assert "Bulk: refused (HTTP 501" in h.cli("apps", "show", "zs").stdout
     notes = audit.read(h.redis, app="zs", name="idm_integration_update")
     assert any("one by one" in e["detail"] for e in notes)
     # `apps update --bulk` forgets it: the next writes go in Bulk requests again
@@ -238,6 +246,7 @@ def test_status_shows_bulk_requests(bulk_harness):
     provision(h)
     row = json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["bulk"]
     assert row["state"] == "on" and row["operations"] == USERS + 4
+    assert row["announced"] == "up to 1,000 operations and 1,048,576 bytes a request"
     assert row["requests"] == bulk_requests(h)
     text = h.cli("status").stdout
     assert "bulk: on" in text

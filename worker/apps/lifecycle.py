@@ -33,6 +33,7 @@ from worker.store.apps import AppConfig, AppError, Network
 from worker.store.audit import AuditEntry
 from worker.store.keys import Kind, ReconcileKey
 from worker.store.mirror import Mirror
+from worker.sync import bulk
 from worker.sync.dryrun import DRY_RUN, is_dry_run
 from worker.sync.listing import SeedReport, seed_at_activation
 
@@ -78,11 +79,19 @@ def mark(client: redis.Redis, reconcile_keys: Iterable[ReconcileKey]) -> int:
 
 
 # -- verification ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Checked:
+    """What the check of an application read: its profile (``generic``: as its
+    ``ServiceProviderConfig`` adjusts it), and what that announces of Bulk."""
+
+    profile: Profile
+    bulk_limits: tuple[int, int]  # maxOperations, maxPayloadSize; (0, 0): no Bulk
+
+
 def verify(base_url: str, token_file: str, profile: str, network: Network | None = None,
-           app_id: str = "") -> Profile:  # fmt: skip
+           app_id: str = "") -> Checked:  # fmt: skip
     """``ServiceProviderConfig`` then an authenticated read, over the app's ``network``;
-    ``AppError`` with a clear reason. Returns the profile (``generic``: as the
-    ``ServiceProviderConfig`` adjusts it). The requests count as ``app_id``'s."""
+    ``AppError`` with a clear reason. The requests count as ``app_id``'s."""
     token = apps.read_token(token_file)
     try:
         with make_http_client(base_url, token, network=network) as http:
@@ -91,7 +100,8 @@ def verify(base_url: str, token_file: str, profile: str, network: Network | None
             scim.verify()
     except ScimError as error:
         raise AppError(refusal_reason(error, base_url)) from None
-    return profile_by_name(profile, config if profile == "generic" else None)
+    checked = profile_by_name(profile, config if profile == "generic" else None)
+    return Checked(checked, bulk.announced(config))
 
 
 def refusal_reason(error: ScimError, base_url: str) -> str:
@@ -180,6 +190,7 @@ def activate(
         "network": reach,
         "active": True,
         "paused": None,
+        "bulk_limits": checked.bulk_limits,
     }
     optional = {
         "group_management": group_management,
@@ -198,7 +209,7 @@ def activate(
     # Before the app is active, so no reconcile of it looks up meanwhile (their keys are
     # skipped, then marked by the full sync); a reconcile of an app already active that got
     # there first is never overwritten.
-    seeded = seed_at_activation(client, app, checked) if listing else None
+    seeded = seed_at_activation(client, app, checked.profile) if listing else None
     # Keys left dirty from before would not be scheduled by the full sync's marks: drop them.
     Workqueue(client).drop_app(app_id)
     apps.save(client, app)
@@ -253,9 +264,10 @@ def update(
             profile_by_name(profile)
             new["profile"] = profile
         reach = apps.network_change(app.network, **network)
+        checked = None
         if new or reach != app.network:
             url, profile_name = new.get("base_url", app.base_url), new.get("profile", app.profile)
-            verify(str(url), app.token_file, str(profile_name), reach, app_id)
+            checked = verify(str(url), app.token_file, str(profile_name), reach, app_id)
     except (AppError, ValueError) as error:
         raise _refuse(client, UPDATE, app_id, f"not updated: {error}") from None
     for field, value in (
@@ -274,6 +286,8 @@ def update(
     others = _schedule(app, verify_every, verify_fix)
     if reach != app.network:
         others["network"] = reach
+    if checked is not None and checked.bulk_limits != app.bulk_limits:
+        others["bulk_limits"] = checked.bulk_limits  # read again: what the app announces now
     forgotten = None if others and not new else _forget_learned(client, app_id)
     new |= others
     if not new and not forgotten:
@@ -339,6 +353,8 @@ def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
         return f"network: {new.network.describe()}"
     if field == "bulk":
         return f"bulk {'on' if new.bulk else 'off'}"
+    if field == "bulk_limits":
+        return f"Bulk announced: {bulk.describe(new.bulk_limits)}"
     if field == "bulk_wait_ms":
         return f"bulk wait {old.bulk_wait_ms} -> {new.bulk_wait_ms} ms"
     return f"{field.replace('_', ' ')} {getattr(old, field)} -> {getattr(new, field)}"

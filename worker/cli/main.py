@@ -257,6 +257,7 @@ def apps_show(app_id: str, as_json: bool) -> int:
     """One integration: its settings and what the pool learned of the application."""
     from worker.scim import compat
     from worker.store import apps as stored
+    from worker.sync import bulk
 
     client = _redis()
     app = stored.load(client, app_id)
@@ -271,6 +272,11 @@ def apps_show(app_id: str, as_json: bool) -> int:
         "excluded_attributes": list(app.excluded_attributes),
         "rate": app.rate,
         "burst": app.burst,
+        "bulk": {
+            "on": app.bulk,
+            "wait_ms": app.bulk_wait_ms,
+            "announced": bulk.describe(app.bulk_limits),
+        },  # fmt: skip
     }
     if as_json:
         print(json.dumps(row, indent=2))
@@ -278,12 +284,13 @@ def apps_show(app_id: str, as_json: bool) -> int:
     for name, value in row.items():
         if name != "learned":
             print(f"{name}: {value}")
-    nothing = not (knowledge.forms or knowledge.unsupported_attributes)
-    print("learned from the application:" + (" nothing" if nothing else ""))
+    print("learned from the application:" + ("" if knowledge else " nothing"))
     for operation, form in sorted(knowledge.forms.items()):
         print(f"  {operation}: {compat.describe(operation, form)}")
     for attribute, why in sorted(knowledge.unsupported_attributes.items()):
         print(f"  {attribute}: unsupported ({why})")
+    if knowledge.bulk_refused:
+        print(f"  Bulk: refused ({knowledge.bulk_refused}); writes are sent one by one")
     return EXIT_OK
 
 

@@ -92,7 +92,9 @@ def _bulk(client: redis.Redis, app: apps.AppConfig, knowledge: learned.Learned) 
         state = "unsupported"
     else:
         state = "refused" if knowledge.bulk_refused else "on"
-    return {"state": state, "refused": knowledge.bulk_refused, **bulk.stats(client, app.id)}
+    announced = bulk.describe(app.bulk_limits)
+    return {"state": state, "announced": announced, "refused": knowledge.bulk_refused,
+            **bulk.stats(client, app.id)}  # fmt: skip
 
 
 def _pace(client: redis.Redis, app: apps.AppConfig) -> dict[str, Any] | None:

@@ -149,6 +149,9 @@ class AppConfig:
     verify_fix: bool = False  # a scheduled verify repairs what it finds
     bulk: bool = True  # writes travel in Bulk requests where the app takes them
     bulk_wait_ms: int = 20  # how long a Bulk request waits for more writes
+    # what its ServiceProviderConfig announced when it was checked (activation, update):
+    # maxOperations and maxPayloadSize, (0, 0) for no Bulk; None: not read (saved before Bulk)
+    bulk_limits: tuple[int, int] | None = None
     network: Network = Network()
 
     def settings(self) -> AppSettings:
@@ -313,6 +316,8 @@ def parse(raw: bytes | str) -> AppConfig:
     data = {k: v for k, v in json.loads(raw).items() if k in _CONFIG_FIELDS}
     data["excluded_attributes"] = tuple(data.get("excluded_attributes", ()))
     data["network"] = Network(**(data.get("network") or {}))
+    if data.get("bulk_limits") is not None:
+        data["bulk_limits"] = tuple(data["bulk_limits"])
     return AppConfig(**data)
 
 

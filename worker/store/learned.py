@@ -40,11 +40,14 @@ class Learned:
     """why the app's writes are not sent in Bulk requests (it refused one), or None"""
 
     def as_json(self) -> dict[str, object]:
-        return {
+        """``bulk_refused`` only when the app refused Bulk."""
+        shown: dict[str, object] = {
             "forms": dict(sorted(self.forms.items())),
             "unsupported_attributes": sorted(self.unsupported_attributes),
-            "bulk_refused": self.bulk_refused,
         }
+        if self.bulk_refused:
+            shown["bulk_refused"] = self.bulk_refused
+        return shown
 
     def __bool__(self) -> bool:
         return bool(self.forms or self.unsupported_attributes or self.bulk_refused)

@@ -49,18 +49,22 @@ def channel(
     profile: Profile,
     spc: ServiceProviderConfig | None = None,
 ) -> BulkChannel | None:
-    """The app's Bulk channel for this process, or None when its writes go one by one. Reads
-    the app's ``/ServiceProviderConfig`` unless given (``spc``)."""
+    """The app's Bulk channel for this process, or None when its writes go one by one: from
+    what the app's ``/ServiceProviderConfig`` announced when it was checked (``bulk_limits``),
+    else from ``spc``, else read now (an app saved before Bulk)."""
     if not (app.bulk and profile.bulk):
         return None
-    if spc is None:
-        try:
-            spc = scim.service_provider_config()
-        except ScimError as error:
-            log.warning("%s: no ServiceProviderConfig (%s): writes are sent one by one", app.id,
-                        error)  # fmt: skip
-            return None
-    limits = limits_of(spc, app, profile)
+    said = app.bulk_limits
+    if said is None:
+        if spc is None:
+            try:
+                spc = scim.service_provider_config()
+            except ScimError as error:
+                log.warning("%s: no ServiceProviderConfig (%s): writes are sent one by one",
+                            app.id, error)  # fmt: skip
+                return None
+        said = announced(spc)
+    limits = limits_of(said, app, profile)
     if limits is None:
         return None
     rate = app.rate or profile.requests_per_second
@@ -76,16 +80,32 @@ def channel(
     )
 
 
-def limits_of(spc: ServiceProviderConfig, app: AppConfig, profile: Profile) -> BulkLimits | None:
-    """What one Bulk request of the app may hold, from its ServiceProviderConfig; None when it
-    announces no Bulk worth using."""
+def announced(spc: ServiceProviderConfig) -> tuple[int, int]:
+    """What a ServiceProviderConfig announces of Bulk: maxOperations and maxPayloadSize (1 MiB
+    when it gives none), (0, 0) when it announces no Bulk worth using."""
     bulk = spc.bulk
     if bulk is None or not bulk.supported or (bulk.max_operations or 0) < 2:
+        return (0, 0)
+    return (int(bulk.max_operations or 0), int(bulk.max_payload_size or 1 << 20))
+
+
+def describe(limits: tuple[int, int] | None) -> str:
+    if limits is None:
+        return "not read"
+    if not limits[0]:
+        return "no"
+    return f"up to {limits[0]:,} operations and {limits[1]:,} bytes a request"
+
+
+def limits_of(limits: tuple[int, int], app: AppConfig, profile: Profile) -> BulkLimits | None:
+    """What one Bulk request of the app may hold (``announced``), and how long it waits for
+    company; None when the app announced no Bulk."""
+    max_operations, max_payload = limits
+    if max_operations < 2:
         return None
-    payload = bulk.max_payload_size or 1 << 20
     return BulkLimits(
-        max_operations=int(bulk.max_operations or 0),
-        max_payload=int(payload),
+        max_operations=max_operations,
+        max_payload=max_payload,
         linger=app.bulk_wait_ms / 1000,
         counts_operations=profile.bulk_counts_operations,
     )
@@ -199,4 +219,4 @@ class Lanes:
             pool.shutdown(wait=True)
 
 
-__all__ = ["Lanes", "channel", "limits_of", "stats"]
+__all__ = ["Lanes", "announced", "channel", "describe", "limits_of", "stats"]
