@@ -224,6 +224,9 @@ class ScimServer:
         self.bucket = TokenBucket(*rate_limit) if rate_limit else None
         self.storage = InMemoryStorage()
         self.bulk = BULK_BY_DEFAULT if bulk is None else bulk
+        # Under SCIM_TEST_BULK=on, a test written for single calls reads each operation of a
+        # Bulk request in the request log as the request it stands for
+        self.expand_bulk = bulk is None and BULK_BY_DEFAULT
         provider = _provider(self.bulk)
         self.app = BearerTokenApplication(self.storage, provider, bearer_tokens=[token])
         self.requests: list[tuple[str, str]] = []
@@ -316,7 +319,7 @@ class ScimServer:
         if bucket is not None and "HTTP_X_TEST_INSPECT" not in environ and not bucket.take(request):
             return self._answer(bucket.answer(), start_response)  # the gateway refuses it
         with self._lock:
-            self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+            self.requests += self._logged(environ)
         fault = self._fault
         answer = fault(environ) if fault is not None else None
         if answer is None:
@@ -328,6 +331,22 @@ class ScimServer:
             environ["test.connection"].shutdown(socket.SHUT_RDWR)
             raise ConnectionAbortedError  # wsgiref gives up on the request quietly
         return self._answer(answer, start_response)
+
+    def _logged(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
+        """What the request log records of a request: itself, or (``expand_bulk``) each
+        operation of a Bulk request, as the single request it stands for."""
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        if not (self.expand_bulk and method == "POST" and path.endswith("/Bulk")):
+            return [(method, path)]
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(raw)
+        try:
+            operations = json.loads(raw).get("Operations") or []
+        except (ValueError, AttributeError):
+            return [(method, path)]
+        base = path[: -len("/Bulk")]
+        return [(str(op.get("method")), base + str(op.get("path"))) for op in operations
+                if isinstance(op, dict)]  # fmt: skip
 
     @staticmethod
     def _answer(
