@@ -232,7 +232,7 @@ def test_a_throttled_bulk_request_is_counted_once(bulk_harness):
         return None
 
     h.scim.inject(throttle_first)
-    provision(h)
+    provision(h, "--bulk-wait", "300")  # the first Bulk requests carry many operations
     assert_converged(h)
     status = json.loads(h.cli("status", "--json").stdout)
     # once per Bulk request refused, however many operations it carried
@@ -277,3 +277,39 @@ def test_a_group_and_its_new_members_go_in_one_bulk_request(tmp_path):
     finally:
         pool.stop()
         server.stop()
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["single-calls", "bulk"])
+def test_an_interrupted_create_renamed_meanwhile_is_found_by_the_name_it_was_sent(
+    r, worker_pool, tmp_path, bulk
+):  # noqa: ANN001
+    """A group's create reaches the app but its answer is lost, and the group is renamed in
+    the directory before the retry: the re-read looks up the new name (nothing) and the name
+    the create was sent with (the group), which it takes over and renames. Without the second
+    lookup the group was created twice (found by the chaos test with Bulk on)."""
+    with ScimServer(bulk=bulk) as server:
+        h = Harness(r, server, tmp_path)
+        h.activate("zs")
+        renamed, dropped = threading.Event(), Counter()
+
+        def drop_the_group_create(environ: dict[str, Any]) -> Any:
+            if environ["REQUEST_METHOD"] != "POST" or dropped["create"]:
+                return None
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(raw)
+            if b'"displayName": "eng"' not in raw and b'"displayName":"eng"' not in raw:
+                return None
+            dropped["create"] += 1
+            renamed.wait(10)  # the rename is published while the create is on its way
+            return DROP_AFTER
+
+        h.scim.inject(drop_the_group_create)
+        h.send(h.user("u1"), h.group("g1", "eng"), h.member("g1", "u1"),
+               h.associate("zs", "g1"), wait=False)  # fmt: skip
+        wait_until(lambda: dropped["create"], what="the group's create")
+        h.send(h.event("group.renamed", group_id="g1", name="eng2"), wait=False)
+        renamed.set()
+        h.wait()
+        assert sorted(h.groups()) == ["eng2"]
+        assert h.members("eng2") == {"u1@example.com"}
+        assert not h.parked()

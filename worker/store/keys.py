@@ -81,6 +81,13 @@ def mirror_doubt(app_id: str, kind: Kind) -> str:
     return f"{PREFIX}mirror:{app_id}:{kind}s:doubt"
 
 
+def mirror_creating(app_id: str, kind: Kind) -> str:
+    """HASH directory id -> the name its last create was sent with, until its outcome is
+    recorded: an interrupted create is looked up by that name too (the object may have been
+    renamed in the directory since)."""
+    return f"{PREFIX}mirror:{app_id}:{kind}s:creating"
+
+
 AUDIT = PREFIX + "audit"  # STREAM of provisioning attempts (see audit.py)
 JOURNAL = PREFIX + "journal"  # STREAM of accepted events
 

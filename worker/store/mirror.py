@@ -63,6 +63,16 @@ class Mirror:
     def begin_write(self, kind: Kind, object_id: str) -> None:
         self.redis.sadd(keys.mirror_doubt(self.app_id, kind), object_id)
 
+    def creating(self, kind: Kind, object_id: str, name: str) -> None:
+        """A create of the object is about to be sent, named ``name`` (``userName`` or
+        ``displayName``): if it is interrupted, the re-read looks that name up too."""
+        self.redis.hset(keys.mirror_creating(self.app_id, kind), object_id, name)
+
+    def created_as(self, kind: Kind, object_id: str) -> str | None:
+        """The name of the object's last create whose outcome is not recorded, if any."""
+        return codec.optional_text(self.redis.hget(keys.mirror_creating(self.app_id, kind),
+                                                   object_id))  # fmt: skip
+
     def load(self, kind: Kind, object_id: str) -> tuple[bytes | None, bool, bool]:
         """The raw entry, whether a lookup found nothing, and whether a write is in doubt."""
         pipe = self.redis.pipeline(transaction=False)
@@ -101,12 +111,14 @@ class Mirror:
              json.dumps(document)),
             ("SREM", keys.mirror_absent(self.app_id, kind), object_id),
             ("SREM", keys.mirror_doubt(self.app_id, kind), object_id),
+            ("HDEL", keys.mirror_creating(self.app_id, kind), object_id),
         )  # fmt: skip
 
     def _forget(self, kind: Kind, object_id: str) -> None:
         self._write(
             ("HDEL", self.users_key if kind == "user" else self.groups_key, object_id),
             ("SREM", keys.mirror_doubt(self.app_id, kind), object_id),
+            ("HDEL", keys.mirror_creating(self.app_id, kind), object_id),
         )
 
     # users
@@ -178,6 +190,7 @@ class Mirror:
             self.groups_key,
             keys.mirror_absent(self.app_id, "group"),
             keys.mirror_doubt(self.app_id, "group"),
+            keys.mirror_creating(self.app_id, "group"),
         )
 
     def known_ids(self, kind: Kind) -> list[str]:
@@ -241,7 +254,8 @@ class Mirror:
 
 def _absent_keys(app_id: str) -> tuple[str, ...]:
     kinds: tuple[Kind, ...] = ("user", "group")
-    return tuple(f(app_id, kind) for f in (keys.mirror_absent, keys.mirror_doubt) for kind in kinds)
+    kept = (keys.mirror_absent, keys.mirror_doubt, keys.mirror_creating)
+    return tuple(f(app_id, kind) for f in kept for kind in kinds)
 
 
 def _user(raw: bytes | str | None) -> MirrorUser | None:

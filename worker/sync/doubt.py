@@ -64,7 +64,12 @@ class DoubtResolver:
         outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
         if entry is None:
             if name is not None and self.session.profile.filter_supported:
+                # an interrupted create was sent with the name of its time: renamed since in
+                # the directory, the object is found by that name (then renamed by the plan)
+                sent = self.mirror.created_as(key.kind, key.id)
                 entry = self.lookup(key, name, outcome)
+                if entry is None and sent is not None and sent != name:
+                    entry = self.lookup(key, sent, outcome)
                 return entry, entry is None
             self.mirror.clear_doubt(key.kind, key.id)  # nothing to look it up by
             return None, False

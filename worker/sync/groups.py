@@ -179,6 +179,7 @@ class GroupReconciler:
 
     def _create(self, key: ReconcileKey, call: CreateGroup, outcome: Outcome) -> Step:
         name, members = call.display_name, call.members
+        self.mirror.creating("group", key.id, name)
         try:
             remote: Any = self.executor.send(
                 outcome,

@@ -117,6 +117,7 @@ class UserReconciler:
 
     def _create(self, key: ReconcileKey, call: CreateUser, outcome: Outcome) -> Step:
         attributes = call.attributes
+        self.mirror.creating("user", key.id, attributes["userName"])
         try:
             remote: Any = self.executor.send(
                 outcome,
