@@ -159,11 +159,12 @@ class Workqueue:
         token: str,
         *,
         while_active: str | None = None,
-        doubt: tuple[str, str] | None = None,
+        doubt: tuple[str, ...] | None = None,
     ) -> bool:
         """Extend the lease; False when it was lost, or when app ``while_active`` is not
         active any more (one round trip for both). With ``doubt`` (set key, member), the write
-        about to be sent is marked in doubt once the lease is found ours."""
+        about to be sent is marked in doubt once the lease is found ours (and, with a creating
+        hash and a name after them, the name a create is sent with)."""
         extra = [while_active or "", *doubt] if doubt else [while_active] if while_active else []
         return bool(scripts.run(self.redis, "renew", str(key), token, self.lease_ms, *extra))
 

@@ -20,8 +20,9 @@ from worker.store.fence import LeaseLost
 from worker.store.keys import ReconcileKey
 from worker.store.mirror import Mirror
 
-Gate = Callable[[str, ReconcileKey, bool], None]
-"""``gate(call name, key, write)``: raises to stop the call; marks a write in doubt."""
+Gate = Callable[[str, ReconcileKey, bool, "str | None"], None]
+"""``gate(call name, key, write, creating)``: raises to stop the call; marks a write in doubt,
+and a create's name (``creating``: looked up too if the create is interrupted)."""
 
 __all__ = ["GONE", "Executor", "Gate", "LeaseLost", "Outcome", "forget", "marking"]
 
@@ -41,11 +42,13 @@ def marking(mirror: Mirror, checks: Callable[[str, ReconcileKey], None] | None =
     """A gate that runs ``checks(name, key)`` (raising to stop the call), then marks a write
     in doubt in ``mirror``."""
 
-    def gate(name: str, key: ReconcileKey, write: bool) -> None:
+    def gate(name: str, key: ReconcileKey, write: bool, creating: str | None = None) -> None:
         if checks is not None:
             checks(name, key)
         if write:
             mirror.begin_write(key.kind, key.id)
+        if creating is not None:
+            mirror.creating(key.kind, key.id, creating)
 
     return gate
 
@@ -90,11 +93,13 @@ class Executor:
         status: int = 200,
         detail: str = "",
         write: bool = True,
+        creating: str | None = None,
     ) -> object:
         """Send one call (``send``) named ``name`` about ``key``'s object; returns the app's
-        answer, or raises its error (audited either way)."""
+        answer, or raises its error (audited either way). ``creating``: the name a create is
+        sent with, kept until its outcome is recorded (``Mirror.created_as``)."""
         self.mirror.flush()  # entries stay in the order of the calls
-        self.gate(name, key, write)
+        self.gate(name, key, write, creating)
         outcome.calls += 1
         try:
             result = send()

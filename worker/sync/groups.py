@@ -179,7 +179,6 @@ class GroupReconciler:
 
     def _create(self, key: ReconcileKey, call: CreateGroup, outcome: Outcome) -> Step:
         name, members = call.display_name, call.members
-        self.mirror.creating("group", key.id, name)
         try:
             remote: Any = self.executor.send(
                 outcome,
@@ -187,6 +186,7 @@ class GroupReconciler:
                 key,
                 lambda: self.session.scim.create_group(name, members.values()),
                 status=201,
+                creating=name,
             )
         except Conflict:
             adopted = self.doubt.after_conflict(key, name, outcome)

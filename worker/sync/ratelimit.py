@@ -59,7 +59,7 @@ def acquire(
     key: str,
     *,
     lease: tuple[str, int] | None = None,
-    doubt: tuple[str, str] | None = None,
+    doubt: tuple[str, ...] | None = None,
 ) -> float:
     """Take a request slot for ``key``; returns 0.0, or the seconds until the slot reserved
     for it (asking again then goes through).
@@ -67,13 +67,13 @@ def acquire(
     In the same round trip: with ``lease`` (token, lease ms), the caller's lease of ``key`` is
     checked and renewed, and the app must still be active, else ``LOST`` and no slot is
     taken; with ``doubt`` (set key, member), a slot granted marks the write about to be sent
-    as in doubt (``Mirror.begin_write``)."""
+    as in doubt (``Mirror.begin_write``), and with (creating hash, name) after them, the name a
+    create is sent with (``Mirror.creating``)."""
     interval_ms = 1000.0 / rate
     extra: list[object] = []
     if lease or doubt:
         token, lease_ms = lease or ("", "")
-        set_key, member = doubt or ("", "")
-        extra = [lease_ms, token, set_key, member]
+        extra = [lease_ms, token, *(doubt or ("", ""))]
     wait_ms = scripts.run(
         client, "throttle", app_id, repr(interval_ms), max(burst, 1), probe, key, *extra
     )

@@ -271,7 +271,7 @@ class Lease:
         """The app's pace: its slots are taken at ``rate`` per second, ``burst`` at once."""
         self.rate, self.burst = rate, burst
 
-    def gate(self, name: str, key: ReconcileKey, write: bool) -> None:
+    def gate(self, name: str, key: ReconcileKey, write: bool, creating: str | None = None) -> None:
         """Before a call: the lease still ours and the app active (else ``LeaseLost``), the
         deletion guard for a destructive call (``Held``), a request slot (``Throttled``), and
         a write marked in doubt. One round trip (lua/throttle.lua), two more for a destructive
@@ -283,7 +283,10 @@ class Lease:
             self._renew(key)
             self._guard(name, key)
             lease = None
-        doubt = (keys.mirror_doubt(key.app, key.kind), key.id) if write else None
+        doubt = None
+        if write:  # and the name a create is sent with (Mirror.created_as), in the same trip
+            named = (keys.mirror_creating(key.app, key.kind), creating) if creating else ("", "")
+            doubt = (keys.mirror_doubt(key.app, key.kind), key.id, *named)
         if doubt is not None and self.bulk is not None and self.bulk.admit():
             self._renew(key, doubt)
         else:
@@ -296,7 +299,7 @@ class Lease:
         self._renew(key)
         self._take_slot()
 
-    def _renew(self, key: ReconcileKey, doubt: tuple[str, str] | None = None) -> None:
+    def _renew(self, key: ReconcileKey, doubt: tuple[str, ...] | None = None) -> None:
         # deactivating the app stops its reconciles in flight before their next call
         if not self.queue.renew(self.key, self.token, while_active=self.app_id, doubt=doubt):
             raise LeaseLost(key.object)
@@ -314,7 +317,7 @@ class Lease:
         self,
         *,
         lease: tuple[str, int] | None = None,
-        doubt: tuple[str, str] | None = None,
+        doubt: tuple[str, ...] | None = None,
         obj: str = "",
     ) -> None:
         """Wait for a request slot of the app only if it is a matter of milliseconds."""

@@ -117,7 +117,6 @@ class UserReconciler:
 
     def _create(self, key: ReconcileKey, call: CreateUser, outcome: Outcome) -> Step:
         attributes = call.attributes
-        self.mirror.creating("user", key.id, attributes["userName"])
         try:
             remote: Any = self.executor.send(
                 outcome,
@@ -125,6 +124,7 @@ class UserReconciler:
                 key,
                 lambda: self.session.scim.create_user(attributes, key.id),
                 status=201,
+                creating=attributes["userName"],
             )
         except Conflict:
             adopted = self.doubt.after_conflict(key, attributes["userName"], outcome)

@@ -1,6 +1,7 @@
 -- The pace of an application for the whole pool. ARGV: offset_ms, app, then one of
 --   interval_ms (1000 / rate), burst, probe_token, key [, lease_ms, lease_token, doubt_set,
---     doubt_member]: take one request slot, or reserve the next free one (below);
+--     doubt_member [, creating, name]]: take one request slot, or reserve the next free one
+--     (below); a slot granted marks the doubt, and keeps a create's name in `creating`;
 --   'pause', ms: no request of the app for ms (Retry-After, an open breaker), on Redis's
 --     clock; never shortens a longer pause;
 --   'refused': the app answered 429: the pool's pace for it comes down; returns the share;
@@ -228,5 +229,7 @@ end
 local wait = slot()
 if wait == 0 and doubt_set and doubt_set ~= '' then
   redis.call('SADD', doubt_set, doubt_member)
+  local creating, name = ARGV[11], ARGV[12]
+  if creating and creating ~= '' then redis.call('HSET', creating, doubt_member, name) end
 end
 return wait
