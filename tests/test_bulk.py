@@ -340,3 +340,15 @@ def test_a_bulk_refusal_echoing_the_token_is_scrubbed(server):
     ScimClient(http, profile_by_name("generic"), bulk=channel).create_user(user(0))
     assert hooks.refused and "bad header Bearer ***" in hooks.refused[0]
     assert server.token not in hooks.refused[0]
+
+
+def test_an_answer_too_large_to_read_leaves_every_operation_in_doubt(server):
+    """The app did the work but its answer is over the client's limit: nothing is known of
+    the operations, so they are in doubt (re-read), never refused (parked)."""
+    hooks = Recorder()
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.2), hooks)
+    huge = b" " * (17 << 20)
+    server.inject(lambda e: (200, {}, huge) if e["PATH_INFO"].endswith("/Bulk") else None)
+    results = at_once(2, lambda i: scim.create_user(user(i)))
+    assert all(isinstance(r, Transient) and r.status is None for r in results)
+    assert all("over" in r.detail for r in results)

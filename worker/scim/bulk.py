@@ -282,6 +282,10 @@ class BulkChannel:
             _hear(self.on_transient, error)
             _hear(self.on_sent, len(ops), len(ops))
             return
+        except ScimError as error:  # answered, but not readable (too large): in doubt
+            self._fail(ops, Transient(None, f"{what}: {error.detail}", counted=True))
+            _hear(self.on_sent, len(ops), len(ops))
+            return
         if 200 <= status < 300:
             failed = self._distribute(batch, raw, what)
             _hear(self.on_sent, len(ops), failed)

@@ -6,10 +6,11 @@ Users travel as a FLAT dict keyed by the SCIM attribute names of the integration
      "displayName": str, "emails": str (the work email), "externalId": str, "department": str}
 
 An absent key is an attribute we do not manage; a ``None`` value clears the attribute.
-Every method sends one HTTP request (``list_users`` one per page) and raises the errors of
-``worker.scim.errors``. Writes return what the application answered (``RemoteUser`` or
-``RemoteGroup``), or None when it answered without a body (204), so that the caller records
-what the application holds rather than what was sent.
+Every method sends one HTTP request (``list_users`` one per page), or, for a write of a client
+with a ``BulkChannel``, one operation of a Bulk request (``bulk.py``), and raises the errors of
+``worker.scim.errors`` as the answer to that one write would. Writes return what the
+application answered (``RemoteUser`` or ``RemoteGroup``), or None when it answered without a
+body (204), so that the caller records what the application holds rather than what was sent.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ _PATCH_OF: dict[type[Any], type[PatchOp[Any]]] = {
 ENTERPRISE_URN = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 SCIM_JSON = "application/scim+json"
 MAX_BODY_BYTES = 1 << 20
+MAX_BULK_BODY_BYTES = 16 << 20  # a Bulk answer may hold a resource per operation
 USER_AGENT = "scim-provisioner"
 
 FLAT_KEYS = (
@@ -563,17 +565,22 @@ class ScimClient:
         return self._read(method, path, status, raw, retry_after)
 
     def _exchange(
-        self, method: str, path: str, params: Mapping[str, Any] | None, content: bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        content: bytes | None,
+        limit: int = MAX_BODY_BYTES,
     ) -> tuple[int, bytes, str | None]:
-        """One HTTP exchange: the status, the body and ``Retry-After``; ``Transient`` when no
-        answer came."""
+        """One HTTP exchange: the status, the body (at most ``limit`` bytes, else ``Invalid``)
+        and ``Retry-After``; ``Transient`` when no answer came."""
         status: int | None = None
         started = time.monotonic()
         try:
             response = self.http.open(method, path, params, content)
             try:
                 status = response.status_code
-                raw = _read_limited(response)
+                raw = _read_limited(response, limit)
                 retry_after = response.headers.get("Retry-After")
             finally:
                 response.close()
@@ -592,7 +599,7 @@ class ScimClient:
         self, method: str, path: str, content: bytes
     ) -> tuple[int, bytes, str | None]:
         """The exchange a ``BulkChannel`` sends its requests with (``bulk.Exchange``)."""
-        return self._exchange(method, path, None, content)
+        return self._exchange(method, path, None, content, MAX_BULK_BODY_BYTES)
 
     def _read(
         self, method: str, path: str, status: int, raw: bytes, retry_after: str | None
@@ -743,16 +750,16 @@ def _work_email(emails: list[Email]) -> str | None:
     return None
 
 
-def _read_limited(response: httpx.Response) -> bytes:
-    """The body, refusing more than ``MAX_BODY_BYTES``."""
-    too_big = Invalid(response.status_code, f"response body over {MAX_BODY_BYTES} bytes refused")
+def _read_limited(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refusing more than ``limit`` bytes."""
+    too_big = Invalid(response.status_code, f"response body over {limit} bytes refused")
     length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+    if length.isdigit() and int(length) > limit:
         raise too_big
     buf = bytearray()
     for chunk in response.iter_bytes():
         buf += chunk
-        if len(buf) > MAX_BODY_BYTES:
+        if len(buf) > limit:
             raise too_big
     return bytes(buf)
 
