@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +158,17 @@ def slow_evals(client: redis.Redis) -> list[float]:
         if command.lower().startswith("evalsha"):
             out.append(entry["duration"] / 1000)
     return out
+
+
+def busiest_second(times: Iterable[float]) -> int:
+    """The most of these instants (seconds) in any 1-second window."""
+    ordered = sorted(times)
+    most, lo = 0, 0
+    for hi, t in enumerate(ordered):
+        while ordered[lo] <= t - 1.0:
+            lo += 1
+        most = max(most, hi - lo + 1)
+    return most
 
 
 def percentile(values: list[float], q: float) -> float:

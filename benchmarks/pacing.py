@@ -105,13 +105,7 @@ class PacingResult:
     @property
     def busiest_second(self) -> int:
         """The most accepted requests in any 1-second window (the bucket allows rate + burst)."""
-        times = [t for t, _ in self.accepted]
-        most, lo = 0, 0
-        for hi, t in enumerate(times):
-            while times[lo] <= t - 1.0:
-                lo += 1
-            most = max(most, hi - lo + 1)
-        return most
+        return common.busiest_second(t for t, _ in self.accepted)
 
     @property
     def refusal_times(self) -> list[float]:

@@ -145,13 +145,7 @@ class ProvisioningResult:
     @property
     def busiest_second(self) -> int:
         """The most requests in any 1-second window (the limit allows rate + burst)."""
-        times = [t for t, _, _ in self.calls]
-        most, lo = 0, 0
-        for hi, t in enumerate(times):
-            while times[lo] <= t - 1.0:
-                lo += 1
-            most = max(most, hi - lo + 1)
-        return most
+        return common.busiest_second(t for t, _, _ in self.calls)
 
     @property
     def entra_minutes(self) -> tuple[float, float]:

@@ -231,13 +231,7 @@ class Limited:
     @property
     def busiest_second(self) -> int:
         """The most requests sent (accepted or not) in any 1-second window."""
-        times = sorted(t for t, _, _ in self.arrivals)
-        most, lo = 0, 0
-        for hi, t in enumerate(times):
-            while times[lo] <= t - 1.0:
-                lo += 1
-            most = max(most, hi - lo + 1)
-        return most
+        return common.busiest_second(t for t, _, _ in self.arrivals)
 
 
 @dataclass

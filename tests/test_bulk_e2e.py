@@ -313,3 +313,42 @@ def test_an_interrupted_create_renamed_meanwhile_is_found_by_the_name_it_was_sen
         assert sorted(h.groups()) == ["eng2"]
         assert h.members("eng2") == {"u1@example.com"}
         assert not h.parked()
+
+
+def test_the_deletion_guard_holds_operations_of_bulk_requests_until_approved(bulk_harness):
+    """The guard counts each deactivation, Bulk or not: past its threshold they are held, not
+    put in a Bulk request, until an administrator approves."""
+    h = bulk_harness
+    ids = [f"u{i}" for i in range(30)]
+    h.send(h.group("g1"), h.associate("zs", "g1"), *[h.user(i) for i in ids],
+           *[h.member("g1", i) for i in ids])  # fmt: skip
+    h.activate("zs")
+    h.wait()
+    assert sum(u["active"] for u in h.users().values()) == 30
+    h.send(h.associate("zs", "g1", associated=False))  # 30 users lose access at once
+    assert sum(u["active"] for u in h.users().values()) == 10  # 20 (the minimum) went
+    assert len(json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["held"]) == 10
+    h.cli("approve", "zs")
+    h.wait()
+    assert sum(u["active"] for u in h.users().values()) == 0
+    gone = audit.read(h.redis, app="zs", name="user_deprovision")
+    done = [e for e in gone if e["outcome"] == "success"]
+    assert len(done) == 30 and all("in Bulk request" in e["detail"] for e in done)
+    assert len([e for e in gone if e["outcome"] == "held"]) == 10
+
+
+def test_bulk_requests_keep_to_a_gateway_s_token_bucket(r, worker_pool, tmp_path):
+    """A gateway that counts requests (an exact bucket of 5/s, burst 5, answering 429): the
+    pool takes a slot per Bulk request, so it keeps to the limit while sending them."""
+    with ScimServer(rate_limit=(5, 5), bulk=True) as server:
+        h = Harness(r, server, tmp_path)
+        provision(h, "--rate", "5", "--burst", "5")
+        assert_converged(h)
+        assert bulk_requests(h) >= 5
+        bucket = server.bucket
+        assert bucket is not None
+        # the activation's own check spends tokens the pool's pace does not know of: a
+        # refusal or two within its first burst, none once the pace is kept
+        start = bucket.arrivals[0][0]
+        late = [request for t, ok, request in bucket.arrivals if not ok and t - start > 2.0]
+        assert bucket.refused <= 3 and late == [], bucket.arrivals

@@ -37,7 +37,14 @@ from urllib.parse import unquote
 from pydantic import ValidationError
 from scim2_models import BulkResponse, Context, EnterpriseUser, Group, User
 
-from .errors import NotSent, ScimError, Transient, error_for_status, parse_retry_after
+from .errors import (
+    NotSent,
+    ScimError,
+    Transient,
+    error_detail,
+    error_for_status,
+    parse_retry_after,
+)
 
 log = logging.getLogger("provisioner.bulk")
 
@@ -290,7 +297,7 @@ class BulkChannel:
             failed = self._distribute(batch, raw, what)
             _hear(self.on_sent, len(ops), failed)
             return
-        detail = self.scrub(_error_text(raw)) or f"HTTP {status}"
+        detail = self.scrub(error_detail(raw, status)[0])
         if status in REFUSALS:
             for pending in ops:
                 pending.single = True
@@ -413,16 +420,6 @@ def _tail(location: str) -> str:
 
 def _last_segment(location: str) -> str:
     return unquote(location.rstrip("/").rsplit("/", 1)[-1])
-
-
-def _error_text(raw: bytes) -> str:
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("detail"), str):
-        return data["detail"][:300]
-    return raw[:200].decode("utf-8", "replace").strip()
 
 
 def resolve_references(value: Any, created: Mapping[str, str]) -> Any:

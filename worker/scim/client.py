@@ -30,7 +30,6 @@ from scim2_models import (
     Context,
     Email,
     EnterpriseUser,
-    Error,
     Group,
     GroupMember,
     ListResponse,
@@ -45,7 +44,15 @@ from scim2_models import (
 from worker.store.apps import Network
 
 from .bulk import BULK_ID_PREFIX, BulkChannel, created_id, resolve_references
-from .errors import Invalid, NotSent, Transient, error_for_status, parse_retry_after, scrub
+from .errors import (
+    Invalid,
+    NotSent,
+    Transient,
+    error_detail,
+    error_for_status,
+    parse_retry_after,
+    scrub,
+)
 from .network import connection, proxy_secrets
 from .profiles import Profile
 
@@ -614,7 +621,7 @@ class ScimClient:
                 return json.loads(raw)
             except ValueError:
                 raise Invalid(status, f"response is not SCIM JSON ({method} {path})") from None
-        detail, scim_type = _error_detail(raw, status)
+        detail, scim_type = error_detail(raw, status)
         raise error_for_status(
             status, self._scrub(detail), scim_type, parse_retry_after(retry_after)
         )
@@ -634,13 +641,13 @@ class ScimClient:
         in the app's next Bulk request when it takes them, else alone. Returns the answer's
         JSON body, as ``_request`` does; a created resource answered without its body is what
         was sent, with the id the app gave it."""
-        body = None if payload is None else payload.model_dump(scim_ctx=ctx)
         if self.bulk is not None:
-            answer = self._bulk_write(method, path, model, payload, body, ref, requires)
+            answer = self._bulk_write(method, path, model, payload, ref, requires)
             if answer is not _ALONE:
                 return answer
         elif requires:
             raise NotSent("it names resources by bulkId, and this client sends no Bulk request")
+        body = None if payload is None else payload.model_dump(scim_ctx=ctx)
         return self._request(method, path, body=body)
 
     def _bulk_write(
@@ -649,10 +656,10 @@ class ScimClient:
         path: str,
         model: type[Any],
         payload: Any,
-        body: dict[str, Any] | None,
         ref: str | None,
         requires: Iterable[str],
     ) -> Any:
+        """``_write`` in a Bulk request: ``_ALONE`` when the write is to go alone after all."""
         assert self.bulk is not None
         bulk_id = self.bulk.new_bulk_id() if method == "POST" else None
         operation = _build(
@@ -672,9 +679,9 @@ class ScimClient:
             return self._read(method, path, answer.status, raw, None)
         if answer.body is not None:
             return answer.body
-        if method == "POST" and body is not None:
-            sent = resolve_references(body, answer.created)
-            return {**sent, "id": created_id(answer)}
+        sent = operation.get("data")  # the resource, as a single POST's body would hold it
+        if method == "POST" and isinstance(sent, dict):
+            return {**resolve_references(sent, answer.created), "id": created_id(answer)}
         return None
 
     def bulk_ids(self, refs: Iterable[str]) -> dict[str, str]:
@@ -762,28 +769,6 @@ def _read_limited(response: httpx.Response, limit: int = MAX_BODY_BYTES) -> byte
         if len(buf) > limit:
             raise too_big
     return bytes(buf)
-
-
-def _error_detail(raw: bytes, status: int) -> tuple[str, str | None]:
-    """The detail and scimType of an error body (SCIM Error when possible)."""
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        try:
-            error = Error.model_validate(data)
-            return error.detail or _phrase(status), error.scim_type
-        except ValidationError:
-            detail = data.get("detail")
-            if isinstance(detail, str) and detail:
-                return detail[:500], None
-    text = raw[:200].decode("utf-8", "replace").strip()
-    return (f"{_phrase(status)}: {text}" if text else _phrase(status)), None
-
-
-def _phrase(status: int) -> str:
-    return httpx.codes.get_reason_phrase(status) or "error"
 
 
 __all__ = [

@@ -23,7 +23,12 @@ bearer token); ``scrub`` removes a known secret from any text that goes into one
 from __future__ import annotations
 
 import email.utils
+import json
 import time
+
+import httpx
+from pydantic import ValidationError
+from scim2_models import Error
 
 
 class ScimError(Exception):
@@ -143,6 +148,28 @@ def error_for_status(
     if status == 409:
         return Conflict(status, detail, scim_type)
     return Invalid(status, detail, scim_type)
+
+
+def error_detail(raw: bytes, status: int) -> tuple[str, str | None]:
+    """The detail and scimType of an error body (SCIM Error when possible)."""
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        try:
+            error = Error.model_validate(data)
+            return error.detail or _phrase(status), error.scim_type
+        except ValidationError:
+            detail = data.get("detail")
+            if isinstance(detail, str) and detail:
+                return detail[:500], None
+    text = raw[:200].decode("utf-8", "replace").strip()
+    return (f"{_phrase(status)}: {text}" if text else _phrase(status)), None
+
+
+def _phrase(status: int) -> str:
+    return httpx.codes.get_reason_phrase(status) or "error"
 
 
 def scrub(text: str, secret: str | None) -> str:
