@@ -98,6 +98,8 @@ def _module(item: pytest.Item) -> str:
 # tmp dirs) and takes tests one at a time, except the tests that share an expensive module-scoped
 # fixture, which go together to one worker (an ``xdist_group``).
 def _xdist_group(module: str, item: pytest.Item) -> str | None:
+    if module == "test_chaos_e2e":  # its runs (single calls, Bulk) one after the other: each
+        return "chaos"  # has 4 workers of its own, and two at once starve the timed tests
     if module == "test_interop_e2e":  # one Django server per kind, shared by its tests
         callspec = getattr(item, "callspec", None)
         return f"interop-{callspec.params.get('server_kind') if callspec else ''}"
