@@ -31,6 +31,9 @@ def _record_times(h):
     return times
 
 
+# Timed at the app's arrival, which a loaded 2-core machine can bunch (a stalled server thread
+# serves several granted requests at once): run again, twice at most; a wrong limiter fails all.
+@pytest.mark.flaky(reruns=2, only_rerun=["AssertionError"])
 def test_requests_never_exceed_rate_plus_burst_and_a_backlog_uses_the_limit(harness):
     h = harness
     rate, burst = 20, 5
