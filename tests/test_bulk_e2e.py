@@ -69,7 +69,8 @@ def test_initial_provisioning_under_a_rate_limit_takes_few_requests(bulk_harness
     writes = h.writes()
     assert {path[-5:] for _, path in writes} == {"/Bulk"}, writes  # no write went alone
     counted = bulk.stats(h.redis, "zs")
-    assert counted["operations"] == USERS + 4 and counted["failed"] == 0
+    # one per object, and maybe a late member's PATCH where a group stopped waiting for it
+    assert USERS + 4 <= counted["operations"] <= USERS + 8 and counted["failed"] == 0
     # a slot per request at 5/s (a burst of 5 at once): the writes wait together for the next
     # slot, so a few requests carry them all (124 single calls without Bulk)
     assert counted["requests"] == len(writes) <= 16, counted
@@ -245,7 +246,12 @@ def test_status_shows_bulk_requests(bulk_harness):
     h = bulk_harness
     provision(h)
     row = json.loads(h.cli("status", "--json").stdout)["apps"]["zs"]["bulk"]
-    assert row["state"] == "on" and row["operations"] == USERS + 4
+    # every write was an operation of a Bulk request, and each left an audit entry; without a
+    # rate limit a group may go out before some of its members exist and add them later, so
+    # there can be more operations than the 124 objects
+    carried = [e for e in audit.read(h.redis, app="zs") if "in Bulk request" in e["detail"]]
+    assert row["state"] == "on" and row["operations"] == len(carried) >= USERS + 4
+    assert {path[-5:] for _, path in h.writes()} == {"/Bulk"}
     assert row["announced"] == "up to 1,000 operations and 1,048,576 bytes a request"
     assert row["requests"] == bulk_requests(h)
     text = h.cli("status").stdout
