@@ -68,6 +68,7 @@ def r(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 
 # -- the product's processes ------------------------------------------------------------------
+from tests.support import scimserver  # noqa: E402
 from tests.support.harness import Harness, WorkerPool  # noqa: E402
 from tests.support.scimserver import ScimServer, scim_server_fixture  # noqa: E402,F401
 
@@ -82,6 +83,15 @@ def worker_pool(redis_server: RedisServer) -> Iterator[WorkerPool]:
 @pytest.fixture
 def harness(r: redis.Redis, worker_pool: WorkerPool, scim_server: ScimServer, tmp_path) -> Harness:  # noqa: ANN001
     return Harness(r, scim_server, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _single_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test marked ``single_calls`` is about the single requests themselves (their count
+    against a rate limit, say): its applications do not announce Bulk under
+    ``SCIM_TEST_BULK=on`` (``make test-bulk``). Runs before the test's other fixtures."""
+    if request.node.get_closest_marker("single_calls"):
+        monkeypatch.setattr(scimserver, "BULK_BY_DEFAULT", False)
 
 
 # -- markers: `pytest -m unit` for the quick ones, `-m e2e`, `-m chaos` -----------------------

@@ -33,6 +33,7 @@ def _record_times(h):
 
 # Timed at the app's arrival, which a loaded 2-core machine can bunch (a stalled server thread
 # serves several granted requests at once): run again, twice at most; a wrong limiter fails all.
+@pytest.mark.single_calls  # a workload of single requests (Bulk's: test_bulk.py, test_bulk_e2e.py)
 @pytest.mark.flaky(reruns=2, only_rerun=["AssertionError"])
 def test_requests_never_exceed_rate_plus_burst_and_a_backlog_uses_the_limit(harness):
     h = harness
@@ -139,6 +140,7 @@ def gateway(r, worker_pool, tmp_path) -> Iterator[Harness]:
         yield Harness(r, scim, tmp_path)
 
 
+@pytest.mark.single_calls
 def test_an_exact_token_bucket_refuses_under_1_percent_and_nothing_is_lost(gateway):
     """The app enforces exactly the configured rate and burst and refuses with 429 and
     Retry-After: 1 (issue 10). Sooner or later a request is refused: a hair early into an

@@ -321,6 +321,8 @@ class ScimServer:
         with self._lock:
             self.requests += self._logged(environ)
         fault = self._fault
+        if fault is not None and self.expand_bulk and request.endswith("/Bulk"):
+            return self._bulk_by_operation(environ, start_response, fault)
         answer = fault(environ) if fault is not None else None
         if answer is None:
             with self._handling:
@@ -347,6 +349,75 @@ class ScimServer:
         base = path[: -len("/Bulk")]
         return [(str(op.get("method")), base + str(op.get("path"))) for op in operations
                 if isinstance(op, dict)]  # fmt: skip
+
+    def _bulk_by_operation(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], fault: Fault
+    ) -> Iterable[bytes]:
+        """Under ``expand_bulk``, a fault hook written for single calls sees each operation of
+        a Bulk request as the request it stands for: what it answers becomes that operation's
+        result, a body it rewrites is what the application gets, and the operations it lets
+        through go to scim2-server in one Bulk request. A dropped connection drops the whole
+        request (``DROP_AFTER``: once the application has done all of it)."""
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        try:
+            request = json.loads(raw)
+            operations = [op for op in request["Operations"] if isinstance(op, dict)]
+        except (ValueError, KeyError, TypeError):
+            operations, request = [], None
+        if request is None or not operations:  # not one to split: the app answers it
+            environ["wsgi.input"] = io.BytesIO(raw)
+            with self._handling:
+                return self.app(environ, start_response)  # type: ignore[arg-type]
+        base = environ.get("PATH_INFO", "")[: -len("/Bulk")]
+        canned: dict[int, dict[str, Any]] = {}
+        passed: list[dict[str, Any]] = []
+        dropped = None
+        for index, op in enumerate(operations):
+            data = json.dumps(op.get("data")).encode() if "data" in op else b""
+            single = dict(environ, REQUEST_METHOD=str(op.get("method")),
+                          PATH_INFO=base + str(op.get("path")), QUERY_STRING="",
+                          CONTENT_LENGTH=str(len(data)))  # fmt: skip
+            single["wsgi.input"] = io.BytesIO(data)
+            answer = fault(single)
+            if answer in (DROP, DROP_AFTER):
+                dropped = dropped if dropped == DROP else answer
+                passed.append(op)
+            elif answer is not None:
+                status, _, body = answer
+                result = {"method": op.get("method"), "status": str(status)}
+                result |= {"bulkId": op["bulkId"]} if op.get("bulkId") else {}
+                if op.get("method") != "POST":
+                    result["location"] = self.base_url + str(op.get("path"))
+                with contextlib.suppress(ValueError):
+                    result["response"] = json.loads(body) if body else None
+                canned[index] = result
+            else:
+                rewritten = single["wsgi.input"].read()  # what the hook left of the body
+                passed.append(op | ({"data": json.loads(rewritten)} if rewritten else {}))
+        if dropped == DROP:
+            passed = []  # the connection dies before the application sees any of it
+        results: list[dict[str, Any]] = []
+        if passed:
+            content = json.dumps(request | {"Operations": passed}).encode()
+            forward = dict(environ, CONTENT_LENGTH=str(len(content)))
+            forward["wsgi.input"] = io.BytesIO(content)
+            sent: list[Any] = []
+            with self._handling:
+                parts = self.app(forward, lambda *args: sent.extend(args))  # type: ignore[arg-type]
+                body = b"".join(parts)
+            if dropped is None and not str(sent[0]).startswith("2"):  # refused whole
+                headers = {k: v for k, v in sent[1] if k.lower() != "content-length"}
+                return self._answer((int(str(sent[0])[:3]), headers, body), start_response)
+            results = json.loads(body).get("Operations") or []
+        if dropped is not None:
+            environ["test.connection"].shutdown(socket.SHUT_RDWR)
+            raise ConnectionAbortedError
+        answered = iter(results)
+        merged = [canned.get(i) or next(answered, None) for i in range(len(operations))]
+        response = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:BulkResponse"],
+                    "Operations": [result for result in merged if result]}  # fmt: skip
+        headers = {"Content-Type": "application/scim+json"}
+        return self._answer((200, headers, json.dumps(response).encode()), start_response)
 
     @staticmethod
     def _answer(
