@@ -111,7 +111,8 @@ def test_every_event_name_succeeds_and_fails_with_its_causes(harness):
                 assert entry["status"] is not None
     for name in INTEGRATION_NAMES:
         outcomes = {e["outcome"] for e in log if e["name"] == name}
-        assert outcomes == {"success", "failure"}, (name, outcomes)
+        # and what the pool learned of the app (with Bulk: what its writes read back showed)
+        assert {"success", "failure"} <= outcomes <= {"success", "failure", "learned"}, outcomes
         assert all(e["detail"] for e in log if e["name"] == name)
 
     # the deprovision of u5 answers its disassociation

@@ -5,6 +5,7 @@ answers it cannot give."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from tests.support.scimserver import DROP_AFTER, ScimServer
 from worker.scim import Conflict, NotSent, Transient, Unauthorized
-from worker.scim.bulk import BulkChannel, BulkLimits
+from worker.scim.bulk import READ_BACK, UNCHECKED, BulkChannel, BulkLimits
 from worker.scim.client import ScimClient, make_http_client
 from worker.scim.profiles import profile_by_name
 
@@ -352,3 +353,119 @@ def test_an_answer_too_large_to_read_leaves_every_operation_in_doubt(server):
     results = at_once(2, lambda i: scim.create_user(user(i)))
     assert all(isinstance(r, Transient) and r.status is None for r in results)
     assert all("over" in r.detail for r in results)
+
+
+class Checks:
+    """The channel's check hooks: which forms are claimed (for which object), and what each
+    check found."""
+
+    def __init__(self, answer: str = READ_BACK):
+        self.answer = answer
+        self.claimed: list[tuple[str, str | None]] = []
+        self.found: list[tuple[str, list[str] | None, str]] = []
+
+    def claim(self, form: str, obj: str | None) -> str:
+        self.claimed.append((form, obj))
+        return self.answer
+
+    def heard(self, form: str, not_held: list[str] | None, what: str) -> None:
+        self.found.append((form, not_held, what))
+
+
+def checking_client(server: ScimServer, hooks: Recorder, checks: Checks) -> ScimClient:
+    scim = client(server, BulkLimits(10, 1 << 20, linger=0.01), hooks)
+    assert scim.bulk is not None
+    scim.bulk.claim_check, scim.bulk.on_checked = checks.claim, checks.heard
+    return scim
+
+
+def drop_members_of_creates(environ: dict[str, Any]) -> None:
+    if environ.get("PATH_INFO", "").endswith("/Bulk"):
+        body = json.loads(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+        for operation in body["Operations"]:
+            if operation["method"] == "POST" and operation["path"] == "/Groups":
+                operation["data"].pop("members", None)
+        raw = json.dumps(body).encode()
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
+
+
+def test_a_write_answered_without_its_resource_is_read_back_with_a_slot(server):
+    """scim2-server answers Bulk operations without their resources: the claimed write is read
+    back (a GET, after a slot), and the caller gets what the app holds, not what was sent."""
+    hooks, checks = Recorder(), Checks()
+    scim = checking_client(server, hooks, checks)
+    scim.about("user:u1")
+    ann = scim.create_user(user(1))
+    assert checks.claimed == [("POST /Users", "user:u1")]
+    assert checks.found == [("POST /Users", [], f"/Users/{ann.id}")]
+    assert scim.bulk is not None and "POST /Users" in scim.bulk.held  # not checked again
+    assert hooks.slots == [1, 1]  # the Bulk request's, the read-back's
+    server.inject(drop_members_of_creates)
+    group = scim.create_group("eng", [ann.id])
+    assert group.member_ids == set()  # as held, so the caller completes it
+    assert checks.found[-1] == ("POST /Groups", ["members"], f"/Groups/{group.id}")
+    assert "POST /Groups" not in scim.bulk.held
+    gets = [path for method, path in server.requests if method == "GET"]
+    assert gets == [f"/v2/Users/{ann.id}", f"/v2/Groups/{group.id}"]
+    scim.create_user(user(2))  # the form is held: neither claimed nor read back
+    assert len(checks.found) == 2 and [form for form, _ in checks.claimed] == [
+        "POST /Users",
+        "POST /Groups",
+    ]
+    scim.delete_user(ann.id)  # a DELETE has nothing to hold
+    assert len(checks.claimed) == 2
+
+
+def test_a_write_answered_with_its_resource_is_checked_against_it(server):
+    """An app that answers each operation with its resource: no read-back, the answer is
+    compared."""
+    hooks, checks = Recorder(), Checks()
+    scim = checking_client(server, hooks, checks)
+
+    def with_resources(environ: dict[str, Any]) -> Any:
+        if not environ.get("PATH_INFO", "").endswith("/Bulk"):
+            return None
+        answer = json.loads(b"".join(server.app(environ, lambda *args: None)))
+        for result in answer["Operations"]:
+            result["response"] = {"id": result["location"].rsplit("/", 1)[-1],
+                                  "userName": "u1@example.com", "active": True}  # fmt: skip
+        return 200, {"Content-Type": "application/scim+json"}, json.dumps(answer).encode()
+
+    server.inject(with_resources)
+    ann = scim.create_user(user(1))  # its displayName is not in the answer
+    assert checks.found == [("POST /Users", ["displayName"], f"/Users/{ann.id}")]
+    assert not [path for method, path in server.requests if method == "GET"]
+    assert hooks.slots == [1]
+
+
+def test_a_write_not_checked_is_taken_as_sent_and_its_object_remembered(server):
+    hooks, checks = Recorder(), Checks(UNCHECKED)  # another write of the form is checked
+    scim = checking_client(server, hooks, checks)
+    scim.about("user:u1")
+    ann = scim.create_user(user(1))
+    assert ann.attributes["userName"] == "u1@example.com" and checks.found == []
+    assert checks.claimed == [("POST /Users", "user:u1")]
+    checks.answer = READ_BACK
+
+    def fail_reads(environ: dict[str, Any]) -> Any:
+        if environ["REQUEST_METHOD"] == "GET":
+            return 503, {"Content-Type": "application/scim+json"}, b'{"detail": "busy"}'
+        return None
+
+    server.inject(fail_reads)  # the read-back fails: the write is done all the same
+    bob = scim.create_user(user(2))
+    assert bob.attributes["userName"] == "u2@example.com" and bob.id
+    [(form, found, what)] = checks.found
+    assert (form, found) == ("POST /Users", None) and "busy" in what, what
+
+
+def test_a_checked_write_that_fails_releases_its_claim(server):
+    hooks, checks = Recorder(), Checks()
+    scim = checking_client(server, hooks, checks)
+    scim.create_user(user(1))
+    with pytest.raises(Conflict):
+        scim.create_user(user(1))  # already there: 409, after the form was held...
+    checks.answer, scim.bulk.held = READ_BACK, frozenset()  # type: ignore[union-attr]
+    with pytest.raises(Conflict):
+        scim.create_user(user(1))  # ...and while it is checked: the claim is released
+    assert checks.found[-1] == ("POST /Users", None, "not answered")

@@ -60,6 +60,7 @@ def test_membership_changes_to_one_group_cost_ceil_n_over_members_per_patch(harn
 def test_lookups_are_avoided_once_the_remote_id_is_known(harness):
     h = harness
     h.activate("zs")
+    h.trust_bulk_writes()
     h.send(h.user("u1"), h.event("app.user_associated", app_id="zs", user_id="u1"))
     remote_id = h.users()["u1@example.com"]["id"]
     h.scim.clear_requests()

@@ -48,7 +48,8 @@ def free_port() -> int:
 
 
 def entries(h, name: str, app: str = "zs") -> list[dict]:  # noqa: ANN001
-    return audit.read(h.redis, app=app, name=name)
+    """The entries of the app's lifecycle (not what the pool learned of it meanwhile)."""
+    return [e for e in audit.read(h.redis, app=app, name=name) if e["outcome"] != "learned"]
 
 
 def activate_refused(h, base_url: str, token_file: str | None = None) -> str:  # noqa: ANN001
@@ -95,7 +96,8 @@ def test_activate_then_update_group_management_off_and_on(harness):
 
     h.scim.clear_requests()
     out = h.cli("apps", "update", "zs", "--no-group-management").stdout
-    assert "group management True -> False; 0 reconciles" in out
+    # (with Bulk, what was learned of its writes is forgotten too, and said between the two)
+    assert "group management True -> False;" in out and out.endswith("; 0 reconciles\n")
     h.send(h.member("g1", "u2", added=False), h.member("g1", "u3"))
     assert not any("/Groups" in path for _, path in h.scim.requests)  # left as-is
     assert h.members("eng") == {U1, U2}
@@ -104,7 +106,7 @@ def test_activate_then_update_group_management_off_and_on(harness):
 
     h.scim.clear_requests()
     out = h.cli("apps", "update", "zs", "--group-management").stdout
-    assert "group management False -> True; 1 reconciles" in out
+    assert "group management False -> True;" in out and out.endswith("; 1 reconciles\n")
     h.wait()
     assert ("GET", "/v2/Groups") in h.scim.requests  # looked up by name, taken over
     assert ("POST", "/v2/Groups") not in h.scim.requests
@@ -129,7 +131,7 @@ def test_update_reverifies_a_new_base_url_and_applies_the_delete_policy(harness)
 
     h.scim.clear_requests()
     out = h.cli("apps", "update", "zs", "--profile", "generic").stdout
-    assert "profile zscaler -> generic; 0 reconciles" in out
+    assert "profile zscaler -> generic;" in out and out.endswith("; 0 reconciles\n")
     assert ("GET", "/v2/ServiceProviderConfig") in h.scim.requests
     h.wait()
     assert h.writes() == []

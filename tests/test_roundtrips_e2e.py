@@ -50,6 +50,7 @@ def test_initial_provisioning_costs_at_most_five_round_trips_per_call(
 
     h = Harness(r, scim_server, tmp_path, redis_url=redis_server.url)
     h.activate("zs")
+    h.trust_bulk_writes()
     users = [h.user(f"u{i}") for i in range(20)]
     groups = [h.group("g1"), h.group("g2")]
     members = [h.member(f"g{1 + i % 2}", f"u{i}") for i in range(20)]

@@ -306,7 +306,7 @@ def update(
 
 
 def _forget_learned(client: redis.Redis, app_id: str) -> learned.Learned | None:
-    """Forget the forms and unsupported attributes learned of the app (a fixed or upgraded
+    """Forget what was learned of the app: forms, unsupported attributes, Bulk (a fixed or upgraded
     application is tried afresh); what was forgotten, or None if nothing was known."""
     knowledge = learned.load(client, app_id)
     if not knowledge:
@@ -320,6 +320,7 @@ def _learned_text(knowledge: learned.Learned) -> str:
     parts += [f"{attribute} unsupported" for attribute in sorted(knowledge.unsupported_attributes)]
     if knowledge.bulk_refused:
         parts.append("Bulk refused")
+    parts += [f"{form} held in Bulk" for form in sorted(knowledge.bulk_held)]
     return ", ".join(parts)
 
 

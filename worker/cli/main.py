@@ -291,6 +291,9 @@ def apps_show(app_id: str, as_json: bool) -> int:
         print(f"  {attribute}: unsupported ({why})")
     if knowledge.bulk_refused:
         print(f"  Bulk: refused ({knowledge.bulk_refused}); writes are sent one by one")
+    if knowledge.bulk_held:
+        print(f"  Bulk writes held as sent: {', '.join(sorted(knowledge.bulk_held))} "
+              "(no longer read back)")  # fmt: skip
     return EXIT_OK
 
 

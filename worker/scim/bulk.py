@@ -19,6 +19,13 @@ slot of the app while the batch goes on filling, then sends the batch as one req
 ``failOnErrors`` is never sent: the app runs every operation, and one failed operation fails
 only its own key. Operations on one object keep their order: a reconcile's thread sends the
 next write of its object only once the previous one is answered.
+
+An operation that succeeded may be answered without its resource, which a single call's answer
+would show (what the app kept of the write). Until the app has been seen to hold a write of a
+form (``POST /Groups``) as sent, one write of that form at a time is checked (``check``, before
+it is sent): read back when its answer leaves the resource out, and the resource read is its
+answer. The others are taken as sent and remembered, and are read back in turn if that one was
+not held as sent (``worker.sync.bulk``).
 """
 
 from __future__ import annotations
@@ -52,6 +59,10 @@ BULK_REQUEST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 REFUSALS = frozenset({400, 404, 405, 413, 501})  # the app does not take this Bulk request
 ENVELOPE_BYTES = 96  # the request's schemas and brackets, around its operations
 BULK_ID_PREFIX = "bulkId:"
+
+HELD, READ_BACK, UNCHECKED = "held", "read back", "unchecked"
+"""What ``BulkChannel.check`` says of a write of a form answered without its resource: the app
+holds such writes as sent; read this one back; take it as sent for now (another is read back)."""
 
 Exchange = Callable[[str, str, bytes], "tuple[int, bytes, str | None]"]
 """``exchange(method, path, body)``: one HTTP request to the app: (status, body, Retry-After);
@@ -143,12 +154,19 @@ class BulkChannel:
         on_refused: Callable[[str], None] = lambda why: None,
         on_sent: Callable[[int, int], None] = lambda operations, failed: None,
         scrub: Callable[[str], str] = lambda text: text,
+        claim_check: Callable[[str, str | None], str] = lambda form, obj: UNCHECKED,
+        on_checked: Callable[[str, list[str] | None, str], None] = lambda *verdict: None,
     ):
         """``slots(n)`` takes n request slots of the app, waiting for them (``NotSent`` when
         it would wait too long); ``on_transient`` hears a Bulk request's throttling or server
         error once, ``on_refused`` why the app refuses Bulk, ``on_sent`` each request's
         operation count and how many of them failed; ``scrub`` removes the app's secrets from
-        what the app answered (an app may echo the token in an error)."""
+        what the app answered (an app may echo the token in an error). ``claim_check(form, obj)``
+        claims the read-back of a write of ``form`` about ``obj`` (one at a time, pool-wide:
+        ``READ_BACK``; else ``UNCHECKED``, and ``obj`` is remembered; or ``HELD`` when another
+        process learned it meanwhile), and
+        ``on_checked(form, not_held, what)`` hears what it found: the attributes not held as
+        sent, or None when it could not be read."""
         self.exchange = exchange
         self.limits = limits
         self.slots = slots
@@ -156,7 +174,10 @@ class BulkChannel:
         self.on_refused = on_refused
         self.on_sent = on_sent
         self.scrub = scrub
+        self.claim_check = claim_check
+        self.on_checked = on_checked
         self.refused: str | None = None  # why the app refuses Bulk (then every write is single)
+        self.held: frozenset[str] = frozenset()  # forms of write the app holds as sent
         self._lock = threading.Lock()
         self._open: _Batch | None = None
         self._ids = itertools.count(1)
@@ -319,11 +340,36 @@ class BulkChannel:
         if first:
             _hear(self.on_refused, why)
 
-    def learned(self, why: str | None) -> None:
+    def learned(self, why: str | None, held: frozenset[str] = frozenset()) -> None:
         """What the pool knows: the app refuses Bulk (``why``), or that was forgotten (None,
-        ``apps update``) and Bulk is tried again."""
+        ``apps update``) and Bulk is tried again; the forms of write it holds as sent."""
         with self._lock:
             self.refused = why
+            self.held = held
+
+    # -- reading a write back ----------------------------------------------------------------
+    def check(self, form: str, obj: str | None = None) -> str:
+        """Before a write of ``form`` about ``obj`` is sent: ``HELD`` (the app holds such
+        writes as sent), ``READ_BACK`` (read it back if its answer leaves its resource out;
+        ``checked`` must follow) or ``UNCHECKED`` (taken as sent; ``obj`` remembered)."""
+        if form in self.held:
+            return HELD
+        try:
+            how = self.claim_check(form, obj)
+        except Exception:  # Redis away: the write is taken as sent, as before any check
+            log.warning("the read-back of a Bulk write could not be claimed", exc_info=True)
+            return UNCHECKED
+        if how == HELD:
+            with self._lock:
+                self.held = self.held | {form}
+        return how
+
+    def checked(self, form: str, not_held: list[str] | None, what: str) -> None:
+        """The read-back of a write of ``form`` found ``not_held`` (None: not read)."""
+        if not_held == []:
+            with self._lock:
+                self.held = self.held | {form}
+        _hear(self.on_checked, form, not_held, what)
 
     def _distribute(self, batch: _Batch, raw: bytes, what: str) -> int:
         """Hand each operation its result; returns how many failed."""
@@ -443,6 +489,9 @@ def created_id(answer: OpAnswer) -> str:
 
 __all__ = [
     "BULK_REQUEST_SCHEMA",
+    "HELD",
+    "READ_BACK",
+    "UNCHECKED",
     "BulkChannel",
     "BulkLimits",
     "Exchange",

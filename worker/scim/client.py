@@ -43,16 +43,18 @@ from scim2_models import (
 
 from worker.store.apps import Network
 
-from .bulk import BULK_ID_PREFIX, BulkChannel, created_id, resolve_references
+from .bulk import BULK_ID_PREFIX, HELD, READ_BACK, BulkChannel, created_id, resolve_references
 from .errors import (
     Invalid,
     NotSent,
+    ScimError,
     Transient,
     error_detail,
     error_for_status,
     parse_retry_after,
     scrub,
 )
+from .held import not_held
 from .network import connection, proxy_secrets
 from .profiles import Profile
 
@@ -659,7 +661,11 @@ class ScimClient:
         ref: str | None,
         requires: Iterable[str],
     ) -> Any:
-        """``_write`` in a Bulk request: ``_ALONE`` when the write is to go alone after all."""
+        """``_write`` in a Bulk request: ``_ALONE`` when the write is to go alone after all.
+
+        Before it is sent, the channel says whether a write of its form is read back after it
+        (``BulkChannel.check``); the one that is gets the resource read as its answer, unless
+        the Bulk answer carried it."""
         assert self.bulk is not None
         bulk_id = self.bulk.new_bulk_id() if method == "POST" else None
         operation = _build(
@@ -669,20 +675,53 @@ class ScimClient:
             bulk_id=bulk_id,
             data=payload,
         ).model_dump(scim_ctx=Context.BULK_REQUEST)
-        answer = self.bulk.submit(operation, ref=ref, requires=requires)
-        if answer is None:
-            return _ALONE
-        self.last_bulk.request = (answer.request, answer.size)
-        self.last_bulk.created = answer.created
-        if not 200 <= answer.status < 300:
-            raw = json.dumps(answer.body).encode() if answer.body is not None else b""
-            return self._read(method, path, answer.status, raw, None)
-        if answer.body is not None:
-            return answer.body
-        sent = operation.get("data")  # the resource, as a single POST's body would hold it
-        if method == "POST" and isinstance(sent, dict):
-            return {**resolve_references(sent, answer.created), "id": created_id(answer)}
-        return None
+        form = f"{method} /{path.strip('/').split('/')[0]}"  # POST /Groups
+        how = HELD if method == "DELETE" else self.bulk.check(form, self.about_object())
+        verdict: tuple[list[str] | None, str] = (None, "not answered")
+        try:
+            answer = self.bulk.submit(operation, ref=ref, requires=requires)
+            if answer is None:
+                return _ALONE
+            self.last_bulk.request = (answer.request, answer.size)
+            self.last_bulk.created = answer.created
+            if not 200 <= answer.status < 300:
+                raw = json.dumps(answer.body).encode() if answer.body is not None else b""
+                return self._read(method, path, answer.status, raw, None)
+            sent = resolve_references(operation.get("data"), answer.created)
+            target = f"{path}/{_seg(created_id(answer))}" if method == "POST" else path
+            read = answer.body
+            if read is None and how == READ_BACK:
+                read, why = self._read_back(target)
+                verdict = (None, why)
+            if how == READ_BACK and isinstance(read, dict) and isinstance(sent, dict):
+                verdict = (not_held(method, sent, read), target)
+            if read is not None:
+                return read
+            if method == "POST" and isinstance(sent, dict):  # as a single POST's body holds it
+                return {**sent, "id": created_id(answer)}
+            return None
+        finally:
+            if how == READ_BACK:
+                self.bulk.checked(form, *verdict)
+
+    def _read_back(self, target: str) -> tuple[dict[str, Any] | None, str]:
+        """The resource at ``target`` read back (a request slot, a GET), or None and why not:
+        the write is done all the same, and is taken as sent."""
+        assert self.bulk is not None
+        try:
+            self.bulk.slots(1)
+            read = self._request("GET", target)
+        except ScimError as error:
+            return None, f"{target}: {error.detail}"
+        return (read, "") if isinstance(read, dict) else (None, f"{target}: no resource")
+
+    def about(self, obj: str | None) -> None:
+        """The object (``user:<id>``) this thread's next writes are about: a write taken as sent
+        without a check is remembered by it (``BulkChannel.check``)."""
+        self.last_bulk.object = obj
+
+    def about_object(self) -> str | None:
+        return getattr(self.last_bulk, "object", None)
 
     def bulk_ids(self, refs: Iterable[str]) -> dict[str, str]:
         """``bulkId:<id>`` of each of these users (directory ids) whose create waits in this

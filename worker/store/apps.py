@@ -361,6 +361,7 @@ def remove(client: redis.Redis, app_id: str) -> None:
         *(keys.mirror_absent(app_id, kind) for kind in kinds),
         *(keys.mirror_doubt(app_id, kind) for kind in kinds),
         *(keys.mirror_creating(app_id, kind) for kind in kinds),
+        *(keys.mirror_reread(app_id, kind) for kind in kinds),
     )
     pipe.srem(keys.APPS, app_id)
     pipe.srem(keys.APPS_ACTIVE, app_id)

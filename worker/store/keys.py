@@ -62,6 +62,18 @@ def app_bulk(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}:bulk"
 
 
+def app_bulk_check(app_id: str, form: str) -> str:
+    """STRING, with a TTL: a write of ``form`` (``POST /Groups``) is being read back after its
+    Bulk request (``sync/bulk.py``); one at a time per app and form, pool-wide."""
+    return f"{PREFIX}app:{app_id}:bulk:check:{form}"
+
+
+def app_bulk_unchecked(app_id: str, form: str) -> str:
+    """SET of ``kind:id``: objects whose Bulk write of ``form`` was taken as sent while another
+    was being read back; read back in turn if that one was not held as sent."""
+    return f"{PREFIX}app:{app_id}:bulk:unchecked:{form}"
+
+
 def app_token(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}:token"
 
@@ -79,6 +91,13 @@ def mirror_absent(app_id: str, kind: Kind) -> str:
 def mirror_doubt(app_id: str, kind: Kind) -> str:
     """SET of directory ids with a write in flight or interrupted: re-read before trusting."""
     return f"{PREFIX}mirror:{app_id}:{kind}s:doubt"
+
+
+def mirror_reread(app_id: str, kind: Kind) -> str:
+    """SET of directory ids whose entry the app may not hold as recorded (a Bulk write taken
+    as sent, put in question by a read-back): re-read by the next run. Unlike a doubt, the
+    record of a write does not end it; only the re-read does."""
+    return f"{PREFIX}mirror:{app_id}:{kind}s:reread"
 
 
 def mirror_creating(app_id: str, kind: Kind) -> str:

@@ -74,13 +74,23 @@ class Mirror:
                                                    object_id))  # fmt: skip
 
     def load(self, kind: Kind, object_id: str) -> tuple[bytes | None, bool, bool]:
-        """The raw entry, whether a lookup found nothing, and whether a write is in doubt."""
+        """The raw entry, whether a lookup found nothing, and whether a write is in doubt (or
+        the entry is to be re-read: ``reread_later``)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(self.users_key if kind == "user" else self.groups_key, object_id)
         pipe.sismember(keys.mirror_absent(self.app_id, kind), object_id)
         pipe.sismember(keys.mirror_doubt(self.app_id, kind), object_id)
-        raw, absent, doubt = pipe.execute()
-        return raw, bool(absent), bool(doubt)
+        pipe.sismember(keys.mirror_reread(self.app_id, kind), object_id)
+        raw, absent, doubt, reread = pipe.execute()
+        return raw, bool(absent), bool(doubt or reread)
+
+    def reread_later(self, kind: Kind, object_id: str) -> None:
+        """The app may not hold the object as recorded: its next run reads it back first, even
+        if a write of it in flight now is recorded meanwhile."""
+        self.redis.sadd(keys.mirror_reread(self.app_id, kind), object_id)
+
+    def reread_done(self, kind: Kind, object_id: str) -> None:
+        self._write(("SREM", keys.mirror_reread(self.app_id, kind), object_id))
 
     def load_user(self, user_id: str) -> tuple[MirrorUser | None, bool, bool]:
         raw, absent, doubt = self.load("user", user_id)
@@ -254,7 +264,7 @@ class Mirror:
 
 def _absent_keys(app_id: str) -> tuple[str, ...]:
     kinds: tuple[Kind, ...] = ("user", "group")
-    kept = (keys.mirror_absent, keys.mirror_doubt, keys.mirror_creating)
+    kept = (keys.mirror_absent, keys.mirror_doubt, keys.mirror_creating, keys.mirror_reread)
     return tuple(f(app_id, kind) for f in kept for kind in kinds)
 
 

@@ -13,6 +13,13 @@ such an application side by side in its lanes, so that their writes share reques
   (``PROVISIONER_BULK_LANES`` threads) instead, and the message's thread moves on. A key's state
   is in Redis, under its lease, whatever thread runs it: a worker killed meanwhile loses
   nothing (its leases expire and the sweeper sends the keys again).
+- **Read-back.** An answer that leaves out an operation's resource does not show what the app
+  kept of the write. Until the app has held a write of a form (``POST /Groups``) as sent, one
+  write of that form at a time, pool-wide, is read back (a GET, with a slot), and its reconcile
+  reads that as the write's answer (members completed, an attribute learned as unsupported).
+  The writes of that form taken as sent meanwhile are remembered; if the one read back was not
+  held as sent, they are put in doubt and marked, so that each is read back by its next run.
+  Once one is held as sent, the form is learned (``learned.bulk_held``) and no longer read.
 """
 
 from __future__ import annotations
@@ -29,12 +36,14 @@ from scim2_models import ServiceProviderConfig
 
 from worker.config import redis_client, settings
 from worker.queue import metrics
+from worker.queue.workqueue import Workqueue
 from worker.scim import NotSent, ScimClient, ScimError, Transient
 from worker.scim.bulk import BulkChannel, BulkLimits
 from worker.scim.profiles import Profile
-from worker.store import audit, codec, keys, learned
+from worker.store import audit, codec, keys, learned, scripts
 from worker.store.apps import AppConfig
 from worker.store.audit import AuditEntry
+from worker.store.mirror import Mirror
 from worker.sync import ratelimit
 
 log = logging.getLogger("provisioner.bulk")
@@ -77,6 +86,8 @@ def channel(
         on_refused=lambda why: _refused(app.id, why),
         on_sent=lambda operations, failed: _sent(app.id, operations, failed),
         scrub=scim.scrub,
+        claim_check=lambda form, obj: _claim_check(app.id, form, obj),
+        on_checked=lambda form, not_held, what: _checked(app.id, form, not_held, what),
     )
 
 
@@ -153,6 +164,61 @@ def _refused(app_id: str, why: str) -> None:
         audit.record(client, AuditEntry("idm_integration_update", app_id, f"app:{app_id}",
                                         "learned", None, detail))  # fmt: skip
         log.warning("app %s refuses Bulk requests (%s): writes sent one by one", app_id, why)
+
+
+CHECK_SECONDS = 60  # a read-back's claim lapses after this (its thread died)
+
+
+def _claim_check(app_id: str, form: str, obj: str | None) -> str:
+    """``HELD``, ``READ_BACK`` (this write checks the form) or ``UNCHECKED`` (``obj``
+    remembered for the check running): one round trip (lua/bulk_check.lua)."""
+    return codec.text(scripts.run(redis_client(), "bulk_check", app_id, form, obj or "",
+                                  CHECK_SECONDS))  # fmt: skip
+
+
+def _checked(app_id: str, form: str, not_held: list[str] | None, what: str) -> None:
+    """What the read-back of a write of ``form`` found: the attributes ``not_held`` as sent
+    ([]: all held; None: not read). Held: learned, and the writes taken as sent meanwhile are
+    trusted. Not held: those writes are read back by their keys' next runs."""
+    client = redis_client()
+    unchecked = keys.app_bulk_unchecked(app_id, form)
+    if not_held is None:
+        client.delete(keys.app_bulk_check(app_id, form))
+        return
+    if not not_held:
+        if learned.learn_bulk_held(client, app_id, form, what):
+            detail = (f"a write of {form} in a Bulk request, read back, was held as sent "
+                      f"({what}): such writes are taken as sent from now on")  # fmt: skip
+            audit.record(client, AuditEntry("idm_integration_update", app_id, f"app:{app_id}",
+                                            "learned", None, detail))  # fmt: skip
+        client.delete(unchecked, keys.app_bulk_check(app_id, form))
+        return
+    pipe = client.pipeline()  # MULTI: the objects remembered until now, taken at once
+    pipe.smembers(unchecked)
+    pipe.delete(unchecked, keys.app_bulk_check(app_id, form))
+    objects = sorted(codec.texts(pipe.execute()[0]))
+    if objects:
+        reread(client, app_id, objects)
+        detail = (f"a write of {form} in a Bulk request, read back, was not held as sent "
+                  f"({', '.join(not_held)}): {len(objects)} writes of {form} taken as sent "
+                  "meanwhile are read back")  # fmt: skip
+        audit.record(client, AuditEntry("idm_integration_update", app_id, f"app:{app_id}",
+                                        "learned", None, detail))  # fmt: skip
+        log.warning("app %s: %s", app_id, detail)
+
+
+def reread(client: redis.Redis, app_id: str, objects: list[str]) -> None:
+    """Mark these objects (``kind:id``) to be read back, and their keys dirty: each one's next
+    run reads its object back before it plans (``Mirror.reread_later``)."""
+    from worker.queue.celery_app import send_reconcile  # the tasks' module imports this one
+
+    mirror = Mirror(client, app_id)
+    for obj in objects:
+        kind, _, object_id = obj.partition(":")
+        mirror.reread_later(kind, object_id)  # type: ignore[arg-type]
+    if client.sismember(keys.APPS_ACTIVE, app_id):
+        send_reconcile(Workqueue(client).mark(f"{app_id} {o.replace(':', ' ', 1)}"
+                                              for o in objects))  # fmt: skip
 
 
 def _sent(app_id: str, operations: int, failed: int) -> None:

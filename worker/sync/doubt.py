@@ -62,6 +62,13 @@ class DoubtResolver:
         An interrupted create may have made the object even if it is no longer wanted: it is
         looked up whatever the intent (adopted if found, so that the plan can undo it)."""
         outcome.trace.append("  an earlier write was interrupted: reading the app's copy")
+        found = self._reread(key, entry, name, outcome)
+        self.mirror.reread_done(key.kind, key.id)  # read: no longer to be re-read
+        return found
+
+    def _reread(
+        self, key: ReconcileKey, entry: Entry | None, name: str | None, outcome: Outcome
+    ) -> tuple[Any, bool]:
         if entry is None:
             if name is not None and self.session.profile.filter_supported:
                 # an interrupted create was sent with the name of its time: renamed since in

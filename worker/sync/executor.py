@@ -70,10 +70,12 @@ class Executor:
         ride: bool = False,
         token: str = "",
         via: Callable[[], str] | None = None,
+        calling: Callable[[ReconcileKey], None] | None = None,
     ):
         """``causes`` are the ids of the directory events that dirtied the key, carried into
         every audit entry, as is ``token``, the fencing token of the run's lease; ``via`` says
-        what the last call travelled in (a Bulk request), for its entry's detail."""
+        what the last call travelled in (a Bulk request), for its entry's detail; ``calling``
+        hears the key of each call before it is sent."""
         self.app_id = app_id
         self.mirror = mirror
         self.record = record
@@ -82,6 +84,7 @@ class Executor:
         self.ride = ride
         self.token = token
         self.via = via
+        self.calling = calling
 
     def send(
         self,
@@ -100,6 +103,8 @@ class Executor:
         sent with, kept until its outcome is recorded (``Mirror.created_as``)."""
         self.mirror.flush()  # entries stay in the order of the calls
         self.gate(name, key, write, creating)
+        if self.calling is not None:
+            self.calling(key)
         outcome.calls += 1
         try:
             result = send()

@@ -70,6 +70,7 @@ class Reconciler:
             ride=mirror is None and record is None,
             token=fence.token if fence else "",
             via=scim.bulk_note if scim.bulk is not None else None,
+            calling=None if scim.bulk is None else lambda key: scim.about(key.object),
         )
         session = AppSession(client, app, scim, profile, knowledge or Learned(), executor)
         doubt = DoubtResolver(session, executor, self.mirror)

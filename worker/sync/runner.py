@@ -190,8 +190,9 @@ def _run(
         lease.pace(app.rate or profile.requests_per_second, app.burst or profile.burst)
         known = learned.parse(knowledge)
         options: dict[str, Any] = {"causes": tuple(causes), "knowledge": known}
-        if scim.bulk is not None and scim.bulk.refused != known.bulk_refused:
-            scim.bulk.learned(known.bulk_refused)  # by another worker, or forgotten
+        said = (known.bulk_refused, known.bulk_held)  # by another worker, or forgotten
+        if scim.bulk is not None and (scim.bulk.refused, scim.bulk.held) != said:
+            scim.bulk.learned(*said)
         if dryrun.is_dry_run(app):  # a dry run keeps the mirror's doubts in memory
             reconciler = dryrun.reconciler(client, app, scim, profile, lease.dry_run, **options)
         else:
