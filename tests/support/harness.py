@@ -247,8 +247,7 @@ class Harness:
         """Let the pool know that the app holds its Bulk writes as sent, so that none is read
         back: for a test that counts requests, round trips or audit entries, when it runs with
         Bulk (`make test-bulk`); nothing changes without Bulk. ``apps update`` forgets it."""
-        for form in ("POST /Users", "PUT /Users", "PATCH /Users", "POST /Groups",
-                     "PUT /Groups", "PATCH /Groups"):  # fmt: skip
+        for form in keys.BULK_FORMS:
             learned.learn_bulk_held(self.redis, app_id, form, "known to the test")
 
     def event(self, type_: str, **data: Any) -> dict[str, Any]:

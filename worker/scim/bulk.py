@@ -352,7 +352,7 @@ class BulkChannel:
         """Before a write of ``form`` about ``obj`` is sent: ``HELD`` (the app holds such
         writes as sent), ``READ_BACK`` (read it back if its answer leaves its resource out;
         ``checked`` must follow) or ``UNCHECKED`` (taken as sent; ``obj`` remembered)."""
-        if form in self.held:
+        if form in self.held or not self.enabled:  # (refused: its writes go alone)
             return HELD
         try:
             how = self.claim_check(form, obj)

@@ -43,7 +43,15 @@ from scim2_models import (
 
 from worker.store.apps import Network
 
-from .bulk import BULK_ID_PREFIX, HELD, READ_BACK, BulkChannel, created_id, resolve_references
+from .bulk import (
+    BULK_ID_PREFIX,
+    HELD,
+    READ_BACK,
+    BulkChannel,
+    OpAnswer,
+    created_id,
+    resolve_references,
+)
 from .errors import (
     Invalid,
     NotSent,
@@ -685,16 +693,17 @@ class ScimClient:
             self.last_bulk.request = (answer.request, answer.size)
             self.last_bulk.created = answer.created
             if not 200 <= answer.status < 300:
+                verdict = (None, f"answered {answer.status}")
                 raw = json.dumps(answer.body).encode() if answer.body is not None else b""
                 return self._read(method, path, answer.status, raw, None)
             sent = resolve_references(operation.get("data"), answer.created)
-            target = f"{path}/{_seg(created_id(answer))}" if method == "POST" else path
             read = answer.body
             if read is None and how == READ_BACK:
-                read, why = self._read_back(target)
+                read, why = self._read_back(_located(method, path, answer))
                 verdict = (None, why)
             if how == READ_BACK and isinstance(read, dict) and isinstance(sent, dict):
-                verdict = (not_held(method, sent, read), target)
+                where = f"{path}/{_seg(str(read.get('id')))}" if method == "POST" else path
+                verdict = (not_held(method, sent, read), where)
             if read is not None:
                 return read
             if method == "POST" and isinstance(sent, dict):  # as a single POST's body holds it
@@ -747,6 +756,11 @@ class ScimClient:
 
 
 _ALONE = object()  # what ``_bulk_write`` returns for a write to send as a single call
+
+
+def _located(method: str, path: str, answer: OpAnswer) -> str:
+    """The resource a Bulk operation wrote: its path, or for a POST the one created."""
+    return f"{path}/{_seg(created_id(answer))}" if method == "POST" else path
 
 
 def _seg(remote_id: str) -> str:

@@ -362,6 +362,8 @@ def remove(client: redis.Redis, app_id: str) -> None:
         *(keys.mirror_doubt(app_id, kind) for kind in kinds),
         *(keys.mirror_creating(app_id, kind) for kind in kinds),
         *(keys.mirror_reread(app_id, kind) for kind in kinds),
+        *(keys.app_bulk_unchecked(app_id, form) for form in keys.BULK_FORMS),
+        *(keys.app_bulk_check(app_id, form) for form in keys.BULK_FORMS),
     )
     pipe.srem(keys.APPS, app_id)
     pipe.srem(keys.APPS_ACTIVE, app_id)

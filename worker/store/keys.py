@@ -62,6 +62,11 @@ def app_bulk(app_id: str) -> str:
     return f"{PREFIX}app:{app_id}:bulk"
 
 
+BULK_FORMS = ("POST /Users", "PUT /Users", "PATCH /Users", "POST /Groups", "PUT /Groups",
+              "PATCH /Groups")  # fmt: skip
+"""The forms of write a Bulk request carries, each checked until the app holds one as sent."""
+
+
 def app_bulk_check(app_id: str, form: str) -> str:
     """STRING, with a TTL: a write of ``form`` (``POST /Groups``) is being read back after its
     Bulk request (``sync/bulk.py``); one at a time per app and form, pool-wide."""

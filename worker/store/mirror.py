@@ -84,10 +84,11 @@ class Mirror:
         raw, absent, doubt, reread = pipe.execute()
         return raw, bool(absent), bool(doubt or reread)
 
-    def reread_later(self, kind: Kind, object_id: str) -> None:
-        """The app may not hold the object as recorded: its next run reads it back first, even
-        if a write of it in flight now is recorded meanwhile."""
-        self.redis.sadd(keys.mirror_reread(self.app_id, kind), object_id)
+    def reread_later(self, kind: Kind, object_ids: Iterable[str]) -> None:
+        """The app may not hold these objects as recorded: the next run of each reads it back
+        first, even if a write of it in flight now is recorded meanwhile."""
+        if object_ids := list(object_ids):
+            self.redis.sadd(keys.mirror_reread(self.app_id, kind), *object_ids)
 
     def reread_done(self, kind: Kind, object_id: str) -> None:
         self._write(("SREM", keys.mirror_reread(self.app_id, kind), object_id))

@@ -213,9 +213,10 @@ def reread(client: redis.Redis, app_id: str, objects: list[str]) -> None:
     from worker.queue.celery_app import send_reconcile  # the tasks' module imports this one
 
     mirror = Mirror(client, app_id)
-    for obj in objects:
-        kind, _, object_id = obj.partition(":")
-        mirror.reread_later(kind, object_id)  # type: ignore[arg-type]
+    for kind in ("user", "group"):
+        mirror.reread_later(
+            kind, (o.partition(":")[2] for o in objects if o.startswith(f"{kind}:"))
+        )
     if client.sismember(keys.APPS_ACTIVE, app_id):
         send_reconcile(Workqueue(client).mark(f"{app_id} {o.replace(':', ' ', 1)}"
                                               for o in objects))  # fmt: skip

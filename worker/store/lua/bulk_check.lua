@@ -11,7 +11,9 @@ local check = P .. 'app:' .. app .. ':bulk:check:' .. form
 if redis.call('SET', check, '1', 'NX', 'EX', tonumber(ARGV[5])) then
   return 'read back'
 end
-if ARGV[4] ~= '' then
-  redis.call('SADD', P .. 'app:' .. app .. ':bulk:unchecked:' .. form, ARGV[4])
+if ARGV[4] ~= '' then  -- kept a day at most: a check lost with its worker is claimed again
+  local unchecked = P .. 'app:' .. app .. ':bulk:unchecked:' .. form
+  redis.call('SADD', unchecked, ARGV[4])
+  redis.call('EXPIRE', unchecked, 86400)
 end
 return 'unchecked'
