@@ -54,6 +54,7 @@ def test_requests_never_exceed_rate_plus_burst_and_a_backlog_uses_the_limit(harn
     assert most <= rate + burst, most
 
 
+@pytest.mark.single_calls  # a Bulk operation's result has no headers (a whole request's 429: test_bulk.py)
 def test_retry_after_pauses_the_whole_pool_then_everything_lands(harness):
     h = harness
     h.activate("zs")
