@@ -161,12 +161,13 @@ class BulkChannel:
         it would wait too long); ``on_transient`` hears a Bulk request's throttling or server
         error once, ``on_refused`` why the app refuses Bulk, ``on_sent`` each request's
         operation count and how many of them failed; ``scrub`` removes the app's secrets from
-        what the app answered (an app may echo the token in an error). ``claim_check(form, obj)``
-        claims the read-back of a write of ``form`` about ``obj`` (one at a time, pool-wide:
-        ``READ_BACK``; else ``UNCHECKED``, and ``obj`` is remembered; or ``HELD`` when another
-        process learned it meanwhile), and
-        ``on_checked(form, not_held, what)`` hears what it found: the attributes not held as
-        sent, or None when it could not be read."""
+        what the app answered (an app may echo the token in an error).
+
+        ``claim_check(form, obj)`` claims the check of a write of ``form`` about ``obj``: one
+        at a time, pool-wide (``READ_BACK``; else ``UNCHECKED``, and ``obj`` is remembered; or
+        ``HELD`` when another process learned it meanwhile). ``on_checked(form, not_held,
+        what)`` hears what the check found: the attributes not held as sent, or None when it
+        could not tell."""
         self.exchange = exchange
         self.limits = limits
         self.slots = slots

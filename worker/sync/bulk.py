@@ -17,9 +17,10 @@ such an application side by side in its lanes, so that their writes share reques
   kept of the write. Until the app has held a write of a form (``POST /Groups``) as sent, one
   write of that form at a time, pool-wide, is read back (a GET, with a slot), and its reconcile
   reads that as the write's answer (members completed, an attribute learned as unsupported).
-  The writes of that form taken as sent meanwhile are remembered; if the one read back was not
-  held as sent, they are put in doubt and marked, so that each is read back by its next run.
-  Once one is held as sent, the form is learned (``learned.bulk_held``) and no longer read.
+  The writes of that form taken as sent meanwhile are remembered before they leave; if the one
+  read back was not held as sent, their keys are marked and each object is read back by its
+  next run (``Mirror.reread_later``). Once one is held as sent, the form is learned
+  (``learned.bulk_held``) and no longer read.
 """
 
 from __future__ import annotations
