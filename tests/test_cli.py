@@ -135,8 +135,19 @@ def test_main_returns_instead_of_exiting(
 @pytest.mark.parametrize("argv", [["--since", "-30m"], ["--since=-30m"]])
 def test_a_relative_time_parses(argv: list[str]) -> None:
     assert _command("replay").make_context("replay", list(argv)).params["since"] == "-30m"
-    minutes = _command("audit").make_context("audit", list(argv)).params["since"]
-    assert minutes == pytest.approx(30)
+    assert _command("audit").make_context("audit", list(argv)).params["since"] == "-30m"
+
+
+def test_since_is_read_back_from_the_pool_s_clock() -> None:
+    from worker.store import audit
+
+    assert audit.since("-30m", now=10_000.0) == audit.since("30m", now=10_000.0) == 8_200.0
+    assert audit.since("90", now=10_000.0) == 4_600.0  # minutes
+    assert audit.since("2026-11-28T17:00:00Z", now=0.0) == 1_795_885_200.0
+    with pytest.raises(ValueError, match="needs a zone"):
+        audit.since("2026-11-28T17:00:00", now=0.0)
+    with pytest.raises(click.BadParameter):
+        _command("audit").make_context("audit", ["--since", "yesterday"])
 
 
 def test_relative_times_of_replay_pair_up() -> None:

@@ -137,3 +137,26 @@ def test_faketime_skews_a_worker_s_clock():
         capture_output=True, text=True, check=True, env={**os.environ},
     ).stdout  # fmt: skip
     assert 290 < float(shown) - time.time() < 310
+
+
+@pytest.mark.parametrize("skew", ["-2h", "+2h"])
+def test_since_counts_back_from_redis_s_clock_not_the_host_s(harness, skew):
+    """``audit --since 30m`` and ``replay --since -30m`` on a host whose clock is two hours off
+    see the last 30 minutes as the pool stamped them (Redis's clock), not another window."""
+    h = harness
+    h.activate("zs")
+    h.send(h.user("u1"), h.event("app.user_associated", app_id="zs", user_id="u1"))
+
+    def skewed(*args: str) -> str:
+        done = subprocess.run(
+            [FAKETIME or "faketime", "-m", "--exclude-monotonic", "-f", skew, sys.executable,
+             "-m", "worker.cli.main", *args],
+            env={**os.environ, **h.env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "user_create_provision" in skewed("audit", "--since", "30m", "--app", "zs")
+    assert "2 valid journal events" in skewed("replay", "--since", "-30m", "--dry-run")
+    # an instant is an instant, whatever the host's clock says
+    assert skewed("audit", "--since", "2000-01-01T00:00:00Z", "--app", "zs").count("\n") >= 2

@@ -18,15 +18,16 @@ def replay_journal(since: str, until: str | None, dry_run: bool) -> int:
     """Re-publish the events accepted in ``[--since, --until)``; ``--dry-run`` checks and counts."""
     from worker.apps import rebuild as rebuilder
     from worker.config import redis_client
-    from worker.store import journal
+    from worker.store import journal, scripts
 
+    client = redis_client()
     try:
-        start = journal.parse_time(since) if since else None
-        end = journal.parse_time(until) if until else None
+        now = scripts.redis_now_ms(client) / 1000  # the journal's clock: -30m is Redis's
+        start = journal.parse_time(since, now) if since else None
+        end = journal.parse_time(until, now) if until else None
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    client = redis_client()
     span = f"since {since or 'the start'} until {until or 'now'}"
     try:
         if dry_run:

@@ -165,34 +165,37 @@ def status(as_json: bool) -> int:
     return EXIT_OK
 
 
-def _minutes_back(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    """``audit --since``: minutes back from now (``worker.store.audit.minutes_back``)."""
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``audit --since``: checked here (``worker.store.audit.since``), read against Redis's
+    clock once connected."""
     from worker.store import audit
 
     if value is None:
         return None
     try:
-        return audit.minutes_back(value)
+        audit.since(value, 0.0)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    return value
 
 
 @cli.command(name="audit", short_help="the provisioning audit log")
 @click.option("--app")
 @click.option("--name", help="an event name, e.g. user_create_provision")
 @click.option("--object", "object_id", help="a user or group id")
-@click.option("--since", callback=_minutes_back, help="minutes back, -2h / 30m / 1d, or RFC 3339")
+@click.option("--since", callback=_since, help="minutes back, -2h / 30m / 1d, or RFC 3339")
 @click.option("--failed", is_flag=True)
 @click.option("--limit", type=int, default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def audit_log(app: str | None, name: str | None, object_id: str | None, since: float | None,
+def audit_log(app: str | None, name: str | None, object_id: str | None, since: str | None,
               failed: bool, limit: int, as_json: bool) -> int:  # fmt: skip
     """The newest --limit entries of the audit log that match, oldest first (--json: one JSON
     object a line)."""
-    from worker.store import audit
+    from worker.store import audit, scripts
 
-    start = time.time() - since * 60 if since else None
-    entries = audit.read(_redis(), app=app, name=name, object_id=object_id, since=start,
+    client = _redis()
+    start = audit.since(since, scripts.redis_now_ms(client) / 1000) if since else None
+    entries = audit.read(client, app=app, name=name, object_id=object_id, since=start,
                          failed=failed, limit=limit)  # fmt: skip
     for entry in entries:
         if as_json:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -124,13 +123,15 @@ _RELATIVE = re.compile(r"^-?(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_MINUTES = {"": 1.0, "s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0, "w": 10080.0}
 
 
-def minutes_back(text: str) -> float:
-    """``--since``: minutes (``90``), a relative time (``-2h``, ``30m``, ``1d``) or an RFC 3339
-    instant (``2026-11-28T17:00:00Z``), as minutes before now. Raises ``ValueError``."""
+def since(text: str, now: float) -> float:
+    """``--since`` as a time (seconds since the epoch): minutes (``90``) or a relative time
+    (``-2h``, ``30m``, ``1d``) back from ``now``, or an RFC 3339 instant
+    (``2026-11-28T17:00:00Z``). ``now`` is the pool's clock, Redis's, which stamps the entries
+    (a host whose clock is off would otherwise look at another window). Raises ``ValueError``."""
     text = text.strip()
     match = _RELATIVE.match(text)
     if match:
-        return float(match.group(1)) * _UNIT_MINUTES[match.group(2)]
+        return now - float(match.group(1)) * _UNIT_MINUTES[match.group(2)] * 60
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -140,4 +141,4 @@ def minutes_back(text: str) -> float:
         ) from None
     if moment.tzinfo is None:
         raise ValueError(f"{text!r}: an RFC 3339 time needs a zone (Z, +01:00)")
-    return (time.time() - moment.timestamp()) / 60
+    return moment.timestamp()

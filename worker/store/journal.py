@@ -17,8 +17,9 @@ entries than the limits may stay.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import redis
 
@@ -126,16 +127,12 @@ def check(entry_id: str, document: str) -> str | None:
 
 
 # -- time arguments ---------------------------------------------------------------------------
-def parse_time(text: str) -> datetime:
+def parse_time(text: str, now: float | None = None) -> datetime:
     """``--since``/``--until`` as for ``audit``: RFC 3339 with a zone (exact), or a time back
-    from now (``-30m``, ``-2h``, ``-7d``). Raises ``ValueError``."""
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        moment = None
-    if moment is not None and moment.tzinfo is not None:
-        return moment.astimezone(UTC)
-    return datetime.now(UTC) - timedelta(minutes=audit.minutes_back(text))
+    from ``now`` (``-30m``, ``-2h``, ``-7d``; the pool's clock, Redis's, which stamps the
+    journal; this host's when None). Raises ``ValueError``."""
+    moment = audit.since(text, time.time() if now is None else now)
+    return datetime.fromtimestamp(moment, UTC)
 
 
 def _ms(moment: datetime) -> int:
