@@ -25,7 +25,7 @@ from tests.support.harness import ROOT, Harness, WorkerPool
 from tests.support.scimserver import ScimServer
 from tests.test_chaos_e2e import kill_mid_reconcile, wait_for
 from worker.devstack.redis_server import RedisServer
-from worker.store import keys
+from worker.store import audit, keys
 
 FAKETIME = shutil.which("faketime")
 pytestmark = pytest.mark.skipif(
@@ -160,3 +160,29 @@ def test_since_counts_back_from_redis_s_clock_not_the_host_s(harness, skew):
     assert "2 valid journal events" in skewed("replay", "--since", "-30m", "--dry-run")
     # an instant is an instant, whatever the host's clock says
     assert skewed("audit", "--since", "2000-01-01T00:00:00Z", "--app", "zs").count("\n") >= 2
+
+
+def test_an_import_on_a_skewed_host_is_stamped_with_redis_s_clock(harness, monkeypatch):
+    """``import`` run on a host two hours fast: its job and the events it publishes carry the
+    pool's time (an event from the future would make the directory's next change look stale).
+    In this process, its clock moved on (libfaketime makes the command's sleeps fail)."""
+    from tests.test_import_e2e import app_users
+    from worker.apps import importer
+    from worker.store import codec, scripts
+
+    h = harness
+    h.activate("zs")
+    app_users(h, {"userName": "ann@example.com"})
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + 7200)
+    out = h.cli("import", "zs", "--all-new").stdout
+    monkeypatch.undo()
+    assert "imported 1 users" in out
+    now = scripts.redis_now_ms(h.redis) / 1000
+    [(job_id, created_ms)] = h.redis.zrange(importer.JOBS, 0, -1, withscores=True)
+    job = {codec.text(k): codec.text(v)
+           for k, v in h.redis.hgetall(importer.job_key(codec.text(job_id))).items()}  # fmt: skip
+    for moment in (created_ms / 1000, *(float(job[f]) for f in ("created", "started", "finished"))):
+        assert abs(now - moment) < 60, (now, job)
+    [entry] = audit.read(h.redis, name="user_import")
+    assert abs(now - entry["time"]) < 60

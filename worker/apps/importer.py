@@ -27,7 +27,7 @@ from worker.contract.events import EventError, parse_event
 from worker.queue.celery_app import RECONCILE_QUEUE, celery
 from worker.queue.celery_app import app as celery_app
 from worker.scim import ScimClient
-from worker.store import audit, codec, keys
+from worker.store import audit, codec, keys, scripts
 from worker.store.audit import AuditEntry
 from worker.sync.rules import USER_MAPPING
 
@@ -128,10 +128,17 @@ class Job:
     refused: list[str]  # users whose attributes the event contract refuses
 
 
+def _now(client: redis.Redis) -> float:
+    """The pool's clock (Redis's), which stamps the jobs and the events an import publishes:
+    never a host's, which may be off."""
+    return scripts.redis_now_ms(client) / 1000
+
+
 def start(client: redis.Redis, app_id: str, chosen: list[Candidate]) -> Job:
     """Store a job; run it here (up to ``BACKGROUND_OVER`` users) or in the background."""
     job_id = uuid.uuid4().hex[:12]
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    created = _now(client)
+    now = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
     documents, refused = [], []
     for n, candidate in enumerate(chosen):
         document = {
@@ -158,12 +165,12 @@ def start(client: redis.Redis, app_id: str, chosen: list[Candidate]) -> Job:
             "imported": 0,
             "refused": len(refused),
             "background": int(background),
-            "created": time.time(),
+            "created": created,
         },
     )
     if documents:
         pipe.rpush(items_key(job_id), *(json.dumps(d) for d in documents))
-    pipe.zadd(JOBS, {job_id: int(time.time() * 1000)})
+    pipe.zadd(JOBS, {job_id: int(created * 1000)})
     pipe.execute()
     _forget_old_jobs(client)
     job = Job(job_id, app_id, len(documents), background, refused)
@@ -183,7 +190,7 @@ def run(client: redis.Redis, job_id: str) -> dict[str, str]:
     if state.get("state") in ("done", None):
         return state
     app_id, total = state["app"], int(state["total"])
-    client.hset(job_key(job_id), mapping={"state": "running", "started": time.time()})
+    client.hset(job_key(job_id), mapping={"state": "running", "started": _now(client)})
     done = int(state["done"])
     try:
         while done < total:
@@ -204,7 +211,7 @@ def run(client: redis.Redis, job_id: str) -> dict[str, str]:
         client.hset(job_key(job_id), mapping={"state": "failed", "error": str(error)[:300]})
         _complete(client, job_id, "failure", f"import stopped after {done} of {total}: {error}")
         raise
-    client.hset(job_key(job_id), mapping={"state": "done", "finished": time.time()})
+    client.hset(job_key(job_id), mapping={"state": "done", "finished": _now(client)})
     state = progress(client, job_id)
     detail = f"source=import: {state['imported']} users created in the directory from {app_id}"
     if int(state.get("refused", 0)):
