@@ -1,9 +1,9 @@
 """What of a write the application's copy of the resource does not show.
 
-An answer to a Bulk request may leave out the resource of an operation that succeeded (RFC
-7644 §3.7.3: its ``response`` is optional, and scim2-server sends none). A single call's answer
-shows what the app kept of a write (members ignored on create, an attribute never stored);
-there, the pool reads the resource back instead, and ``not_held`` compares it with the write.
+A single call's answer shows what the app kept of a write (members ignored on create, an
+attribute never stored). An answer to a Bulk request may leave out the resource of an operation
+that succeeded (RFC 7644 §3.7.3: its ``response`` is optional, and scim2-server sends none);
+then the pool reads the resource back, and ``not_held`` compares it with the write.
 
 Values are checked for presence, not equality: an app may store a value in its own form (the
 case of an email, a formatted name). Booleans and member ids are compared exactly.
