@@ -52,14 +52,16 @@ class HoldFirstUserWrite:
         self.go.set()
 
 
-@pytest.fixture
-def stack(tmp_path) -> Iterator[tuple[Harness, WorkerPool, redis.Redis]]:  # noqa: ANN001
+@pytest.fixture(params=[False, True], ids=["single-calls", "bulk"])
+def stack(request, tmp_path) -> Iterator[tuple[Harness, WorkerPool, redis.Redis]]:  # noqa: ANN001
+    """With Bulk, the update held at the application is one operation of a Bulk request (the
+    fault hook sees each operation as its single request), and the whole request is held."""
     server = RedisServer(tmp_path / "redis").start()
     client = redis.Redis.from_url(server.url)
     pool = WorkerPool(server.url, processes=1, concurrency=1, env=LEASE)
     pool.module = "tests.support.run_log"  # each run's interval logged (Redis's clock)
     try:
-        with ScimServer() as scim:
+        with ScimServer(bulk=request.param, split_bulk=request.param) as scim:
             yield Harness(client, scim, tmp_path, redis_url=server.url), pool.start(), client
     finally:
         for worker in pool.workers:  # a stopped worker cannot take its SIGTERM
@@ -132,3 +134,6 @@ def test_a_worker_stopped_past_its_lease_cannot_record_over_the_next_holder(stac
     assert overtaken, run_log.runs(client)
     stale = overtaken[0][0]
     assert stale.worker.startswith(a_name) and int(stale.token) not in tokens
+    if h.scim.bulk:  # the writes did travel in Bulk requests
+        entries = audit.read(client, app="zs", object_id="user:u1")
+        assert any("in Bulk request" in e["detail"] for e in entries), entries

@@ -217,16 +217,20 @@ class ScimServer:
         rate_limit: tuple[float, int] | None = None,
         *,
         bulk: bool | None = None,
+        split_bulk: bool | None = None,
     ) -> None:
         """``bulk``: announce Bulk in ``/ServiceProviderConfig`` (default: ``BULK_BY_DEFAULT``);
-        scim2-server serves ``/Bulk`` either way, as an app that lists it but says no would."""
+        scim2-server serves ``/Bulk`` either way, as an app that lists it but says no would.
+        ``split_bulk``: the request log and the fault hook see each operation of a Bulk request
+        as the single request it stands for (default: under ``SCIM_TEST_BULK=on`` only, for
+        the tests written for single calls)."""
         self.token = token
         self.bucket = TokenBucket(*rate_limit) if rate_limit else None
         self.storage = InMemoryStorage()
         self.bulk = BULK_BY_DEFAULT if bulk is None else bulk
         # Under SCIM_TEST_BULK=on, a test written for single calls reads each operation of a
         # Bulk request in the request log as the request it stands for
-        self.expand_bulk = bulk is None and BULK_BY_DEFAULT
+        self.expand_bulk = (bulk is None and BULK_BY_DEFAULT) if split_bulk is None else split_bulk
         provider = _provider(self.bulk)
         self.app = BearerTokenApplication(self.storage, provider, bearer_tokens=[token])
         self.requests: list[tuple[str, str]] = []
