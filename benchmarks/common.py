@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +158,36 @@ def slow_evals(client: redis.Redis) -> list[float]:
         if command.lower().startswith("evalsha"):
             out.append(entry["duration"] / 1000)
     return out
+
+
+class GatewayArrivals:
+    """The requests as an exact token bucket at the app saw them: ``arrivals`` holds (seconds,
+    accepted, "METHOD /path") of each (a dataclass that mixes this in declares the field)."""
+
+    arrivals: list[tuple[float, bool, str]]
+
+    @property
+    def calls(self) -> int:
+        return len(self.arrivals)
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for _, ok, _ in self.arrivals if not ok)
+
+    @property
+    def refused_share(self) -> float:
+        return self.refused / self.calls if self.calls else 0.0
+
+
+def span(times: Sequence[float]) -> float:
+    """Seconds from the first of these instants (in order) to the last."""
+    return times[-1] - times[0] if len(times) > 1 else 0.0
+
+
+def limit_share(accepted: int, burst: int, seconds: float, rate: float) -> float:
+    """The share of a rate limit used by ``accepted`` requests over ``seconds``, the initial
+    burst set aside (in a span T an exact bucket lets burst + rate × T through)."""
+    return (accepted - burst) / seconds / rate if seconds else 0.0
 
 
 def busiest_second(times: Iterable[float]) -> int:

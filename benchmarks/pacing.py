@@ -43,7 +43,7 @@ TARGET_RATIO = 1.05
 
 
 @dataclass
-class PacingResult:
+class PacingResult(common.GatewayArrivals):
     label: str  # "before" / "after"
     code: str  # what ran: a commit, or the working tree
     users: int
@@ -57,18 +57,6 @@ class PacingResult:
     seconds: float  # replay started -> idle
     pace: dict[str, Any] | None  # `status --json`'s apps.<app>.pace at the end (None: no such)
     problems: list[str] = field(default_factory=list)
-
-    @property
-    def calls(self) -> int:
-        return len(self.arrivals)
-
-    @property
-    def refused(self) -> int:
-        return sum(1 for _, ok, _ in self.arrivals if not ok)
-
-    @property
-    def refused_share(self) -> float:
-        return self.refused / self.calls if self.calls else 0.0
 
     @property
     def accepted(self) -> list[tuple[float, str]]:
@@ -93,14 +81,12 @@ class PacingResult:
 
     @property
     def span(self) -> float:
-        times = [t for t, _ in self.accepted]
-        return times[-1] - times[0] if len(times) > 1 else 0.0
+        return common.span([t for t, _ in self.accepted])
 
     @property
     def share(self) -> float:
-        """Of the limit, from the first accepted request to the last, the initial burst set
-        aside (in a span T an exact bucket lets burst + rate × T through)."""
-        return (len(self.accepted) - self.burst) / self.span / self.rate if self.span else 0.0
+        """Of the limit, from the first accepted request to the last (``limit_share``)."""
+        return common.limit_share(len(self.accepted), self.burst, self.span, self.rate)
 
     @property
     def busiest_second(self) -> int:

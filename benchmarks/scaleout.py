@@ -83,8 +83,7 @@ class Drain:
 
     @property
     def span(self) -> float:
-        times = self.write_times
-        return times[-1] - times[0] if len(times) > 1 else 0.0
+        return common.span(self.write_times)
 
     @property
     def writes_per_s(self) -> float:
@@ -195,7 +194,7 @@ def machine_cpu() -> float:
 
 
 @dataclass
-class Limited:
+class Limited(common.GatewayArrivals):
     """The rate-limited app's users, provisioned by the same pool."""
 
     users: int
@@ -204,29 +203,16 @@ class Limited:
     arrivals: list[tuple[float, bool, str]]  # (s after the publish, accepted, request)
 
     @property
-    def calls(self) -> int:
-        return len(self.arrivals)
-
-    @property
-    def refused(self) -> int:
-        return sum(1 for _, ok, _ in self.arrivals if not ok)
-
-    @property
-    def refused_share(self) -> float:
-        return self.refused / self.calls if self.calls else 0.0
-
-    @property
     def accepted(self) -> list[float]:
         return [t for t, ok, _ in self.arrivals if ok]
 
     @property
     def span(self) -> float:
-        times = self.accepted
-        return times[-1] - times[0] if len(times) > 1 else 0.0
+        return common.span(self.accepted)
 
     @property
     def share(self) -> float:
-        return (len(self.accepted) - self.burst) / self.span / self.rate if self.span else 0.0
+        return common.limit_share(len(self.accepted), self.burst, self.span, self.rate)
 
     @property
     def busiest_second(self) -> int:

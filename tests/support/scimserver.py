@@ -230,7 +230,7 @@ class ScimServer:
         self.bulk = BULK_BY_DEFAULT if bulk is None else bulk
         # Under SCIM_TEST_BULK=on, a test written for single calls reads each operation of a
         # Bulk request in the request log as the request it stands for
-        self.expand_bulk = (bulk is None and BULK_BY_DEFAULT) if split_bulk is None else split_bulk
+        self.split_bulk = (bulk is None and BULK_BY_DEFAULT) if split_bulk is None else split_bulk
         provider = _provider(self.bulk)
         self.app = BearerTokenApplication(self.storage, provider, bearer_tokens=[token])
         self.requests: list[tuple[str, str]] = []
@@ -325,7 +325,7 @@ class ScimServer:
         with self._lock:
             self.requests += self._logged(environ)
         fault = self._fault
-        if fault is not None and self.expand_bulk and request.endswith("/Bulk"):
+        if fault is not None and self.split_bulk and request.endswith("/Bulk"):
             return self._bulk_by_operation(environ, start_response, fault)
         answer = fault(environ) if fault is not None else None
         if answer is None:
@@ -339,10 +339,10 @@ class ScimServer:
         return self._answer(answer, start_response)
 
     def _logged(self, environ: dict[str, Any]) -> list[tuple[str, str]]:
-        """What the request log records of a request: itself, or (``expand_bulk``) each
+        """What the request log records of a request: itself, or (``split_bulk``) each
         operation of a Bulk request, as the single request it stands for."""
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
-        if not (self.expand_bulk and method == "POST" and path.endswith("/Bulk")):
+        if not (self.split_bulk and method == "POST" and path.endswith("/Bulk")):
             return [(method, path)]
         raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = io.BytesIO(raw)
@@ -357,7 +357,7 @@ class ScimServer:
     def _bulk_by_operation(
         self, environ: dict[str, Any], start_response: Callable[..., Any], fault: Fault
     ) -> Iterable[bytes]:
-        """Under ``expand_bulk``, a fault hook written for single calls sees each operation of
+        """Under ``split_bulk``, a fault hook written for single calls sees each operation of
         a Bulk request as the request it stands for: what it answers becomes that operation's
         result, a body it rewrites is what the application gets, and the operations it lets
         through go to scim2-server in one Bulk request. A dropped connection drops the whole

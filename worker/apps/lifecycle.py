@@ -8,7 +8,7 @@ Changes trigger exactly the reconciles they call for (``update``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
@@ -339,25 +339,30 @@ def _schedule(app: AppConfig, every: float | None, fix: bool | None) -> dict[str
     return changes
 
 
-def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
-    if field == "verify_every":
-        from worker.sync.verify_schedule import every_text
+def _every_text(app: AppConfig) -> str:
+    from worker.sync.verify_schedule import every_text
 
-        return f"verify every {every_text(new.verify_every)}"
-    if field == "verify_fix":
-        return f"scheduled verify {'repairs' if new.verify_fix else 'only reports'} drift"
-    if field == "extra":
-        return f"dry run {'on' if is_dry_run(new) else 'off'}"
-    if field == "base_url":
-        return f"base URL {new.base_url}"
-    if field == "network":
-        return f"network: {new.network.describe()}"
-    if field == "bulk":
-        return f"bulk {'on' if new.bulk else 'off'}"
-    if field == "bulk_limits":
-        return f"Bulk announced: {bulk.describe(new.bulk_limits)}"
-    if field == "bulk_wait_ms":
-        return f"bulk wait {old.bulk_wait_ms} -> {new.bulk_wait_ms} ms"
+    return every_text(app.verify_every)
+
+
+_DESCRIBED: dict[str, Callable[[AppConfig, AppConfig], str]] = {
+    "verify_every": lambda old, new: f"verify every {_every_text(new)}",
+    "verify_fix": lambda old, new: (
+        f"scheduled verify {'repairs' if new.verify_fix else 'only reports'} drift"
+    ),
+    "extra": lambda old, new: f"dry run {'on' if is_dry_run(new) else 'off'}",
+    "base_url": lambda old, new: f"base URL {new.base_url}",
+    "network": lambda old, new: f"network: {new.network.describe()}",
+    "bulk": lambda old, new: f"bulk {'on' if new.bulk else 'off'}",
+    "bulk_limits": lambda old, new: f"Bulk announced: {bulk.describe(new.bulk_limits)}",
+    "bulk_wait_ms": lambda old, new: f"bulk wait {old.bulk_wait_ms} -> {new.bulk_wait_ms} ms",
+}
+"""How a change of a setting is told, where ``<setting> <old> -> <new>`` would not do."""
+
+
+def _describe(field: str, old: AppConfig, new: AppConfig) -> str:
+    if field in _DESCRIBED:
+        return _DESCRIBED[field](old, new)
     return f"{field.replace('_', ' ')} {getattr(old, field)} -> {getattr(new, field)}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from worker.scim import NotFound, NotSent, ScimError
 from worker.store import audit
@@ -24,7 +25,16 @@ Gate = Callable[[str, ReconcileKey, bool, "str | None"], None]
 """``gate(call name, key, write, creating)``: raises to stop the call; marks a write in doubt,
 and a create's name (``creating``: looked up too if the create is interrupted)."""
 
-__all__ = ["GONE", "Executor", "Gate", "LeaseLost", "Outcome", "forget", "marking"]
+__all__ = ["GONE", "Carrier", "Executor", "Gate", "LeaseLost", "Outcome", "forget", "marking"]
+
+
+class Carrier(Protocol):
+    """What carries the calls in Bulk requests (the app's ``ScimClient``): told which object
+    each call is about, it says what the last one travelled in."""
+
+    def about(self, obj: str | None) -> None: ...
+
+    def bulk_note(self) -> str: ...
 
 
 @dataclass
@@ -69,13 +79,12 @@ class Executor:
         causes: tuple[str, ...] = (),
         ride: bool = False,
         token: str = "",
-        via: Callable[[], str] | None = None,
-        calling: Callable[[ReconcileKey], None] | None = None,
+        bulk: Carrier | None = None,
     ):
         """``causes`` are the ids of the directory events that dirtied the key, carried into
-        every audit entry, as is ``token``, the fencing token of the run's lease; ``via`` says
-        what the last call travelled in (a Bulk request), for its entry's detail; ``calling``
-        hears the key of each call before it is sent."""
+        every audit entry, as is ``token``, the fencing token of the run's lease; ``bulk``, when
+        the app's writes go in Bulk requests, hears the object of each call before it is sent
+        and says what the call travelled in, for its entry's detail."""
         self.app_id = app_id
         self.mirror = mirror
         self.record = record
@@ -83,8 +92,7 @@ class Executor:
         self.causes = causes
         self.ride = ride
         self.token = token
-        self.via = via
-        self.calling = calling
+        self.bulk = bulk
 
     def send(
         self,
@@ -103,8 +111,8 @@ class Executor:
         sent with, kept until its outcome is recorded (``Mirror.created_as``)."""
         self.mirror.flush()  # entries stay in the order of the calls
         self.gate(name, key, write, creating)
-        if self.calling is not None:
-            self.calling(key)
+        if self.bulk is not None:
+            self.bulk.about(key.object)
         outcome.calls += 1
         try:
             result = send()
@@ -151,7 +159,7 @@ class Executor:
 
     def _via(self, detail: str) -> str:
         """``detail``, with what the call travelled in when that was a Bulk request."""
-        via = self.via() if self.via is not None else ""
+        via = self.bulk.bulk_note() if self.bulk is not None else ""
         return f"{detail}; {via}" if detail and via else detail or via
 
     def _audit(self, entry: AuditEntry) -> None:

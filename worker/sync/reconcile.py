@@ -69,8 +69,7 @@ class Reconciler:
             causes=causes,
             ride=mirror is None and record is None,
             token=fence.token if fence else "",
-            via=scim.bulk_note if scim.bulk is not None else None,
-            calling=None if scim.bulk is None else lambda key: scim.about(key.object),
+            bulk=scim if scim.bulk is not None else None,
         )
         session = AppSession(client, app, scim, profile, knowledge or Learned(), executor)
         doubt = DoubtResolver(session, executor, self.mirror)

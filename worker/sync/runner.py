@@ -218,12 +218,9 @@ def _run(
     except Transient as error:
         if not error.counted:  # a Bulk request's failure is counted once, by its sender
             ratelimit.slow_down(client, key.app, error)  # the whole pool slows down
-        if error.retry_after:
-            delay = error.retry_after + random.uniform(0, 1)
-        else:
-            if not error.counted:
-                ratelimit.transient_failure(client, key.app)
-            delay = lease.backoff()
+            if not error.retry_after:
+                ratelimit.transient_failure(client, key.app)  # toward the circuit breaker
+        delay = error.retry_after + random.uniform(0, 1) if error.retry_after else lease.backoff()
         result.state = "retry"
         log.warning("%s: %s; again in %.1fs", key, error, delay)
         return delay
