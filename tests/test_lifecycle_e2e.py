@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from worker.store import apps, audit
+from worker.store import apps, audit, keys
 from worker.store.mirror import Mirror
 
 U1, U2, U3 = "u1@example.com", "u2@example.com", "u3@example.com"
@@ -183,9 +183,15 @@ def test_deactivate_refused_twice_and_remove(harness):
     assert result.returncode == 1 and "not active" in result.stderr
     assert [e["outcome"] for e in entries(h, "idm_integration_delete")] == [
         "failure", "success", "failure"]  # fmt: skip
+    # what a Bulk app's read-backs leave (its claims, the writes taken as sent, re-reads)
+    h.redis.set(keys.app_bulk_check("zs", "POST /Users"), 1)
+    h.redis.sadd(keys.app_bulk_unchecked("zs", "PATCH /Groups"), "group:g1")
+    Mirror(h.redis, "zs").reread_later("user", ["u1"])
     h.cli("apps", "remove", "zs")
     assert apps.load(h.redis, "zs") is None
     assert Mirror(h.redis, "zs").counts() == (0, 0)
+    left = [*h.redis.scan_iter(match="prov:app:zs*"), *h.redis.scan_iter(match="prov:mirror:zs:*")]
+    assert left == [], left  # nothing of the app is left in Redis
     assert h.users()[U1]["active"] is True  # nothing removed from the application
 
 
