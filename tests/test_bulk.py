@@ -457,6 +457,7 @@ def test_a_write_not_checked_is_taken_as_sent_and_its_object_remembered(server):
     assert bob.attributes["userName"] == "u2@example.com" and bob.id
     [(form, found, what)] = checks.found
     assert (form, found) == ("POST /Users", None) and "busy" in what, what
+    assert [e.status for e in hooks.transient] == [503]  # the pool's pace and breaker heard it
 
 
 def test_a_checked_write_that_fails_releases_its_claim(server):

@@ -365,6 +365,11 @@ class BulkChannel:
                 self.held = self.held | {form}
         return how
 
+    def heard(self, error: Transient) -> None:
+        """A request of the channel's own besides its Bulk requests (a read-back) was throttled
+        or failed: the pool's pace and breaker hear it, as they would a Bulk request's."""
+        _hear(self.on_transient, error)
+
     def checked(self, form: str, not_held: list[str] | None, what: str) -> None:
         """The read-back of a write of ``form`` found ``not_held`` (None: not read)."""
         if not_held == []:

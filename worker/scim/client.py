@@ -721,6 +721,8 @@ class ScimClient:
             self.bulk.slots(1)
             read = self._request("GET", target)
         except ScimError as error:
+            if isinstance(error, Transient) and not isinstance(error, NotSent):
+                self.bulk.heard(error)  # a 429 or 5xx slows the pool, as any other would
             return None, f"{target}: {error.detail}"
         return (read, "") if isinstance(read, dict) else (None, f"{target}: no resource")
 
